@@ -1,0 +1,198 @@
+"""JWT verification for connection and subscription tokens (Centrifugo claim semantics).
+
+The algorithm family is pinned to the keys that are configured: an HMAC secret admits
+HS256/384/512 only, an RSA public key RS256/384/512, an ECDSA key ES256/384/512, a JWKS
+endpoint the asymmetric families. ``alg: none`` and HS/RS confusion therefore fail.
+``exp`` and ``nbf`` are checked when present; ``aud`` and ``iss`` when configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import orjson
+
+from livegate.config import TokenConfig
+from livegate.errors import TokenExpired, TokenInvalid
+
+__all__ = ["ConnectToken", "SubscriptionToken", "TokenVerifier", "make_hmac_token"]
+
+_HS = ("HS256", "HS384", "HS512")
+_RS = ("RS256", "RS384", "RS512")
+_ES = ("ES256", "ES384", "ES512")
+_JWKS = _RS + _ES + ("EdDSA", "PS256", "PS384", "PS512")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectToken:
+    user: str
+    exp: int | None = None
+    expire_at: int | None = None  # None: not in the token; 0: the connection never expires
+    info: bytes | None = None
+    channels: tuple[str, ...] = ()
+    subs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def connection_expires_at(self) -> int | None:
+        """When the connection itself expires (unix s), or None for never."""
+        if self.expire_at is not None:
+            return self.expire_at or None
+        return self.exp
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionToken:
+    user: str
+    channel: str
+    client: str = ""
+    exp: int | None = None
+    expire_at: int | None = None
+    info: bytes | None = None
+    data: bytes | None = None
+    override: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def subscription_expires_at(self) -> int | None:
+        if self.expire_at is not None:
+            return self.expire_at or None
+        return self.exp
+
+
+def _json_claim(claims: dict[str, Any], name: str, b64name: str) -> bytes | None:
+    if b64name in claims and claims[b64name]:
+        try:
+            raw = base64.b64decode(claims[b64name], validate=True)
+            orjson.loads(raw)
+        except (binascii.Error, ValueError, TypeError):
+            raise TokenInvalid(f"{b64name} must be base64 of JSON for JSON clients") from None
+        return orjson.dumps(orjson.loads(raw))
+    if name in claims and claims[name] is not None:
+        return orjson.dumps(claims[name])
+    return None
+
+
+def _int_claim(claims: dict[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise TokenInvalid(f"{name} must be a non-negative integer")
+    return value
+
+
+class TokenVerifier:
+    """Verifies tokens against the configured keys. Keys are parsed once, here."""
+
+    def __init__(self, cfg: TokenConfig) -> None:
+        self._cfg = cfg
+        self._keys: dict[str, Any] = {}
+        if cfg.hmac_secret_key:
+            for alg in _HS:
+                self._keys[alg] = cfg.hmac_secret_key
+        if cfg.rsa_public_key:
+            rsa_key = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).prepare_key(cfg.rsa_public_key.encode())
+            for alg in _RS:
+                self._keys[alg] = rsa_key
+        if cfg.ecdsa_public_key:
+            ec_key = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256).prepare_key(cfg.ecdsa_public_key.encode())
+            for alg in _ES:
+                self._keys[alg] = ec_key
+        self._jwks = jwt.PyJWKClient(cfg.jwks_public_endpoint, cache_keys=True, lifespan=300) if cfg.jwks_public_endpoint else None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._keys) or self._jwks is not None
+
+    async def _decode(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenInvalid("malformed token") from None
+        alg = header.get("alg")
+        key = self._keys.get(alg) if isinstance(alg, str) else None
+        if key is None and self._jwks is not None and alg in _JWKS:
+            try:
+                signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            except jwt.PyJWTError as exc:
+                raise TokenInvalid(f"no JWKS key for token: {exc}") from None
+            key = signing.key
+        if key is None:
+            raise TokenInvalid(f"algorithm {alg!r} not allowed by the configured keys")
+        cfg = self._cfg
+        options = {"verify_aud": bool(cfg.audience), "verify_iss": bool(cfg.issuer), "require": []}
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[alg], options=options,
+                audience=cfg.audience or None, issuer=cfg.issuer or None,
+            )
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError):
+            raise TokenExpired("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise TokenInvalid(str(exc) or type(exc).__name__) from None
+        if not isinstance(claims, dict):
+            raise TokenInvalid("claims must be a JSON object")
+        return claims
+
+    def _user(self, claims: dict[str, Any]) -> str:
+        user = claims.get(self._cfg.user_id_claim, "")
+        if user is None:
+            user = ""
+        if not isinstance(user, str):
+            raise TokenInvalid(f"{self._cfg.user_id_claim} must be a string")
+        return user
+
+    async def verify_connect(self, token: str) -> ConnectToken:
+        """Raises TokenExpired (error 109) or TokenInvalid (close 3500)."""
+        claims = await self._decode(token)
+        if "channel" in claims:
+            raise TokenInvalid("a connection token must not have a channel claim")
+        channels = claims.get("channels") or []
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise TokenInvalid("channels must be a list of strings")
+        subs = claims.get("subs") or {}
+        if not isinstance(subs, dict) or not all(isinstance(v, dict) for v in subs.values()):
+            raise TokenInvalid("subs must map channels to objects")
+        return ConnectToken(
+            user=self._user(claims),
+            exp=_int_claim(claims, "exp"),
+            expire_at=_int_claim(claims, "expire_at"),
+            info=_json_claim(claims, "info", "b64info"),
+            channels=tuple(channels),
+            subs=subs,
+        )
+
+    async def verify_subscription(self, token: str) -> SubscriptionToken:
+        claims = await self._decode(token)
+        channel = claims.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise TokenInvalid("a subscription token needs a channel claim")
+        client = claims.get("client", "") or ""
+        if not isinstance(client, str):
+            raise TokenInvalid("client must be a string")
+        override = claims.get("override") or {}
+        if not isinstance(override, dict):
+            raise TokenInvalid("override must be an object")
+        return SubscriptionToken(
+            user=self._user(claims),
+            channel=channel,
+            client=client,
+            exp=_int_claim(claims, "exp"),
+            expire_at=_int_claim(claims, "expire_at"),
+            info=_json_claim(claims, "info", "b64info"),
+            data=_json_claim(claims, "data", "b64data"),
+            override=override,
+        )
+
+
+def make_hmac_token(secret: str, user: str, *, ttl: float | None = 3600, algorithm: str = "HS256", **claims: Any) -> str:
+    """A signed token for tests, the CLI and the README tour."""
+    payload: dict[str, Any] = {"sub": user, **claims}
+    if ttl is not None and "exp" not in claims:
+        payload["exp"] = int(time.time() + ttl)
+    return jwt.encode(payload, secret, algorithm=algorithm)

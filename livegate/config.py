@@ -1,0 +1,352 @@
+"""Configuration: pydantic models for config.toml, with LIVEGATE_<PATH> environment overrides.
+
+Key names follow Centrifugo v6 where the concept is the same. Every key has a default; an
+unknown key, a wrong type or an impossible combination raises ``ConfigError`` naming the key.
+Durations are strings ("25s", "5m", "720h", "1h30m", "250ms") or numbers of seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from livegate.errors import ConfigError
+
+__all__ = [
+    "Config", "ChannelOptions", "Namespace", "load_config", "parse_config", "parse_duration", "ENV_PREFIX",
+]
+
+ENV_PREFIX = "LIVEGATE_"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"25s"``, ``"1h30m"``, ``"250ms"``, ``"0"`` or a number."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a string like '25s' or a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text in ("0", ""):
+            return 0.0
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or pos == 0:
+            raise ValueError(f"invalid duration {value!r} (use e.g. '25s', '5m', '720h', '1h30m', '250ms')")
+    else:
+        raise ValueError("a duration must be a string like '25s' or a number of seconds")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosInt = Annotated[int, Field(gt=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class HttpServer(_Section):
+    address: str = "127.0.0.1"
+    port: Port = 8000
+    workers: PosInt = 1
+    shutdown_drain: Duration = 2.0  # livegate: window over which clients are closed on SIGTERM
+
+
+class WebSocket(_Section):
+    handler_prefix: str = "/connection/websocket"
+    message_size_limit: PosInt = 65536
+    compression: bool = False  # livegate: permessage-deflate; ~50 KiB per connection, breaks shared frames
+    write_timeout: Duration = 1.0  # livegate: how long a closing slow connection may take before it is aborted
+
+
+class TokenConfig(_Section):
+    hmac_secret_key: str = Field(default="", repr=False)
+    rsa_public_key: str = ""
+    ecdsa_public_key: str = ""
+    jwks_public_endpoint: str = ""
+    audience: str = ""
+    issuer: str = ""
+    user_id_claim: str = "sub"
+
+
+class Client(_Section):
+    allowed_origins: list[str] = Field(default_factory=list)
+    allow_anonymous_connect_without_token: bool = False
+    insecure: bool = False
+    ping_interval: Duration = 25.0
+    pong_timeout: Duration = 8.0
+    stale_close_delay: Duration = 10.0
+    expired_close_delay: Duration = 25.0
+    queue_max_size: PosInt = 1048576
+    channel_limit: PosInt = 128
+    history_max_publication_limit: PosInt = 300
+    recovery_max_publication_limit: PosInt = 300
+    token: TokenConfig = Field(default_factory=TokenConfig)
+
+    @model_validator(mode="after")
+    def _ping(self) -> Client:
+        if self.ping_interval < 1:
+            raise ValueError("ping_interval: must be at least 1s (clients get it in whole seconds)")
+        if self.pong_timeout >= self.ping_interval:
+            raise ValueError("pong_timeout: must be shorter than client.ping_interval")
+        return self
+
+
+class HttpApi(_Section):
+    address: str = "127.0.0.1"
+    port: Port = 8001
+    key: str = Field(default="", repr=False)
+    insecure: bool = False
+    handler_prefix: str = "/api"
+    max_body_size: PosInt = 1048576  # livegate
+
+
+class RedisEngine(_Section):
+    address: list[str] = Field(default_factory=lambda: ["redis://127.0.0.1:6379/0"])
+    prefix: str = "livegate"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_address(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("address"), str):
+            data = {**data, "address": [data["address"]]}
+        return data
+
+
+class Engine(_Section):
+    type: Literal["memory", "redis"] = "memory"
+    redis: RedisEngine = Field(default_factory=RedisEngine)
+
+
+class Persistence(_Section):
+    dsn: str = Field(default="", repr=False)
+    schema_name: str = Field(default="livegate", alias="schema")
+
+
+class Log(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class ChannelOptions(_Section):
+    """Options of channels in a namespace (or of channels without one)."""
+
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: NonNegInt = 0
+    history_ttl: Duration = 0.0
+    history_meta_ttl: Duration = 0.0  # 0: channel.history_meta_ttl
+    force_positioning: bool = False
+    allow_positioning: bool = False
+    force_recovery: bool = False
+    allow_recovery: bool = False
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+    channel_regex: str = ""
+    archive: bool = False  # livegate: also write publications to PostgreSQL
+
+    @property
+    def history_enabled(self) -> bool:
+        return self.history_size > 0 and self.history_ttl > 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChannelOptions:
+        if (self.history_size > 0) != (self.history_ttl > 0):
+            key = "history_ttl" if self.history_size > 0 else "history_size"
+            raise ValueError(f"{key}: history needs both history_size and history_ttl set")
+        for key in ("force_recovery", "allow_recovery"):
+            if getattr(self, key) and not self.history_enabled:
+                raise ValueError(f"{key}: recovery needs history (history_size and history_ttl)")
+        if self.channel_regex:
+            try:
+                re.compile(self.channel_regex)
+            except re.error as exc:
+                raise ValueError(f"channel_regex: invalid regular expression: {exc}") from None
+        return self
+
+
+_NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
+
+
+class Namespace(ChannelOptions):
+    name: str
+
+    @model_validator(mode="after")
+    def _name(self) -> Namespace:
+        if not _NAMESPACE_NAME.match(self.name):
+            raise ValueError(f"name: {self.name!r} is not a valid namespace name (letters, digits, -_. ; 2+ chars)")
+        return self
+
+
+class Channel(_Section):
+    private_prefix: str = "$"
+    namespace_boundary: str = ":"
+    user_boundary: str = "#"
+    user_separator: str = ","
+    max_length: PosInt = 255
+    history_meta_ttl: Duration = 720 * 3600.0
+    without_namespace: ChannelOptions = Field(default_factory=ChannelOptions)
+    namespaces: list[Namespace] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Channel:
+        seen: set[str] = set()
+        for i, ns in enumerate(self.namespaces):
+            if ns.name in seen:
+                raise ValueError(f"namespaces[{i}].name: duplicate namespace {ns.name!r}")
+            seen.add(ns.name)
+        return self
+
+    def namespace(self, name: str) -> ChannelOptions | None:
+        for ns in self.namespaces:
+            if ns.name == name:
+                return ns
+        return None
+
+
+class Config(_Section):
+    http_server: HttpServer = Field(default_factory=HttpServer)
+    websocket: WebSocket = Field(default_factory=WebSocket)
+    client: Client = Field(default_factory=Client)
+    http_api: HttpApi = Field(default_factory=HttpApi)
+    engine: Engine = Field(default_factory=Engine)
+    persistence: Persistence = Field(default_factory=Persistence)
+    channel: Channel = Field(default_factory=Channel)
+    log: Log = Field(default_factory=Log)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Config:
+        if self.http_server.workers > 1 and self.engine.type == "memory":
+            raise ValueError("http_server.workers: more than one worker needs engine.type = \"redis\"")
+        return self
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "constrained-")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _format(err: ValidationError) -> ConfigError:
+    problems = []
+    first_key = ""
+    for e in err.errors():
+        key = _loc(e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+            # Validators name the key inside their section: "key: problem".
+            head, sep, rest = msg.partition(": ")
+            if sep and re.fullmatch(r"[a-z_.\[\]0-9]+", head):
+                key = f"{key}.{head}" if key else head
+                msg = rest
+        first_key = first_key or key
+        problems.append(f"{key}: {msg}" if key else msg)
+    error = ConfigError("", "; ".join(problems))
+    error.key = first_key
+    return error
+
+
+def _env_path(model: type[BaseModel], rest: str) -> list[str] | None:
+    """Map ``CLIENT_TOKEN_HMAC_SECRET_KEY`` to ``["client", "token", "hmac_secret_key"]``."""
+    for name, field in model.model_fields.items():
+        key = (field.alias or name)
+        upper = key.upper()
+        if rest == upper:
+            return [key]
+        sub = field.annotation
+        if rest.startswith(upper + "_") and isinstance(sub, type) and issubclass(sub, BaseModel):
+            tail = _env_path(sub, rest[len(upper) + 1:])
+            if tail is not None:
+                return [key, *tail]
+    return None
+
+
+def _env_value(text: str) -> Any:
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``LIVEGATE_<PATH>`` variables on the raw config mapping."""
+    for var, value in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        path = _env_path(Config, var[len(ENV_PREFIX):])
+        if path is None:
+            continue  # not a config key (e.g. LIVEGATE_CONFIG, LIVEGATE_TEST_*)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = _env_value(value)
+    return raw
+
+
+def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Validate a raw mapping (after environment overrides) into a Config."""
+    raw = apply_env(dict(raw), os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise _format(err) from None
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read a TOML file (or only defaults and environment when ``path`` is None)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("", f"{path}: invalid TOML: {exc}") from None
+    return parse_config(raw, environ)

@@ -1,0 +1,33 @@
+"""Permission rules shared by the handlers (protocol.md 9.2 decision order)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from livegate.channels.names import ResolvedChannel
+from livegate.protocol.codes import ErrPermissionDenied
+
+if TYPE_CHECKING:
+    from livegate.handlers.client import Client
+
+__all__ = ["require", "allowed"]
+
+Action = Literal["publish", "presence", "history"]
+
+
+def allowed(client: Client, resolved: ResolvedChannel, action: Action) -> bool:
+    """``allow_<action>_for_client`` (anonymous users also need ``..._for_anonymous``), then
+    ``allow_<action>_for_subscriber`` (must be subscribed), then ``client.insecure``."""
+    opts = resolved.options
+    if getattr(opts, f"allow_{action}_for_client") and (client.user or getattr(opts, f"allow_{action}_for_anonymous")):
+        return True
+    if getattr(opts, f"allow_{action}_for_subscriber"):
+        sub = client.subs.get(resolved.name)
+        if sub is not None and sub.live:
+            return True
+    return client.node.config.client.insecure
+
+
+def require(client: Client, resolved: ResolvedChannel, action: Action) -> None:
+    if not allowed(client, resolved, action):
+        raise ErrPermissionDenied()

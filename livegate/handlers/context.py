@@ -1,0 +1,49 @@
+"""What hooks and RPC handlers see of a connection, and the per-subscription state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from livegate.channels.names import ResolvedChannel
+from livegate.protocol.types import ClientInfo
+
+if TYPE_CHECKING:
+    from livegate.node import Node
+
+__all__ = ["Context", "Subscription"]
+
+
+@dataclass(slots=True)
+class Context:
+    """Given to hooks and RPC handlers: who is calling, and the node to act on."""
+
+    client_id: str
+    user: str
+    conn_info: bytes | None
+    name: str
+    version: str
+    node: Node
+
+    @property
+    def info(self) -> Any:
+        """The connection info (from the token ``info`` claim or the connect hook), decoded."""
+        return None if self.conn_info is None else orjson.loads(self.conn_info)
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One channel a connection is subscribed to (or is subscribing to, while ``live`` is False)."""
+
+    resolved: ResolvedChannel
+    info: ClientInfo                 # with chan_info: what join/leave and presence show
+    flags: int = 0                   # hub flags (JOIN_LEAVE)
+    recoverable: bool = False
+    positioned: bool = False
+    presence: bool = False           # this subscription has a presence entry
+    join_leave: bool = False         # joins and leaves are emitted for the channel
+    expire_at: float = 0.0           # unix s when its token expires; 0: never
+    live: bool = False
+    server_side: bool = False

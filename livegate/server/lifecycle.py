@@ -1,0 +1,188 @@
+"""Building a node, serving it, the timer sweep, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from typing import Any
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import serve
+
+from livegate.app import App
+from livegate.auth import TokenVerifier
+from livegate.channels.hub import Hub
+from livegate.channels.memory import MemoryBroker, MemoryPresence
+from livegate.channels.names import ChannelRules
+from livegate.config import Config
+from livegate.errors import BrokerError, ConfigError
+from livegate.handlers.client import Client, State
+from livegate.handlers.unsubscribe import remove_subscription
+from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, Node
+from livegate.protocol import codes
+from livegate.protocol.codec import encode_unsubscribe_push
+from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection, text_frame
+
+__all__ = ["Server", "build_node", "release_client"]
+
+log = logging.getLogger("livegate.server")
+
+#: How often connection timers are checked (pings, pong deadlines, stale and expired connections).
+SWEEP_INTERVAL = 0.25
+
+
+def build_node(config: Config, app: App | None = None) -> Node:
+    try:
+        verifier = TokenVerifier(config.client.token)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("client.token", f"cannot load a key: {exc}") from None
+    if config.engine.type == "memory":
+        broker: Any = MemoryBroker()
+        presence: Any = MemoryPresence()
+    else:
+        raise ConfigError("engine.type", f"engine {config.engine.type!r} is not available in this build")
+    return Node(config=config, app=app or App(), broker=broker, presence=presence, hub=Hub(text_frame),
+                rules=ChannelRules(config.channel), verifier=verifier)
+
+
+async def release_client(client: Client) -> None:
+    """Everything a connection held goes when it ends: hub entry, subscriptions, presence."""
+    node = client.node
+    if client.closing is None:
+        client.closing = codes.CONNECTION_CLOSED
+    was_connected = client.state is State.CONNECTED
+    client.state = State.CLOSED
+    if not was_connected:
+        return
+    node.hub.remove_connection(client)
+    for channel in list(client.subs):
+        await remove_subscription(client, channel)
+    hook = node.app.disconnect_hook
+    if hook is not None:
+        try:
+            await hook(client.context(), client.closing.code, client.closing.reason)
+        except Exception:
+            log.exception("on_disconnect hook failed", extra={"client": client.client_id, "user": client.user})
+
+
+class Server:
+    """One livegate instance: the WebSocket listener, the engine and the timers."""
+
+    def __init__(self, config: Config, app: App | None = None) -> None:
+        self.config = config
+        self.node = build_node(config, app)
+        self.clients: set[Client] = set()
+        self._ws: WsServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        assert self._ws is not None
+        return self._ws.sockets[0].getsockname()[1]
+
+    async def start(self, *, sock: Any = None) -> None:
+        node = self.node
+        await node.broker.start(node.hub)
+        cfg = self.config
+        kwargs: dict[str, Any] = dict(
+            process_request=make_process_request(node),
+            select_subprotocol=select_subprotocol,
+            max_size=cfg.websocket.message_size_limit,
+            compression="deflate" if cfg.websocket.compression else None,
+            ping_interval=None,  # the protocol's own {} pings do this job
+            close_timeout=cfg.websocket.write_timeout,
+            server_header=f"livegate/{node.version}",
+        )
+
+        async def handler(ws: Any) -> None:
+            await serve_connection(node, ws, self.clients)
+
+        if sock is not None:
+            self._ws = await serve(handler, sock=sock, **kwargs)
+        else:
+            self._ws = await serve(handler, cfg.http_server.address, cfg.http_server.port,
+                                   reuse_port=cfg.http_server.workers > 1, **kwargs)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        log.info("listening", extra={"address": cfg.http_server.address, "port": self.port,
+                                     "path": cfg.websocket.handler_prefix, "engine": cfg.engine.type})
+
+    async def _sweep_forever(self) -> None:
+        next_presence = time.monotonic() + PRESENCE_REFRESH
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                now_mono, now_wall = time.monotonic(), time.time()
+                for client in list(self.clients):
+                    client.tick(now_mono, now_wall)
+                    if client.subs and client.closing is None:
+                        for channel in client.expired_subscriptions(now_wall):
+                            await self._expire_subscription(client, channel)
+                if now_mono >= next_presence:
+                    next_presence = now_mono + PRESENCE_REFRESH
+                    await self._refresh_presence()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep failed")
+
+    async def _expire_subscription(self, client: Client, channel: str) -> None:
+        await remove_subscription(client, channel)
+        client.write(encode_unsubscribe_push(channel, codes.UNSUB_EXPIRED.code, codes.UNSUB_EXPIRED.reason))
+
+    async def _refresh_presence(self) -> None:
+        presence = self.node.presence
+        for client in list(self.clients):
+            for channel, sub in client.presence_subscriptions():
+                try:
+                    await presence.add_presence(channel, sub.info, PRESENCE_TTL)
+                except BrokerError:
+                    return
+
+    async def drain(self, window: float | None = None) -> None:
+        """Stop accepting, then close every client with 3001 spread over ``window`` seconds."""
+        node = self.node
+        node.draining = True
+        if self._ws is not None:
+            self._ws.close(close_connections=False)
+        window = self.config.http_server.shutdown_drain if window is None else window
+        clients = list(self.clients)
+        random.shuffle(clients)
+        log.info("draining", extra={"clients": len(clients), "window_s": window})
+        step = window / len(clients) if clients else 0.0
+        batch = max(1, int(len(clients) / (window / 0.01))) if window > 0 else len(clients)
+        for i, client in enumerate(clients):
+            client.close(codes.SHUTDOWN)
+            if step and (i + 1) % batch == 0:
+                await asyncio.sleep(step * batch)
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._ws is not None:
+            self._ws.close(close_connections=False)
+            try:
+                async with asyncio.timeout(self.config.websocket.write_timeout + 1):
+                    await self._ws.wait_closed()
+            except TimeoutError:
+                pass
+        await self.node.broker.close()
+        await self.node.presence.close()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("shutdown requested")
+        await self.drain()
+        await self.stop()
+        log.info("stopped")
