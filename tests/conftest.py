@@ -169,7 +169,7 @@ class RawPeer:
                     await self.ws.recv()
         except websockets.ConnectionClosed:
             pass
-        rcvd = self.ws.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd is not None else (None, None)
 
     async def close(self) -> None:

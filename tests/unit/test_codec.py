@@ -1,0 +1,250 @@
+"""livegate.protocol.codec: frame decoding and the exact wire shapes of replies and pushes
+(protocol.md 1.2, 1.3, 2.2)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from livegate.errors import ClientError
+from livegate.protocol import codes
+from livegate.protocol.codec import (
+    PING,
+    Command,
+    FrameError,
+    decode_frame,
+    encode_error,
+    encode_join_push,
+    encode_leave_push,
+    encode_message_push,
+    encode_pub_push,
+    encode_reply,
+    encode_subscribe_push,
+    encode_unsubscribe_push,
+)
+from livegate.protocol.types import ClientInfo, Fragment, Publication
+
+
+def one_line(raw: bytes) -> dict:
+    """Decode a server message, asserting it is one compact line."""
+    assert isinstance(raw, bytes)
+    assert b"\n" not in raw and b"\r" not in raw
+    assert b": " not in raw and b", " not in raw, "server JSON must be compact"
+    return orjson.loads(raw)
+
+
+# -- decode_frame ------------------------------------------------------------------------
+
+
+def test_single_command():
+    assert decode_frame('{"id":1,"connect":{"token":"t","name":"js"}}') == [
+        Command(1, "connect", {"token": "t", "name": "js"}),
+    ]
+
+
+def test_bytes_frame_is_accepted_too():
+    assert decode_frame(b'{"id":7,"subscribe":{"channel":"a"}}') == [Command(7, "subscribe", {"channel": "a"})]
+
+
+def test_several_commands_in_order():
+    frame = '{"connect":{"name":"js"},"id":1}\n{"subscribe":{"channel":"a"},"id":2}\n{"id":3,"publish":{"channel":"a","data":1}}'
+    cmds = decode_frame(frame)
+    assert [(c.id, c.method) for c in cmds] == [(1, "connect"), (2, "subscribe"), (3, "publish")]
+    assert cmds[2].params == {"channel": "a", "data": 1}
+
+
+def test_blank_lines_and_surrounding_whitespace_are_skipped():
+    frame = '\n  {"id":1,"connect":{}}\n\n   \n{"id":2,"ping":{}}\n'
+    assert [(c.id, c.method) for c in decode_frame(frame)] == [(1, "connect"), (2, "ping")]
+
+
+@pytest.mark.parametrize("frame", ["", "\n", "  \n \n", b""])
+def test_empty_frame_is_an_error(frame):
+    with pytest.raises(FrameError):
+        decode_frame(frame)
+
+
+@pytest.mark.parametrize("frame", [
+    '{"id":1,"connect":{}',            # truncated
+    "{'id':1}",                         # not JSON
+    '{"id":1,"connect":{}}\n{"id":2,',  # second line broken
+    b'{"id":1,"connect":{"name":"\xff"}}',  # invalid UTF-8
+])
+def test_invalid_json(frame):
+    with pytest.raises(FrameError):
+        decode_frame(frame)
+
+
+@pytest.mark.parametrize("line", ["[1,2]", '"connect"', "1", "null", "true", '[{"id":1,"connect":{}}]'])
+def test_non_object(line):
+    with pytest.raises(FrameError, match="object"):
+        decode_frame(line)
+
+
+@pytest.mark.parametrize("line", [
+    '{"id":1}',
+    '{"id":1,"foo":{}}',
+    '{"id":1,"result":{}}',
+    '{"foo":1}',
+])
+def test_no_known_method(line):
+    with pytest.raises(FrameError, match="no known method"):
+        decode_frame(line)
+
+
+def test_two_methods():
+    with pytest.raises(FrameError, match="more than one"):
+        decode_frame('{"id":1,"connect":{},"subscribe":{"channel":"a"}}')
+
+
+def test_unknown_fields_next_to_the_method_are_ignored():
+    assert decode_frame('{"id":4,"publish":{"channel":"a","data":1},"extra":true}') == [
+        Command(4, "publish", {"channel": "a", "data": 1}),
+    ]
+
+
+@pytest.mark.parametrize("cid", ["-1", str(1 << 32), '"1"', "1.5", "true", "[1]", "{}"])
+def test_bad_id(cid):
+    with pytest.raises(FrameError, match="id"):
+        decode_frame('{"id":%s,"connect":{}}' % cid)
+
+
+def test_id_bounds_accepted():
+    assert decode_frame('{"id":%d,"rpc":{"method":"x"}}' % ((1 << 32) - 1))[0].id == (1 << 32) - 1
+    assert decode_frame('{"id":1,"rpc":{}}')[0].id == 1
+
+
+def test_pong_is_the_empty_object():
+    assert decode_frame("{}") == [Command(0, "", {})]
+
+
+def test_pong_between_commands():
+    cmds = decode_frame('{"id":1,"connect":{}}\n{}\n{"id":2,"ping":{}}')
+    assert [c.method for c in cmds] == ["connect", "", "ping"]
+
+
+@pytest.mark.parametrize("method", ["connect", "subscribe", "publish", "rpc", "history", "refresh"])
+def test_missing_or_zero_id_on_a_command_with_reply(method):
+    with pytest.raises(FrameError, match="id"):
+        decode_frame('{"%s":{}}' % method)
+    with pytest.raises(FrameError, match="id"):
+        decode_frame('{"id":0,"%s":{}}' % method)
+
+
+def test_send_needs_no_id():
+    assert decode_frame('{"send":{"data":{"a":1}}}') == [Command(0, "send", {"data": {"a": 1}})]
+
+
+def test_null_params_become_empty_and_non_object_params_fail():
+    assert decode_frame('{"id":1,"ping":null}') == [Command(1, "ping", {})]
+    with pytest.raises(FrameError, match="object"):
+        decode_frame('{"id":1,"subscribe":"chat"}')
+    with pytest.raises(FrameError, match="object"):
+        decode_frame('{"id":1,"subscribe":["chat"]}')
+
+
+def test_bad_line_fails_the_whole_frame():
+    with pytest.raises(FrameError):
+        decode_frame('{"id":1,"connect":{}}\n[]')
+
+
+# -- encoders ----------------------------------------------------------------------------
+
+
+def test_reply_shape_keeps_empty_result():
+    raw = encode_reply(3, "publish", {})
+    assert raw == b'{"id":3,"publish":{}}'
+
+
+def test_reply_with_result_is_one_compact_line():
+    raw = encode_reply(1, "connect", {"client": "c1", "version": "0.1.0", "ping": 25, "pong": True,
+                                      "data": Fragment(b'{"welcome":true}')})
+    assert one_line(raw) == {"id": 1, "connect": {"client": "c1", "version": "0.1.0", "ping": 25, "pong": True,
+                                                 "data": {"welcome": True}}}
+
+
+def test_error_has_code_and_message_and_no_temporary_when_false():
+    raw = encode_error(5, codes.ErrPermissionDenied())
+    assert raw == b'{"id":5,"error":{"code":103,"message":"permission denied"}}'
+
+
+def test_error_temporary_only_when_true():
+    assert one_line(encode_error(2, codes.ErrInternal())) == {
+        "id": 2, "error": {"code": 100, "message": "internal server error", "temporary": True}}
+    assert one_line(encode_error(2, codes.ErrTokenExpired(temporary=True)))["error"] == {
+        "code": 109, "message": "token expired", "temporary": True}
+    assert "temporary" not in one_line(encode_error(2, codes.ErrTokenExpired()))["error"]
+
+
+def test_error_message_is_never_empty():
+    body = one_line(encode_error(9, ClientError(4000, "")))["error"]
+    assert body["code"] == 4000
+    assert isinstance(body["message"], str) and body["message"]
+
+
+def test_application_error_keeps_its_code_and_message():
+    assert one_line(encode_error(9, ClientError(1000, "nope")))["error"] == {"code": 1000, "message": "nope"}
+
+
+def test_pub_push_shape_and_raw_data():
+    pub = Publication(b'{"n":1,"s":"a\\nb"}', offset=3)
+    raw = encode_pub_push("chat:1", pub)
+    assert raw == b'{"push":{"channel":"chat:1","pub":{"data":{"n":1,"s":"a\\nb"},"offset":3}}}'
+    assert one_line(raw)["push"]["pub"]["data"] == {"n": 1, "s": "a\nb"}
+
+
+def test_pub_push_offset_omitted_when_zero():
+    msg = one_line(encode_pub_push("news", Publication(b"[1,2]")))
+    assert msg == {"push": {"channel": "news", "pub": {"data": [1, 2]}}}
+
+
+def test_pub_push_with_info_and_tags():
+    info = ClientInfo("alice", "c1", conn_info=b'{"name":"A"}', chan_info=b'"vip"')
+    pub = Publication(b'"hi"', offset=1, info=info, tags={"k": "v"})
+    assert one_line(encode_pub_push("chat:1", pub)) == {"push": {"channel": "chat:1", "pub": {
+        "data": "hi", "offset": 1, "tags": {"k": "v"},
+        "info": {"user": "alice", "client": "c1", "conn_info": {"name": "A"}, "chan_info": "vip"}}}}
+
+
+def test_client_info_always_has_user_and_client_even_empty():
+    msg = one_line(encode_join_push("chat:1", ClientInfo("", "c2")))
+    assert msg == {"push": {"channel": "chat:1", "join": {"info": {"user": "", "client": "c2"}}}}
+
+
+def test_leave_push_shape():
+    msg = one_line(encode_leave_push("chat:1", ClientInfo("bob", "c3", conn_info=b"1")))
+    assert msg == {"push": {"channel": "chat:1", "leave": {"info": {"user": "bob", "client": "c3", "conn_info": 1}}}}
+
+
+@pytest.mark.parametrize("reason", ["", None])
+def test_unsubscribe_push_reason_never_empty(reason):
+    msg = one_line(encode_unsubscribe_push("chat:1", 2000, reason))
+    body = msg["push"]["unsubscribe"]
+    assert msg["push"]["channel"] == "chat:1"
+    assert body["code"] == 2000
+    assert isinstance(body["reason"], str) and body["reason"]
+
+
+def test_unsubscribe_push_keeps_given_reason():
+    assert encode_unsubscribe_push("a", 2501, "subscription expired") == (
+        b'{"push":{"channel":"a","unsubscribe":{"code":2501,"reason":"subscription expired"}}}')
+
+
+def test_subscribe_push_shape():
+    msg = one_line(encode_subscribe_push("feed:1", {"recoverable": True, "epoch": "e", "offset": 4}))
+    assert msg == {"push": {"channel": "feed:1", "subscribe": {"recoverable": True, "epoch": "e", "offset": 4}}}
+
+
+def test_message_push_has_no_channel_and_raw_data():
+    assert encode_message_push(b'{"x":[1]}') == b'{"push":{"message":{"data":{"x":[1]}}}}'
+
+
+def test_ping_is_the_empty_object():
+    assert PING == b"{}"
+
+
+def test_encoded_messages_join_into_a_decodable_frame():
+    parts = [encode_reply(1, "connect", {"client": "c"}), encode_pub_push("a", Publication(b"1", 1)), PING]
+    lines = b"\n".join(parts).split(b"\n")
+    assert [orjson.loads(line) for line in lines] == [
+        {"id": 1, "connect": {"client": "c"}}, {"push": {"channel": "a", "pub": {"data": 1, "offset": 1}}}, {}]
