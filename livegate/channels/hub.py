@@ -112,6 +112,9 @@ class Hub:
         """Local channels with their number of live subscribers."""
         return {channel: len(subs) for channel, subs in self._subs.items()}
 
+    def subscribers(self, channel: str) -> list[Subscriber]:
+        return list(self._subs.get(channel, ()))
+
     def num_subscribers(self, channel: str) -> int:
         return len(self._subs.get(channel, ()))
 

@@ -51,18 +51,16 @@ class ClientInfo:
             out["chan_info"] = Fragment(self.chan_info)
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        """A form that msgpack and JSON can carry between nodes."""
-        out: dict[str, Any] = {"u": self.user, "c": self.client}
-        if self.conn_info is not None:
-            out["i"] = self.conn_info
-        if self.chan_info is not None:
-            out["ci"] = self.chan_info
-        return out
+    def to_json(self) -> bytes:
+        """The wire form as JSON bytes (what other nodes embed as-is)."""
+        return orjson.dumps(self.to_wire())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClientInfo:
-        return cls(d["u"], d["c"], d.get("i"), d.get("ci"))
+    def from_json(cls, raw: bytes | str) -> ClientInfo:
+        d = orjson.loads(raw)
+        conn, chan = d.get("conn_info"), d.get("chan_info")
+        return cls(d.get("user", ""), d.get("client", ""),
+                   None if conn is None else orjson.dumps(conn), None if chan is None else orjson.dumps(chan))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +69,7 @@ class Publication:
 
     data: bytes
     offset: int = 0
-    info: ClientInfo | None = None
+    info: ClientInfo | bytes | None = None  # bytes: the wire form, already JSON (from another node)
     tags: dict[str, str] | None = None
     time: int = 0  # unix ms when it was published; used for TTL trimming
 
@@ -79,8 +77,9 @@ class Publication:
         out: dict[str, Any] = {"data": Fragment(self.data)}
         if self.offset:
             out["offset"] = self.offset
-        if self.info is not None:
-            out["info"] = self.info.to_wire()
+        info = self.info
+        if info is not None:
+            out["info"] = info.to_wire() if isinstance(info, ClientInfo) else Fragment(info)
         if self.tags:
             out["tags"] = self.tags
         return out

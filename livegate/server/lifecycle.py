@@ -43,7 +43,9 @@ def build_node(config: Config, app: App | None = None) -> Node:
         broker: Any = MemoryBroker()
         presence: Any = MemoryPresence()
     else:
-        raise ConfigError("engine.type", f"engine {config.engine.type!r} is not available in this build")
+        from livegate.channels.redis import RedisEngine
+
+        broker = presence = RedisEngine(config)
     return Node(config=config, app=app or App(), broker=broker, presence=presence, hub=Hub(text_frame),
                 rules=ChannelRules(config.channel), verifier=verifier)
 
@@ -86,6 +88,9 @@ class Server:
 
     async def start(self, *, sock: Any = None) -> None:
         node = self.node
+        if hasattr(node.broker, "on_gap"):
+            loop = asyncio.get_running_loop()
+            node.broker.on_gap = lambda channels: loop.create_task(self._recover_gap(channels))
         await node.broker.start(node.hub)
         cfg = self.config
         kwargs: dict[str, Any] = dict(
@@ -128,6 +133,27 @@ class Server:
                 raise
             except Exception:
                 log.exception("sweep failed")
+
+    async def _recover_gap(self, channels: list[str]) -> None:
+        """Publications may have been missed while the engine was unreachable: every
+        recoverable subscription of those channels is told to resubscribe (unsubscribe push
+        2500), and the SDK recovers from history; a server-side one reconnects (3010)."""
+        hub = self.node.hub
+        resubscribe = encode_unsubscribe_push
+        told = 0
+        for channel in channels:
+            for client in hub.subscribers(channel):
+                sub = client.subs.get(channel)  # type: ignore[attr-defined]
+                if sub is None or not sub.recoverable:
+                    continue
+                told += 1
+                if sub.server_side:
+                    client.close(codes.INSUFFICIENT_STATE)  # type: ignore[attr-defined]
+                    continue
+                await remove_subscription(client, channel)  # type: ignore[arg-type]
+                client.write(resubscribe(channel, codes.UNSUB_INSUFFICIENT_STATE.code,
+                                         codes.UNSUB_INSUFFICIENT_STATE.reason))
+        log.warning("engine gap: subscriptions told to recover", extra={"channels": len(channels), "subscriptions": told})
 
     async def _expire_subscription(self, client: Client, channel: str) -> None:
         await remove_subscription(client, channel)
