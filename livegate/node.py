@@ -15,6 +15,7 @@ from livegate.channels.broker import Broker, PresenceManager, PublishOptions, Pu
 from livegate.channels.hub import Hub
 from livegate.channels.names import ChannelRules, ResolvedChannel
 from livegate.config import Config
+from livegate.metrics import METRICS
 from livegate.protocol.types import ClientInfo
 
 __all__ = ["Node", "PRESENCE_TTL", "PRESENCE_REFRESH"]
@@ -48,6 +49,15 @@ class Node:
     def version(self) -> str:
         return __version__
 
+    @property
+    def engine_healthy(self) -> bool:
+        return bool(getattr(self.broker, "healthy", True))
+
+    @property
+    def ready(self) -> bool:
+        """Accepting traffic: not draining and the engine is reachable."""
+        return not self.draining and self.engine_healthy
+
     def publish_options(
         self, resolved: ResolvedChannel, *, info: ClientInfo | None = None, tags: dict[str, str] | None = None,
         idempotency_key: str = "", skip_history: bool = False,
@@ -73,4 +83,8 @@ class Node:
         opts = self.publish_options(
             resolved, info=info, tags=tags, idempotency_key=idempotency_key, skip_history=skip_history,
         )
-        return await self.broker.publish(channel, data, opts)
+        started = time.perf_counter()
+        try:
+            return await self.broker.publish(channel, data, opts)
+        finally:
+            METRICS.broker_publish.observe((self.config.engine.type,), time.perf_counter() - started)

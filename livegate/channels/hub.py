@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from livegate.metrics import METRICS
 from livegate.protocol.codec import encode_join_push, encode_leave_push, encode_pub_push
 from livegate.protocol.types import ClientInfo, Publication
 
@@ -125,6 +126,7 @@ class Hub:
     # -- fan-out -----------------------------------------------------------------------
 
     def handle_publications(self, batch: list[tuple[str, Publication]]) -> None:
+        METRICS.publications.value += len(batch)
         if len(batch) == 1:
             channel, pub = batch[0]
             subs = self._subs.get(channel)
@@ -137,6 +139,7 @@ class Hub:
                     waiting.append((pub.offset, payload))
             if subs:
                 frame = self._framer(payload)
+                METRICS.pushes.value += len(subs)
                 for sub in subs:
                     sub.write(payload, frame)
             return
@@ -154,6 +157,7 @@ class Hub:
                 for waiting in pending.values():
                     waiting.append((pub.offset, payload))
             if subs:
+                METRICS.pushes.value += len(subs)
                 for sub in subs:
                     queued = per_sub.get(sub)
                     if queued is None:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from livegate.errors import ClientError, DisconnectRequested
 from livegate.handlers.context import Context, Subscription
+from livegate.metrics import METRICS
 from livegate.protocol import codes
 from livegate.protocol.codec import PING, Command, FrameError, decode_frame, encode_error, encode_reply
 from livegate.protocol.codes import Disconnect, ErrInternal
@@ -109,6 +110,7 @@ class Client:
             self.flush()
         self.closing = disconnect
         self._collect = None
+        METRICS.disconnects.labels_inc((str(disconnect.code),))
         log.info("disconnect", extra={"client": self.client_id, "user": self.user,
                                       "code": disconnect.code, "reason": disconnect.reason})
         self._close(disconnect)
@@ -125,6 +127,7 @@ class Client:
         """Process one inbound frame: every command in order, replies coalesced into one frame."""
         if self.closing is not None:
             return
+        METRICS.bytes_in.value += len(frame)
         try:
             commands = decode_frame(frame)
         except FrameError as exc:
@@ -166,8 +169,10 @@ class Client:
             self._bad_request(f"{method}.{where}: {first['msg']}")
             return False
         started = time.perf_counter()
+        outcome = "error"
         try:
             result = await handler(self, request)
+            outcome = "ok"
         except ClientError as err:
             if cmd.id:
                 self.write(encode_error(cmd.id, err))
@@ -182,8 +187,9 @@ class Client:
                 self.write(encode_error(cmd.id, ErrInternal()))
             return True
         finally:
-            log.debug("command", extra={"client": self.client_id, "user": self.user, "method": method,
-                                        "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
+            elapsed = time.perf_counter() - started
+            METRICS.commands.labels_inc((method, outcome))
+            METRICS.command_duration.observe((method,), elapsed)
         followup = None
         if isinstance(result, tuple):
             result, followup = result
@@ -227,6 +233,3 @@ class Client:
 
     def presence_subscriptions(self) -> list[tuple[str, Subscription]]:
         return [(ch, sub) for ch, sub in self.subs.items() if sub.presence and sub.live]
-
-    def result_extra(self) -> dict[str, Any]:
-        return {}

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import time
 from typing import Any
 
+from aiohttp import web
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import serve
 
+from livegate.api.control import Control
+from livegate.api.stream import ApiStreamConsumer
 from livegate.app import App
 from livegate.auth import TokenVerifier
 from livegate.channels.hub import Hub
@@ -21,9 +25,11 @@ from livegate.config import Config
 from livegate.errors import BrokerError, ConfigError
 from livegate.handlers.client import Client, State
 from livegate.handlers.unsubscribe import remove_subscription
+from livegate.metrics import METRICS
 from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, Node
 from livegate.protocol import codes
 from livegate.protocol.codec import encode_unsubscribe_push
+from livegate.server.http_api import MetricsFiles, make_api_app
 from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection, text_frame
 
 __all__ = ["Server", "build_node", "release_client"]
@@ -77,7 +83,12 @@ class Server:
         self.config = config
         self.node = build_node(config, app)
         self.clients: set[Client] = set()
+        self.control = Control(self.node)
+        self.api_stream: ApiStreamConsumer | None = None
         self._ws: WsServer | None = None
+        self._api_runner: web.AppRunner | None = None
+        self._api_site: web.TCPSite | None = None
+        self.metrics_files = MetricsFiles(os.environ.get("LIVEGATE_WORKER_METRICS_DIR"))
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -86,12 +97,31 @@ class Server:
         assert self._ws is not None
         return self._ws.sockets[0].getsockname()[1]
 
+    @property
+    def api_port(self) -> int:
+        assert self._api_runner is not None
+        return self._api_runner.addresses[0][1]
+
+    async def _start_api(self) -> None:
+        cfg = self.config.http_api
+        app = make_api_app(self.node, self.control, self.metrics_files)
+        self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._api_runner.setup()
+        self._api_site = web.TCPSite(self._api_runner, cfg.address, cfg.port,
+                                     reuse_port=self.config.http_server.workers > 1)
+        await self._api_site.start()
+
     async def start(self, *, sock: Any = None) -> None:
         node = self.node
         if hasattr(node.broker, "on_gap"):
             loop = asyncio.get_running_loop()
             node.broker.on_gap = lambda channels: loop.create_task(self._recover_gap(channels))
         await node.broker.start(node.hub)
+        await self.control.start()
+        engine_shards = getattr(node.broker, "shards", None)
+        if engine_shards:
+            self.api_stream = ApiStreamConsumer(node, self.control, engine_shards[0].client, self.config.engine.redis.prefix)
+            self.api_stream.start()
         cfg = self.config
         kwargs: dict[str, Any] = dict(
             process_request=make_process_request(node),
@@ -111,15 +141,26 @@ class Server:
         else:
             self._ws = await serve(handler, cfg.http_server.address, cfg.http_server.port,
                                    reuse_port=cfg.http_server.workers > 1, **kwargs)
+        await self._start_api()
+        hub = node.hub
+        METRICS.connections.fn = lambda: hub.num_clients
+        METRICS.subscriptions.fn = lambda: hub.num_subscriptions
+        METRICS.channels.fn = lambda: len(hub.channels())
+        METRICS.engine_up.fn = lambda: 1.0 if node.engine_healthy else 0.0
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         log.info("listening", extra={"address": cfg.http_server.address, "port": self.port,
-                                     "path": cfg.websocket.handler_prefix, "engine": cfg.engine.type})
+                                     "path": cfg.websocket.handler_prefix, "engine": cfg.engine.type,
+                                     "api_port": self.api_port})
 
     async def _sweep_forever(self) -> None:
         next_presence = time.monotonic() + PRESENCE_REFRESH
+        next_metrics = 0.0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
+                if self.metrics_files.mine is not None and time.monotonic() >= next_metrics:
+                    next_metrics = time.monotonic() + 1.0
+                    self.metrics_files.write()
                 now_mono, now_wall = time.monotonic(), time.time()
                 for client in list(self.clients):
                     client.tick(now_mono, now_wall)
@@ -186,6 +227,9 @@ class Server:
                 await asyncio.sleep(step * batch)
 
     async def stop(self) -> None:
+        if self.api_stream is not None:
+            await self.api_stream.stop()
+        await self.control.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -196,6 +240,9 @@ class Server:
                     await self._ws.wait_closed()
             except TimeoutError:
                 pass
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+            self._api_runner = None
         await self.node.broker.close()
         await self.node.presence.close()
         self._stopped.set()

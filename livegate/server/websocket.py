@@ -24,6 +24,7 @@ from websockets.protocol import State as WsState
 from websockets.typing import Subprotocol
 
 from livegate.handlers.client import Client
+from livegate.metrics import METRICS
 from livegate.protocol import codes
 from livegate.protocol.codes import Disconnect
 
@@ -67,6 +68,7 @@ class WebSocketClient(Client):
             self.close(codes.SLOW)
             return
         transport.write(frame)
+        METRICS.bytes_out.value += len(frame)
 
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
@@ -115,8 +117,9 @@ def make_process_request(node: Node):  # type: ignore[no-untyped-def]
         if path == "/health":
             return connection.respond(http.HTTPStatus.OK, '{"status":"ok"}\n')
         if path == "/ready":
-            if node.draining:
-                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, '{"status":"draining"}\n')
+            if not node.ready:
+                status = "draining" if node.draining else "engine unavailable"
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f'{{"status":"{status}"}}\n')
             return connection.respond(http.HTTPStatus.OK, '{"status":"ready"}\n')
         if path != prefix:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")

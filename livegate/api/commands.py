@@ -1,0 +1,247 @@
+"""The server API, written once. HTTP, the Redis API stream and the PostgreSQL outbox all
+call ``execute(node, control, method, params)``.
+
+Every method validates its params with the model in ``api.models`` and raises a
+``ClientError`` with a stable code on failure: 100 internal (temporary: retry), 102 unknown
+channel, 104 not found, 107 bad request, 108 not available, 112 unrecoverable position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import fnmatch
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from livegate.api import models as m
+from livegate.api.control import Control
+from livegate.channels.broker import HistoryOptions
+from livegate.channels.names import ResolvedChannel
+from livegate.errors import BrokerError, ClientError
+from livegate.node import Node
+from livegate.protocol import codes
+from livegate.protocol.codes import (
+    ErrBadRequest, ErrInternal, ErrMethodNotFound, ErrNotAvailable, ErrUnrecoverablePosition,
+)
+from livegate.protocol.types import StreamPosition, raw_json
+
+__all__ = ["execute", "METHODS", "error_body", "validation_message"]
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg'].lower()}")
+    return "bad request: " + "; ".join(parts)
+
+
+def error_body(err: ClientError) -> dict[str, Any]:
+    return {"code": err.code, "message": err.message or "error"}
+
+
+def _data(data: Any, b64data: str | None) -> bytes:
+    """Publication data as compact JSON bytes. JSON clients cannot take binary, so
+    ``b64data`` must decode to JSON."""
+    if b64data:
+        try:
+            raw = base64.b64decode(b64data, validate=True)
+            return orjson.dumps(orjson.loads(raw))
+        except (binascii.Error, ValueError):
+            raise ErrBadRequest(message="bad request: b64data must be base64 of JSON (JSON protocol only)") from None
+    if data is None:
+        raise ErrBadRequest(message="bad request: data is required")
+    return raw_json(data)
+
+
+def _channel(node: Node, channel: str) -> ResolvedChannel:
+    if not channel:
+        raise ErrBadRequest(message="bad request: channel is required")
+    return node.rules.resolve(channel)
+
+
+async def _engine(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except BrokerError as exc:
+        raise ErrInternal(message=f"internal server error: {exc}") from None
+
+
+async def publish(node: Node, control: Control, req: m.PublishRequest) -> dict[str, Any]:
+    _channel(node, req.channel)
+    result = await _engine(node.publish(
+        req.channel, _data(req.data, req.b64data), tags=req.tags,
+        idempotency_key=req.idempotency_key or "", skip_history=req.skip_history))
+    if result.position.offset:
+        return {"offset": result.position.offset, "epoch": result.position.epoch}
+    return {}
+
+
+async def broadcast(node: Node, control: Control, req: m.BroadcastRequest) -> dict[str, Any]:
+    if not req.channels:
+        raise ErrBadRequest(message="bad request: channels is required")
+    data = _data(req.data, req.b64data)
+
+    async def publish_raw(channel: str) -> dict[str, Any]:
+        try:
+            _channel(node, channel)
+            result = await _engine(node.publish(channel, data, tags=req.tags, idempotency_key=req.idempotency_key or "",
+                                                skip_history=req.skip_history))
+        except ClientError as err:
+            return {"error": error_body(err)}
+        pos = result.position
+        return {"result": {"offset": pos.offset, "epoch": pos.epoch} if pos.offset else {}}
+
+    return {"responses": list(await asyncio.gather(*(publish_raw(ch) for ch in req.channels)))}
+
+
+def _json_or_b64(value: Any, b64: str | None, name: str) -> bytes | None:
+    if b64:
+        try:
+            return orjson.dumps(orjson.loads(base64.b64decode(b64, validate=True)))
+        except (binascii.Error, ValueError):
+            raise ErrBadRequest(message=f"bad request: b64{name} must be base64 of JSON") from None
+    return None if value is None else raw_json(value)
+
+
+async def subscribe(node: Node, control: Control, req: m.SubscribeRequest) -> dict[str, Any]:
+    if not req.user:
+        raise ErrBadRequest(message="bad request: user is required")
+    _channel(node, req.channel)
+    override = req.override.model_dump(exclude_none=True) if req.override else None
+    since = req.recover_since
+    await _engine(control.send({
+        "t": "subscribe", "user": req.user, "channel": req.channel, "client": req.client,
+        "info": _json_or_b64(req.info, req.b64info, "info"), "data": _json_or_b64(req.data, req.b64data, "data"),
+        "recover_since": [since.offset, since.epoch] if since else None, "override": override,
+        "expire_at": req.expire_at or 0,
+    }))
+    return {}
+
+
+async def unsubscribe(node: Node, control: Control, req: m.UnsubscribeRequest) -> dict[str, Any]:
+    if not req.user:
+        raise ErrBadRequest(message="bad request: user is required")
+    _channel(node, req.channel)
+    await _engine(control.send({"t": "unsubscribe", "user": req.user, "channel": req.channel, "client": req.client}))
+    return {}
+
+
+async def disconnect(node: Node, control: Control, req: m.DisconnectRequest) -> dict[str, Any]:
+    if not req.user:
+        raise ErrBadRequest(message="bad request: user is required")
+    d = req.disconnect
+    code, reason = (d.code, d.reason or "disconnect") if d else (codes.FORCE_DISCONNECT.code, codes.FORCE_DISCONNECT.reason)
+    await _engine(control.send({"t": "disconnect", "user": req.user, "client": req.client,
+                                "whitelist": req.whitelist, "code": code, "reason": reason}))
+    return {}
+
+
+async def refresh(node: Node, control: Control, req: m.RefreshRequest) -> dict[str, Any]:
+    if not req.user:
+        raise ErrBadRequest(message="bad request: user is required")
+    await _engine(control.send({"t": "refresh", "user": req.user, "client": req.client, "expired": req.expired,
+                                "expire_at": req.expire_at, "info": None if req.info is None else raw_json(req.info)}))
+    return {}
+
+
+def _presence_channel(node: Node, channel: str) -> None:
+    if not _channel(node, channel).options.presence:
+        raise ErrNotAvailable()
+
+
+async def presence(node: Node, control: Control, req: m.PresenceRequest) -> dict[str, Any]:
+    _presence_channel(node, req.channel)
+    entries = await _engine(node.presence.presence(req.channel))
+    return {"presence": {cid: info.to_wire() for cid, info in entries.items()}}
+
+
+async def presence_stats(node: Node, control: Control, req: m.PresenceStatsRequest) -> dict[str, Any]:
+    _presence_channel(node, req.channel)
+    stats = await _engine(node.presence.presence_stats(req.channel))
+    return {"num_clients": stats.num_clients, "num_users": stats.num_users}
+
+
+async def history(node: Node, control: Control, req: m.HistoryRequest) -> dict[str, Any]:
+    resolved = _channel(node, req.channel)
+    if not resolved.options.history_enabled:
+        raise ErrNotAvailable()
+    if req.reverse and req.since is not None and req.since.offset == 0:
+        raise ErrBadRequest(message="bad request: reverse history needs since.offset > 0")
+    since = StreamPosition(req.since.offset, req.since.epoch) if req.since is not None else None
+    result = await _engine(node.broker.history(req.channel, HistoryOptions(
+        limit=-1 if req.limit < 0 else req.limit, since=since, reverse=req.reverse, meta_ttl=node.meta_ttl(resolved))))
+    if since is not None and since.epoch and since.epoch != result.position.epoch:
+        raise ErrUnrecoverablePosition()
+    return {"publications": [p.to_wire() for p in result.publications],
+            "epoch": result.position.epoch, "offset": result.position.offset}
+
+
+async def history_remove(node: Node, control: Control, req: m.HistoryRemoveRequest) -> dict[str, Any]:
+    if not _channel(node, req.channel).options.history_enabled:
+        raise ErrNotAvailable()
+    await _engine(node.broker.remove_history(req.channel))
+    return {}
+
+
+async def channels(node: Node, control: Control, req: m.ChannelsRequest) -> dict[str, Any]:
+    totals: dict[str, int] = {}
+    for answer in await control.survey("channels"):
+        for name, count in answer.items():
+            totals[name] = totals.get(name, 0) + count
+    pattern = req.pattern or ""
+    return {"channels": {name: {"num_clients": n} for name, n in sorted(totals.items())
+                         if n > 0 and (not pattern or fnmatch.fnmatchcase(name, pattern))}}
+
+
+async def info(node: Node, control: Control, req: m.InfoRequest) -> dict[str, Any]:
+    return {"nodes": control.cluster_info()}
+
+
+async def batch(node: Node, control: Control, req: m.BatchRequest) -> dict[str, Any]:
+    async def one(command: dict[str, Any]) -> dict[str, Any]:
+        if len(command) != 1:
+            return {"error": error_body(ErrBadRequest(message="bad request: a command has exactly one method"))}
+        (method, params), = command.items()
+        if method == "batch":
+            return {"error": error_body(ErrBadRequest(message="bad request: batch inside batch"))}
+        try:
+            return {method: await execute(node, control, method, params)}
+        except ClientError as err:
+            return {"error": error_body(err)}
+
+    if req.parallel:
+        replies = list(await asyncio.gather(*(one(c) for c in req.commands)))
+    else:
+        replies = [await one(c) for c in req.commands]
+    return {"replies": replies}
+
+
+Method = Callable[[Node, Control, Any], Awaitable[dict[str, Any]]]
+METHODS: dict[str, Method] = {
+    "publish": publish, "broadcast": broadcast, "subscribe": subscribe, "unsubscribe": unsubscribe,
+    "disconnect": disconnect, "refresh": refresh, "presence": presence, "presence_stats": presence_stats,
+    "history": history, "history_remove": history_remove, "channels": channels, "info": info, "batch": batch,
+}
+assert METHODS.keys() == m.MODELS.keys()
+
+
+async def execute(node: Node, control: Control, method: str, params: Any) -> dict[str, Any]:
+    """Run one API method. Raises ClientError (104 for an unknown method, 107 for bad params)."""
+    handler = METHODS.get(method)
+    if handler is None:
+        raise ErrMethodNotFound(message="not found")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ErrBadRequest(message="bad request: params must be a JSON object")
+    try:
+        req = m.MODELS[method].model_validate(params)
+    except ValidationError as exc:
+        raise ErrBadRequest(message=validation_message(exc)) from None
+    return await handler(node, control, req)

@@ -1,0 +1,143 @@
+"""The Redis API stream door: backends ``XADD {prefix}.api.stream * method <m> payload <p>``.
+
+All instances read the stream through one consumer group (``livegate``), so each entry is
+executed once; an entry is acknowledged after it succeeded. Entries left pending by a dead
+instance (or failed with a temporary error) are claimed again after ``CLAIM_IDLE`` seconds.
+An entry that cannot succeed (unknown method, payload that is not a JSON or msgpack object,
+invalid params, or ``MAX_DELIVERIES`` failed attempts) is moved to ``{prefix}.api.dead``
+with its error and acknowledged: it is never retried forever and never stops the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import msgpack
+import orjson
+from redis.exceptions import RedisError, ResponseError
+
+from livegate.api.commands import execute
+from livegate.api.control import Control
+from livegate.errors import ClientError
+from livegate.node import Node
+
+__all__ = ["ApiStreamConsumer", "GROUP", "decode_payload"]
+
+log = logging.getLogger("livegate.api.stream")
+
+GROUP = "livegate"
+CLAIM_IDLE = 15.0
+MAX_DELIVERIES = 5
+DEAD_MAXLEN = 10000
+
+
+def decode_payload(raw: bytes | None) -> Any:
+    if not raw:
+        return {}
+    if raw[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
+        return orjson.loads(raw)
+    return msgpack.unpackb(raw, raw=False)
+
+
+class ApiStreamConsumer:
+    def __init__(self, node: Node, control: Control, client: Any, prefix: str) -> None:
+        self.node = node
+        self.control = control
+        self.client = client  # redis.asyncio.Redis of the first shard
+        self.stream = f"{prefix}.api.stream"
+        self.dead = f"{prefix}.api.dead"
+        self.consumer = node.uid
+        self.processed = 0
+        self.dead_lettered = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _run(self) -> None:
+        delay = 0.1
+        next_claim = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._ensure_group()
+                while True:
+                    if loop.time() >= next_claim:
+                        await self._claim_stale()
+                        next_claim = loop.time() + CLAIM_IDLE / 3
+                    reply = await self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=100, block=1000)
+                    for _, entries in reply or ():
+                        for entry_id, fields in entries:
+                            await self._process(entry_id, fields, deliveries=1)
+                    delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("api stream unavailable: %s", exc, extra={"retry_in_s": round(delay, 2)})
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 3.0)
+
+    async def _claim_stale(self) -> None:
+        pending = await self.client.xpending_range(
+            self.stream, GROUP, min="-", max="+", count=100, idle=int(CLAIM_IDLE * 1000))
+        for item in pending:
+            entry_id = item["message_id"]
+            deliveries = int(item["times_delivered"]) + 1
+            claimed = await self.client.xclaim(self.stream, GROUP, self.consumer, int(CLAIM_IDLE * 1000), [entry_id])
+            for cid, fields in claimed:
+                if fields is None:
+                    await self.client.xack(self.stream, GROUP, cid)  # deleted from the stream meanwhile
+                    continue
+                await self._process(cid, fields, deliveries)
+
+    async def _process(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> None:
+        method = fields.get(b"method", b"").decode(errors="replace")
+        try:
+            params = decode_payload(fields.get(b"payload"))
+        except Exception as exc:
+            await self._dead(entry_id, fields, f"payload is neither JSON nor msgpack: {exc}")
+            return
+        try:
+            await execute(self.node, self.control, method, params)
+        except ClientError as err:
+            if err.temporary and deliveries < MAX_DELIVERIES:
+                log.warning("api stream entry failed, will retry",
+                            extra={"entry": entry_id.decode(), "method": method, "error": err.message})
+                return  # stays pending; claimed again later
+            await self._dead(entry_id, fields, f"{err.code}: {err.message}")
+            return
+        except Exception as exc:
+            log.exception("api stream entry crashed", extra={"entry": entry_id.decode(), "method": method})
+            if deliveries >= MAX_DELIVERIES:
+                await self._dead(entry_id, fields, f"internal error: {exc}")
+            return
+        await self.client.xack(self.stream, GROUP, entry_id)
+        self.processed += 1
+
+    async def _dead(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
+        log.warning("api stream entry dead-lettered", extra={"entry": entry_id.decode(), "error": error})
+        record = {b"id": entry_id, b"error": error.encode(), **fields}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead, record, maxlen=DEAD_MAXLEN, approximate=True)
+            pipe.xack(self.stream, GROUP, entry_id)
+            await pipe.execute()
+        self.dead_lettered += 1
