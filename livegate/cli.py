@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from livegate.config import Config, load_config
-from livegate.errors import ConfigError
+from livegate.errors import BrokerUnavailable, ConfigError
 
 __all__ = ["main"]
 
@@ -67,18 +67,86 @@ def _run(coro_factory: Any) -> None:
     asyncio.run(coro_factory())
 
 
+def _supervise(args: argparse.Namespace, config: Config) -> int:
+    """``http_server.workers = N``: N full instances sharing the ports (SO_REUSEPORT).
+
+    Signals are forwarded to the workers; a worker that dies unexpectedly is restarted
+    (at most once per second); the supervisor exits 0 when every worker exited after a
+    signal."""
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    from livegate.server.logs import setup_logging
+
+    setup_logging(config.log.level, config.log.format)
+    log = __import__("logging").getLogger("livegate.supervisor")
+    metrics_dir = tempfile.mkdtemp(prefix="livegate-metrics-")
+    argv = [sys.executable, "-m", "livegate.cli", "serve"]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.app:
+        argv += ["--app", args.app]
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "LIVEGATE_WORKER": str(i), "LIVEGATE_WORKER_METRICS_DIR": metrics_dir}
+        return subprocess.Popen(argv, env=env)
+
+    workers = {i: spawn(i) for i in range(config.http_server.workers)}
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("supervising workers", extra={"workers": len(workers), "pids": [p.pid for p in workers.values()]})
+    last_restart = 0.0
+    try:
+        while True:
+            alive = False
+            for i, proc in list(workers.items()):
+                code = proc.poll()
+                if code is None:
+                    alive = True
+                elif not stopping and time.monotonic() - last_restart > 1.0:
+                    log.warning("worker exited; restarting", extra={"worker": i, "code": code})
+                    last_restart = time.monotonic()
+                    workers[i] = spawn(i)
+                    alive = True
+                elif not stopping:
+                    alive = True
+            if not alive:
+                break
+            time.sleep(0.1)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0 if all(p.returncode == 0 for p in workers.values()) else 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from livegate.server.lifecycle import Server
     from livegate.server.logs import setup_logging
 
     config = _load(args.config)
     app = _import_app(args.app) if args.app else None
+    if config.http_server.workers > 1 and not os.environ.get("LIVEGATE_WORKER"):
+        return _supervise(args, config)
     setup_logging(config.log.level, config.log.format)
     server = Server(config, app)  # builds the node: key and engine errors surface here
     try:
         _run(server.serve_forever)
     except OSError as exc:
-        return _fail(f"cannot listen on {config.http_server.address}:{config.http_server.port}: {exc.strerror}", 1)
+        return _fail(f"cannot listen on {config.http_server.address}:{config.http_server.port} "
+                     f"or {config.http_api.address}:{config.http_api.port}: {exc.strerror}", 1)
+    except BrokerUnavailable as exc:
+        return _fail(f"engine unavailable: {exc}", 1)
     return 0
 
 
