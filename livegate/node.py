@@ -78,7 +78,13 @@ class Node:
         self, channel: str, data: bytes, *, info: ClientInfo | None = None, tags: dict[str, str] | None = None,
         idempotency_key: str = "", skip_history: bool = False,
     ) -> PublishResult:
-        """Publish raw JSON ``data`` into a channel (name already valid for this node)."""
+        """Publish raw JSON ``data`` into a channel.
+
+        Every message on the wire is one line: raw newlines, which JSON allows only as
+        whitespace between tokens, are removed here so pretty-printed JSON is safe.
+        """
+        if b"\n" in data or b"\r" in data:
+            data = data.replace(b"\r", b"").replace(b"\n", b"")
         resolved = self.rules.resolve(channel)
         opts = self.publish_options(
             resolved, info=info, tags=tags, idempotency_key=idempotency_key, skip_history=skip_history,

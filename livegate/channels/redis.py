@@ -217,6 +217,9 @@ class _Shard:
         while True:
             try:
                 proto = await self._open()
+                # Connections of the command pool may predate a Redis restart: drop them all
+                # before saying healthy, rather than retry (and maybe repeat) a publish.
+                await self.client.connection_pool.disconnect()
                 await load_functions(self.client)
                 await self.engine.write_config(self.client)
                 self.proto = proto

@@ -133,8 +133,6 @@ async def subscribe_channel(
             result["epoch"] = top.epoch
             result["offset"] = top.offset
             sent_up_to = top.offset
-            if req.recover:
-                result["was_recovering"] = True
             if recovering:
                 pubs = hist.publications
                 same_epoch = req.epoch in ("", top.epoch)
@@ -160,6 +158,8 @@ async def subscribe_channel(
         if isinstance(exc, BrokerError):
             raise ErrInternal() from exc
         raise
+    if req.recover:
+        result["was_recovering"] = True  # echoed even when recovery is not enabled (protocol.md 5.3)
     if grant.expire_at:
         result["expires"] = True
         result["ttl"] = max(1, int(grant.expire_at - time.time()))

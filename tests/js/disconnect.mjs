@@ -1,6 +1,7 @@
 // Scenario 9: how server disconnects and connect errors look to the SDK.
 // args.cases = [{name, token, serverCloses}]: connect; with serverCloses the script reports
-// "ready" once connected and the test closes the connection from the server side.
+// "ready" once connected and the test closes the connection from the server side; with
+// send, the client sends that message (client.send) once connected.
 // Each case reports the SDK's disconnected code/reason and its state a while later.
 import { args, main, newClient, once, out, sleep } from './common.mjs';
 
@@ -15,6 +16,11 @@ await main(async () => {
       client.connect();
       const ctx = await connected;
       out('ready', { who: c.name, client: ctx.client });
+    } else if (c.send !== undefined) {
+      const connected = once(client, 'connected');
+      client.connect();
+      await connected;
+      await client.send(c.send);
     } else {
       client.connect();
     }

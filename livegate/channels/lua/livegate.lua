@@ -10,7 +10,7 @@
 --   <prefix>.config         hash written by livegate at start: namespace history settings
 -- Envelopes are msgpack arrays: {"p", offset, epoch, data, info_json, tags_json, time_ms}.
 
-local VERSION = 1
+local VERSION = 2
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -65,6 +65,9 @@ local function publish(keys, args)
   local data = args[1]
   if channel == nil or channel == '' then return redis.error_reply('ERR livegate_publish: channel is empty') end
   if data == nil or data == '' then return redis.error_reply('ERR livegate_publish: data is empty') end
+  -- Clients read one message per line: raw newlines (JSON whitespace only) are dropped.
+  if string.find(data, '[\r\n]') then data = string.gsub(data, '[\r\n]', '') end
+  if not pcall(cjson.decode, data) then return redis.error_reply('ERR livegate_publish: data must be JSON') end
   local opts = {}
   if args[2] and args[2] ~= '' then
     local ok, decoded = pcall(cjson.decode, args[2])
