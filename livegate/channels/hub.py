@@ -183,11 +183,14 @@ class Hub:
         if not subs:
             return
         frame: bytes | None = None
+        sent = 0
         for sub, flags in subs.items():
             if flags & JOIN_LEAVE:
                 if frame is None:
                     frame = self._framer(payload)
                 sub.write(payload, frame)
+                sent += 1
+        METRICS.pushes.value += sent
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         if channel in self._subs:

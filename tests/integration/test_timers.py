@@ -140,3 +140,30 @@ level = "info"
             proc.kill()
             await proc.wait()
     assert BASE_CONFIG  # the shared config stays importable for subprocess tests
+
+
+async def test_drain_spreads_closes_over_the_window(start_server, peer_factory):
+    running = await start_server({"http_server": {"shutdown_drain": "1s"}})
+    peers = []
+    for i in range(10):
+        peer = await peer_factory(running.url)
+        await peer.connect(f"u{i}")
+        peers.append(peer)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    drain = loop.create_task(running.server.drain())
+    await asyncio.sleep(0.05)
+    assert running.node.ready is False  # /ready flips at once
+    closed_at = []
+    for peer in peers:
+        assert await peer.closed(timeout=3) == (3001, "shutdown")
+        closed_at.append(loop.time() - started)
+    await drain
+    assert max(closed_at) - min(closed_at) >= 0.5  # spread, not a storm
+    assert max(closed_at) < 2.0
+    try:
+        await websockets.connect(running.url)
+        refused = False
+    except (OSError, websockets.InvalidStatus):
+        refused = True
+    assert refused
