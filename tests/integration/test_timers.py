@@ -154,10 +154,11 @@ async def test_drain_spreads_closes_over_the_window(start_server, peer_factory):
     drain = loop.create_task(running.server.drain())
     await asyncio.sleep(0.05)
     assert running.node.ready is False  # /ready flips at once
-    closed_at = []
-    for peer in peers:
+    async def close_time(peer):  # noqa: ANN001, ANN202
         assert await peer.closed(timeout=3) == (3001, "shutdown")
-        closed_at.append(loop.time() - started)
+        return loop.time() - started
+
+    closed_at = await asyncio.gather(*(close_time(p) for p in peers))
     await drain
     assert max(closed_at) - min(closed_at) >= 0.5  # spread, not a storm
     assert max(closed_at) < 2.0
