@@ -82,7 +82,9 @@ class Broker(Protocol):
     async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
 
     async def subscribe(self, channel: str) -> None:
-        """Start receiving the channel's publications on this node (called on the first local subscriber)."""
+        """Receive the channel's publications on this node. Called for every local
+        subscriber; returns once publications are flowing (at once when they already are),
+        so a history read after it cannot miss what is published meanwhile."""
         ...
 
     async def unsubscribe(self, channel: str) -> None:

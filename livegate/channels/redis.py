@@ -75,6 +75,11 @@ def _resp(*parts: bytes | str) -> bytes:
     return b"".join(out)
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # marks it retrieved: a failed confirmation nobody waits for is not an error
+
+
 def decode_envelope(raw: bytes) -> Publication:
     _, offset, _epoch, data, info, tags, ms = msgpack.unpackb(raw, raw=True, use_list=True)
     return Publication(data, offset, info or None, orjson.loads(tags) if tags else None, ms)
@@ -166,7 +171,8 @@ class _Shard:
         self.client = aioredis.Redis.from_url(
             url, socket_connect_timeout=1.0, socket_timeout=3.0, retry=Retry(NoBackoff(), 0),
             health_check_interval=0, single_connection_client=False)
-        self.channels: set[bytes] = set()  # pub/sub channels this process needs
+        # Pub/sub channels this process needs -> confirmation of their SUBSCRIBE.
+        self.channels: dict[bytes, asyncio.Future[None]] = {}
         self.proto: _PubSubProtocol | None = None
         self.healthy = False
         self.ever_connected = False
@@ -223,9 +229,12 @@ class _Shard:
                 await load_functions(self.client)
                 await self.engine.write_config(self.client)
                 self.proto = proto
-                wanted = sorted(self.channels | self.engine.fixed_channels(self.index))
+                wanted = sorted(set(self.channels) | self.engine.fixed_channels(self.index))
                 if wanted:
                     futures = self._send_now(b"subscribe", wanted)
+                    for channel, future in zip(wanted, futures, strict=True):
+                        if channel in self.channels:
+                            self.channels[channel] = future
                     await asyncio.wait_for(asyncio.gather(*futures), 5)
                 reconnect = self.ever_connected
                 self.healthy = self.ever_connected = True
@@ -285,15 +294,20 @@ class _Shard:
             i = j
 
     async def subscribe(self, channel: bytes) -> None:
-        self.channels.add(channel)
+        """Returns once Redis confirmed the channel's subscription (at once when it already had)."""
         if not self.healthy:
             raise BrokerUnavailable("redis is not connected")
-        future = asyncio.get_running_loop().create_future()
-        self._queue(b"subscribe", channel, future)
-        await future
+        future = self.channels.get(channel)
+        if future is None or (future.done() and future.exception() is not None):
+            future = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_retrieve)
+            self.channels[channel] = future
+            self._queue(b"subscribe", channel, future)
+        await asyncio.shield(future)
 
     def unsubscribe(self, channel: bytes) -> None:
-        self.channels.discard(channel)
+        if self.channels.pop(channel, None) is None:
+            return
         if self.healthy:
             self._queue(b"unsubscribe", channel, None)
 

@@ -114,12 +114,11 @@ async def subscribe_channel(
         expire_at=grant.expire_at, server_side=server_side,
     )
     client.subs[channel] = sub
-    first = node.hub.subscribe(channel, client)
+    node.hub.subscribe(channel, client)
     result: dict[str, Any] = {}
     sent_up_to = 0  # offsets at or below this are in the result already
     try:
-        if first:
-            await node.broker.subscribe(channel)
+        await node.broker.subscribe(channel)
         if positioned:
             limit = node.config.client.recovery_max_publication_limit
             recovering = req.recover and recoverable
