@@ -19,7 +19,7 @@ import jwt
 import orjson
 
 from livegate.config import TokenConfig
-from livegate.errors import TokenExpired, TokenInvalid
+from livegate.errors import ConfigError, TokenExpired, TokenInvalid
 
 __all__ = ["ConnectToken", "SubscriptionToken", "TokenVerifier", "make_hmac_token"]
 
@@ -77,13 +77,22 @@ def _json_claim(claims: dict[str, Any], name: str, b64name: str) -> bytes | None
     return None
 
 
-def _int_claim(claims: dict[str, Any], name: str) -> int | None:
+def _int_claim(claims: dict[str, Any], name: str, *, numeric_date: bool = False) -> int | None:
+    """An integer claim; ``numeric_date`` also admits fractions (RFC 7519 NumericDate, e.g. exp)."""
     value = claims.get(name)
     if value is None:
         return None
-    if type(value) is not int or value < 0:
-        raise TokenInvalid(f"{name} must be a non-negative integer")
-    return value
+    allowed = (int, float) if numeric_date else (int,)
+    if type(value) not in allowed or value < 0 or value != value:
+        raise TokenInvalid(f"{name} must be a non-negative {'number' if numeric_date else 'integer'}")
+    return int(value)
+
+
+def _key(config_key: str, prepare: Any, material: str) -> Any:
+    try:
+        return prepare(material.encode())
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        raise ConfigError(f"client.token.{config_key}", f"cannot load the key: {exc}") from None
 
 
 class TokenVerifier:
@@ -96,11 +105,13 @@ class TokenVerifier:
             for alg in _HS:
                 self._keys[alg] = cfg.hmac_secret_key
         if cfg.rsa_public_key:
-            rsa_key = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).prepare_key(cfg.rsa_public_key.encode())
+            rsa_key = _key("rsa_public_key", jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).prepare_key,
+                           cfg.rsa_public_key)
             for alg in _RS:
                 self._keys[alg] = rsa_key
         if cfg.ecdsa_public_key:
-            ec_key = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256).prepare_key(cfg.ecdsa_public_key.encode())
+            ec_key = _key("ecdsa_public_key", jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256).prepare_key,
+                          cfg.ecdsa_public_key)
             for alg in _ES:
                 self._keys[alg] = ec_key
         self._jwks = jwt.PyJWKClient(cfg.jwks_public_endpoint, cache_keys=True, lifespan=300) if cfg.jwks_public_endpoint else None
@@ -160,7 +171,7 @@ class TokenVerifier:
             raise TokenInvalid("subs must map channels to objects")
         return ConnectToken(
             user=self._user(claims),
-            exp=_int_claim(claims, "exp"),
+            exp=_int_claim(claims, "exp", numeric_date=True),
             expire_at=_int_claim(claims, "expire_at"),
             info=_json_claim(claims, "info", "b64info"),
             channels=tuple(channels),
@@ -182,7 +193,7 @@ class TokenVerifier:
             user=self._user(claims),
             channel=channel,
             client=client,
-            exp=_int_claim(claims, "exp"),
+            exp=_int_claim(claims, "exp", numeric_date=True),
             expire_at=_int_claim(claims, "expire_at"),
             info=_json_claim(claims, "info", "b64info"),
             data=_json_claim(claims, "data", "b64data"),

@@ -7,7 +7,9 @@ Durations are strings ("25s", "5m", "720h", "1h30m", "250ms") or numbers of seco
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import re
 import tomllib
@@ -49,6 +51,8 @@ def parse_duration(value: Any) -> float:
             raise ValueError(f"invalid duration {value!r} (use e.g. '25s', '5m', '720h', '1h30m', '250ms')")
     else:
         raise ValueError("a duration must be a string like '25s' or a number of seconds")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be finite")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -137,9 +141,31 @@ class Engine(_Section):
     redis: RedisEngine = Field(default_factory=RedisEngine)
 
 
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
 class Persistence(_Section):
     dsn: str = Field(default="", repr=False)
     schema_name: str = Field(default="livegate", alias="schema")
+    pool_min_size: NonNegInt = 1
+    pool_max_size: PosInt = 10
+    connect_timeout: Duration = 5.0
+    command_timeout: Duration = 10.0
+    archive_batch_size: PosInt = 500           # rows per INSERT
+    archive_flush_interval: Duration = 0.2     # a partial batch waits at most this long
+    archive_buffer_size: PosInt = 100000       # publications held while PostgreSQL is slow or down
+    outbox_enabled: bool = True
+    outbox_batch_size: PosInt = 100
+    outbox_poll_interval: Duration = 1.0       # fallback when a NOTIFY is missed
+    retention_interval: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _schema(self) -> Persistence:
+        if not _SCHEMA_NAME.fullmatch(self.schema_name):
+            raise ValueError(f"schema: {self.schema_name!r} is not a valid schema name (lower-case letters, digits, _)")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size: must not exceed pool_max_size")
+        return self
 
 
 class Log(_Section):
@@ -174,6 +200,8 @@ class ChannelOptions(_Section):
     allow_user_limited_channels: bool = False
     channel_regex: str = ""
     archive: bool = False  # livegate: also write publications to PostgreSQL
+    archive_ttl: Duration = 0.0  # livegate: archived publications older than this are deleted; 0 keeps them
+    archive_max_size: NonNegInt = 0  # livegate: per channel, only the newest N archived publications are kept; 0: all
 
     @property
     def history_enabled(self) -> bool:
@@ -184,9 +212,9 @@ class ChannelOptions(_Section):
         if (self.history_size > 0) != (self.history_ttl > 0):
             key = "history_ttl" if self.history_size > 0 else "history_size"
             raise ValueError(f"{key}: history needs both history_size and history_ttl set")
-        for key in ("force_recovery", "allow_recovery"):
+        for key in ("force_recovery", "allow_recovery", "archive"):
             if getattr(self, key) and not self.history_enabled:
-                raise ValueError(f"{key}: recovery needs history (history_size and history_ttl)")
+                raise ValueError(f"{key}: needs history (history_size and history_ttl)")
         if self.channel_regex:
             try:
                 re.compile(self.channel_regex)
@@ -195,7 +223,7 @@ class ChannelOptions(_Section):
         return self
 
 
-_NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
+_NAMESPACE_NAME = re.compile(r"[-a-zA-Z0-9_.]{2,}")
 
 
 class Namespace(ChannelOptions):
@@ -203,7 +231,7 @@ class Namespace(ChannelOptions):
 
     @model_validator(mode="after")
     def _name(self) -> Namespace:
-        if not _NAMESPACE_NAME.match(self.name):
+        if not _NAMESPACE_NAME.fullmatch(self.name):
             raise ValueError(f"name: {self.name!r} is not a valid namespace name (letters, digits, -_. ; 2+ chars)")
         return self
 
@@ -248,6 +276,11 @@ class Config(_Section):
     def _combinations(self) -> Config:
         if self.http_server.workers > 1 and self.engine.type == "memory":
             raise ValueError("http_server.workers: more than one worker needs engine.type = \"redis\"")
+        archived = [ns.name for ns in self.channel.namespaces if ns.archive]
+        if self.channel.without_namespace.archive:
+            archived.append("(without namespace)")
+        if archived and not self.persistence.dsn:
+            raise ValueError(f"persistence.dsn: namespaces with archive = true ({', '.join(archived)}) need a PostgreSQL DSN")
         return self
 
 
@@ -330,7 +363,7 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
 
 def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """Validate a raw mapping (after environment overrides) into a Config."""
-    raw = apply_env(dict(raw), os.environ if environ is None else environ)
+    raw = apply_env(copy.deepcopy(raw), os.environ if environ is None else environ)
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

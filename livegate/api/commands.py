@@ -26,7 +26,11 @@ from livegate.errors import BrokerError, ClientError
 from livegate.node import Node
 from livegate.protocol import codes
 from livegate.protocol.codes import (
-    ErrBadRequest, ErrInternal, ErrMethodNotFound, ErrNotAvailable, ErrUnrecoverablePosition,
+    ErrBadRequest,
+    ErrInternal,
+    ErrMethodNotFound,
+    ErrNotAvailable,
+    ErrUnrecoverablePosition,
 )
 from livegate.protocol.types import StreamPosition, raw_json
 

@@ -10,7 +10,12 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from livegate.channels.broker import (
-    BrokerEventHandler, HistoryOptions, HistoryResult, PresenceStats, PublishOptions, PublishResult,
+    BrokerEventHandler,
+    HistoryOptions,
+    HistoryResult,
+    PresenceStats,
+    PublishOptions,
+    PublishResult,
 )
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 

@@ -41,7 +41,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from livegate.channels.broker import (
-    BrokerEventHandler, HistoryOptions, HistoryResult, PresenceStats, PublishOptions, PublishResult,
+    BrokerEventHandler,
+    HistoryOptions,
+    HistoryResult,
+    PresenceStats,
+    PublishOptions,
+    PublishResult,
 )
 from livegate.config import Config
 from livegate.errors import BrokerError, BrokerUnavailable
@@ -448,12 +453,14 @@ class RedisEngine:
             options["tags"] = opts.tags
         info = opts.info.to_json() if opts.info is not None else b""
         try:
-            offset, epoch = await shard.client.fcall("livegate_publish", 1, channel, data, orjson.dumps(options), info)
+            reply = await shard.client.fcall("livegate_publish", 1, channel, data, orjson.dumps(options), info)
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis: {exc}") from None
         except RedisError as exc:
             raise BrokerError(f"redis: {exc}") from None
-        return PublishResult(StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch))
+        offset, epoch = reply[0], reply[1]
+        return PublishResult(StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch),
+                             suppressed=len(reply) > 2)
 
     async def _publish_control(self, channel: str, message: list[Any]) -> None:
         shard = self.shard_for(channel)

@@ -10,6 +10,7 @@ from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
 from livegate.handlers.client import State
 from livegate.handlers.refresh import expiry_result
 from livegate.handlers.subscribe import Grant, subscribe_channel
+from livegate.handlers.unsubscribe import remove_subscription
 from livegate.protocol import codes
 from livegate.protocol.codes import ErrExpired, ErrTokenExpired
 from livegate.protocol.commands import ConnectRequest, SubscribeRequest
@@ -64,12 +65,7 @@ async def handle_connect(client: Client, req: ConnectRequest) -> tuple[dict[str,
     resolved = {channel: node.rules.resolve(channel) for channel in channels}
     if client.closing is not None:
         raise DisconnectRequested(client.closing.code, client.closing.reason)
-    client.expire_at = expire_at
-    client.state = State.CONNECTED
-    node.hub.add_connection(client)
     now = time.monotonic()
-    # Spread the first ping over [P/2, P) so that a reconnect wave does not ping in lockstep.
-    client.next_ping_at = now + cfg.ping_interval * random.uniform(0.5, 1.0)
     result: dict[str, Any] = {"client": client.client_id, "version": node.version,
                               "ping": int(cfg.ping_interval), "pong": True}
     result.update(expiry_result(expire_at))
@@ -78,14 +74,26 @@ async def handle_connect(client: Client, req: ConnectRequest) -> tuple[dict[str,
     followups: list[Followup] = []
     if channels:
         subs: dict[str, Any] = {}
-        for channel, grant in channels.items():
-            wanted = req.subs.get(channel)
-            sreq = SubscribeRequest(channel=channel, recover=bool(wanted and wanted.recover),
-                                    offset=wanted.offset if wanted else 0, epoch=wanted.epoch if wanted else "")
-            sub_result, followup = await subscribe_channel(client, resolved[channel], sreq, grant, server_side=True)
-            subs[channel] = sub_result
-            followups.append(followup)
+        try:
+            for channel, grant in channels.items():
+                wanted = req.subs.get(channel)
+                sreq = SubscribeRequest(channel=channel, recover=bool(wanted and wanted.recover),
+                                        offset=wanted.offset if wanted else 0, epoch=wanted.epoch if wanted else "")
+                sub_result, followup = await subscribe_channel(client, resolved[channel], sreq, grant, server_side=True)
+                subs[channel] = sub_result
+                followups.append(followup)
+        except BaseException:
+            # A failed connect leaves nothing behind: no half-made subscriptions.
+            for channel in list(client.subs):
+                await remove_subscription(client, channel)
+            raise
         result["subs"] = subs
+    # Only now does the connection count as connected.
+    client.expire_at = expire_at
+    client.state = State.CONNECTED
+    node.hub.add_connection(client)
+    # Spread the first ping over [P/2, P) so that a reconnect wave does not ping in lockstep.
+    client.next_ping_at = now + cfg.ping_interval * random.uniform(0.5, 1.0)
 
     async def after() -> None:
         for followup in followups:

@@ -14,7 +14,11 @@ from livegate.handlers.context import Subscription
 from livegate.node import PRESENCE_TTL
 from livegate.protocol import codes
 from livegate.protocol.codes import (
-    ErrAlreadySubscribed, ErrInternal, ErrLimitExceeded, ErrPermissionDenied, ErrTokenExpired,
+    ErrAlreadySubscribed,
+    ErrInternal,
+    ErrLimitExceeded,
+    ErrPermissionDenied,
+    ErrTokenExpired,
     ErrUnrecoverablePosition,
 )
 from livegate.protocol.commands import SubscribeRequest

@@ -22,7 +22,7 @@ from livegate.channels.hub import Hub
 from livegate.channels.memory import MemoryBroker, MemoryPresence
 from livegate.channels.names import ChannelRules
 from livegate.config import Config
-from livegate.errors import BrokerError, ConfigError
+from livegate.errors import BrokerError
 from livegate.handlers.client import Client, State
 from livegate.handlers.unsubscribe import remove_subscription
 from livegate.metrics import METRICS
@@ -41,10 +41,7 @@ SWEEP_INTERVAL = 0.25
 
 
 def build_node(config: Config, app: App | None = None) -> Node:
-    try:
-        verifier = TokenVerifier(config.client.token)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError("client.token", f"cannot load a key: {exc}") from None
+    verifier = TokenVerifier(config.client.token)  # raises ConfigError naming a bad key
     if config.engine.type == "memory":
         broker: Any = MemoryBroker()
         presence: Any = MemoryPresence()
@@ -63,11 +60,13 @@ async def release_client(client: Client) -> None:
         client.closing = codes.CONNECTION_CLOSED
     was_connected = client.state is State.CONNECTED
     client.state = State.CLOSED
-    if not was_connected:
-        return
-    node.hub.remove_connection(client)
+    if was_connected:
+        node.hub.remove_connection(client)
+    # Also subscriptions a connect was still setting up when the socket went away.
     for channel in list(client.subs):
         await remove_subscription(client, channel)
+    if not was_connected:
+        return
     hook = node.app.disconnect_hook
     if hook is not None:
         try:

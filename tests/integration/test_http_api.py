@@ -8,9 +8,21 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from cent import (
-    AsyncClient, BatchRequest, BroadcastRequest, ChannelsRequest, Client, DisconnectRequest, HistoryRemoveRequest,
-    HistoryRequest, InfoRequest, PresenceRequest, PresenceStatsRequest, PublishRequest, RefreshRequest,
-    SubscribeRequest, UnsubscribeRequest,
+    AsyncClient,
+    BatchRequest,
+    BroadcastRequest,
+    ChannelsRequest,
+    Client,
+    DisconnectRequest,
+    HistoryRemoveRequest,
+    HistoryRequest,
+    InfoRequest,
+    PresenceRequest,
+    PresenceStatsRequest,
+    PublishRequest,
+    RefreshRequest,
+    SubscribeRequest,
+    UnsubscribeRequest,
 )
 from cent.dto import Disconnect, StreamPosition
 from cent.exceptions import CentApiResponseError, CentUnauthorizedError

@@ -106,11 +106,11 @@ def test_unknown_fields_next_to_the_method_are_ignored():
 @pytest.mark.parametrize("cid", ["-1", str(1 << 32), '"1"', "1.5", "true", "[1]", "{}"])
 def test_bad_id(cid):
     with pytest.raises(FrameError, match="id"):
-        decode_frame('{"id":%s,"connect":{}}' % cid)
+        decode_frame('{"id":' + cid + ',"connect":{}}')
 
 
 def test_id_bounds_accepted():
-    assert decode_frame('{"id":%d,"rpc":{"method":"x"}}' % ((1 << 32) - 1))[0].id == (1 << 32) - 1
+    assert decode_frame(f'{{"id":{(1 << 32) - 1},"rpc":{{"method":"x"}}}}')[0].id == (1 << 32) - 1
     assert decode_frame('{"id":1,"rpc":{}}')[0].id == 1
 
 
@@ -126,9 +126,9 @@ def test_pong_between_commands():
 @pytest.mark.parametrize("method", ["connect", "subscribe", "publish", "rpc", "history", "refresh"])
 def test_missing_or_zero_id_on_a_command_with_reply(method):
     with pytest.raises(FrameError, match="id"):
-        decode_frame('{"%s":{}}' % method)
+        decode_frame(orjson.dumps({method: {}}))
     with pytest.raises(FrameError, match="id"):
-        decode_frame('{"id":0,"%s":{}}' % method)
+        decode_frame(orjson.dumps({"id": 0, method: {}}))
 
 
 def test_send_needs_no_id():

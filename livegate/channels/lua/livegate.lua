@@ -10,7 +10,7 @@
 --   <prefix>.config         hash written by livegate at start: namespace history settings
 -- Envelopes are msgpack arrays: {"p", offset, epoch, data, info_json, tags_json, time_ms}.
 
-local VERSION = 2
+local VERSION = 3
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -59,7 +59,8 @@ end
 -- FCALL livegate_publish 1 <channel> <data> [<options-json>] [<info-json>]
 -- options: prefix, idempotency_key, idempotent_ttl (s), tags {str:str},
 --          history_size, history_ttl (s), history_meta_ttl (s) (default: from <prefix>.config)
--- Returns {offset, epoch}: 0 and "" when the channel keeps no history.
+-- Returns {offset, epoch}: 0 and "" when the channel keeps no history; {offset, epoch, 1} when
+-- an earlier publish with the same idempotency key won (nothing was published again).
 local function publish(keys, args)
   local channel = keys[1]
   local data = args[1]
@@ -103,7 +104,7 @@ local function publish(keys, args)
     local seen = redis.call('GET', idem_key)
     if seen then
       local o, e = string.match(seen, '^(%d+):(.*)$')
-      return {tonumber(o), e}
+      return {tonumber(o), e, 1}  -- third element: suppressed, an earlier publish with this key won
     end
   end
   local ms, t = now_ms()

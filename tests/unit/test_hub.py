@@ -1,0 +1,294 @@
+"""livegate.channels.hub: the subscription registry and the fan-out (encode once, batch joining,
+in-flight subscribers, join/leave flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from livegate.channels.hub import JOIN_LEAVE, Hub
+from livegate.protocol.codec import encode_pub_push
+from livegate.protocol.types import ClientInfo, Publication
+from livegate.server.websocket import text_frame
+
+
+@dataclass(eq=False)
+class Sub:
+    client_id: str
+    user: str = "u"
+    writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+
+    def write(self, payload: bytes, frame: bytes | None = None) -> None:
+        self.writes.append((payload, frame))
+
+    def messages(self) -> list[dict]:
+        return [orjson.loads(line) for payload, _ in self.writes for line in payload.split(b"\n")]
+
+
+class CountingFramer:
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def __call__(self, payload: bytes) -> bytes:
+        self.calls.append(payload)
+        return b"F[" + payload + b"]"
+
+
+def pub(n: int, offset: int = 0) -> Publication:
+    return Publication(orjson.dumps({"n": n}), offset)
+
+
+def live(hub: Hub, channel: str, sub: Sub, flags: int = 0) -> None:
+    hub.subscribe(channel, sub)
+    assert hub.activate(channel, sub, flags) == []
+
+
+@pytest.fixture
+def framer() -> CountingFramer:
+    return CountingFramer()
+
+
+@pytest.fixture
+def hub(framer: CountingFramer) -> Hub:
+    return Hub(framer)
+
+
+# -- registry ----------------------------------------------------------------------------
+
+
+def test_connections_by_client_and_user(hub):
+    a1, a2, b = Sub("c1", "alice"), Sub("c2", "alice"), Sub("c3", "bob")
+    for s in (a1, a2, b):
+        hub.add_connection(s)
+    assert hub.connection("c2") is a2
+    assert set(map(id, hub.user_connections("alice"))) == {id(a1), id(a2)}
+    assert (hub.num_clients, hub.num_users) == (3, 2)
+    hub.remove_connection(a1)
+    hub.remove_connection(a1)  # idempotent
+    assert hub.connection("c1") is None
+    assert hub.user_connections("alice") == [a2]
+    hub.remove_connection(a2)
+    assert hub.user_connections("alice") == [] and hub.num_users == 1
+    assert hub.connections() == [b]
+
+
+def test_subscribe_first_and_unsubscribe_last(hub):
+    a, b = Sub("a"), Sub("b")
+    assert hub.subscribe("ch", a) is True
+    assert hub.subscribe("ch", b) is False      # a is still pending: not first
+    hub.activate("ch", a, 0)
+    assert hub.channels() == {"ch": 1}          # only live subscribers count
+    hub.activate("ch", b, 0)
+    assert hub.channels() == {"ch": 2} and hub.num_subscriptions == 2
+    assert hub.unsubscribe("ch", a) is False
+    assert hub.unsubscribe("ch", b) is True
+    assert hub.channels() == {} and hub.num_subscribers("ch") == 0
+    assert hub.subscribe("ch", a) is True
+
+
+def test_unsubscribe_pending_subscriber(hub):
+    a = Sub("a")
+    hub.subscribe("ch", a)
+    assert hub.unsubscribe("ch", a) is True
+    hub.handle_publications([("ch", pub(1))])
+    assert a.writes == []
+    assert hub.subscribe("ch", a) is True
+
+
+def test_unsubscribe_unknown_is_harmless(hub):
+    assert hub.unsubscribe("nothing", Sub("x")) is True
+
+
+# -- encode once -------------------------------------------------------------------------
+
+
+def test_single_publication_encoded_once_and_frame_shared(hub, framer):
+    subs = [Sub(f"c{i}") for i in range(5)]
+    for s in subs:
+        live(hub, "news", s)
+    hub.handle_publications([("news", pub(1, 7))])
+    expected = encode_pub_push("news", pub(1, 7))
+    assert framer.calls == [expected]                     # framed once
+    payloads = {id(s.writes[0][0]) for s in subs}
+    frames = {id(s.writes[0][1]) for s in subs}
+    assert len(payloads) == 1 and len(frames) == 1         # the same objects for everyone
+    assert all(s.writes == [(expected, b"F[" + expected + b"]")] for s in subs)
+
+
+def test_real_framer_builds_a_websocket_text_frame():
+    hub = Hub(text_frame)
+    a, b = Sub("a"), Sub("b")
+    live(hub, "ch", a)
+    live(hub, "ch", b)
+    hub.handle_publications([("ch", pub(1))])
+    payload, frame = a.writes[0]
+    assert frame is b.writes[0][1]
+    assert frame == bytes((0x81, len(payload))) + payload
+
+
+def test_no_subscribers_no_encoding(hub, framer):
+    hub.handle_publications([("empty", pub(1))])
+    hub.handle_publications([("empty", pub(1)), ("empty2", pub(2))])
+    assert framer.calls == []
+
+
+def test_only_subscribers_of_the_channel_receive(hub):
+    a, b = Sub("a"), Sub("b")
+    live(hub, "x", a)
+    live(hub, "y", b)
+    hub.handle_publications([("x", pub(1))])
+    assert len(a.writes) == 1 and b.writes == []
+
+
+# -- batches -----------------------------------------------------------------------------
+
+
+def test_batch_joins_messages_per_subscriber(hub, framer):
+    a = Sub("a")
+    live(hub, "ch", a)
+    hub.handle_publications([("ch", pub(1, 1)), ("ch", pub(2, 2)), ("ch", pub(3, 3))])
+    assert len(a.writes) == 1
+    payload, frame = a.writes[0]
+    assert frame is None                                  # the transport frames joined payloads itself
+    assert payload == b"\n".join(encode_pub_push("ch", pub(i, i)) for i in (1, 2, 3))
+    assert [m["push"]["pub"]["offset"] for m in a.messages()] == [1, 2, 3]
+    assert framer.calls == []
+
+
+def test_batch_across_channels_keeps_batch_order(hub):
+    a = Sub("a")
+    live(hub, "x", a)
+    live(hub, "y", a)
+    hub.handle_publications([("x", pub(1)), ("y", pub(2)), ("x", pub(3)), ("z", pub(4))])
+    assert len(a.writes) == 1
+    assert [(m["push"]["channel"], m["push"]["pub"]["data"]["n"]) for m in a.messages()] == [
+        ("x", 1), ("y", 2), ("x", 3)]
+
+
+def test_batch_single_messages_share_the_frame(hub, framer):
+    a, b, c, d = Sub("a"), Sub("b"), Sub("c"), Sub("d")
+    live(hub, "x", a)
+    live(hub, "x", b)
+    live(hub, "y", c)
+    live(hub, "y", d)
+    live(hub, "x", d)                                      # d gets two messages
+    hub.handle_publications([("x", pub(1)), ("y", pub(2))])
+    px, py = encode_pub_push("x", pub(1)), encode_pub_push("y", pub(2))
+    assert a.writes[0][0] == px and a.writes[0][1] is b.writes[0][1]
+    assert c.writes == [(py, b"F[" + py + b"]")]
+    assert d.writes == [(px + b"\n" + py, None)]
+    assert sorted(framer.calls) == sorted([px, py])        # one frame per distinct single payload
+
+
+def test_batch_encodes_each_publication_once(hub, monkeypatch):
+    import livegate.channels.hub as hub_module
+
+    calls: list[str] = []
+    real = hub_module.encode_pub_push
+
+    def counting(channel, p):
+        calls.append(channel)
+        return real(channel, p)
+
+    monkeypatch.setattr(hub_module, "encode_pub_push", counting)
+    subs = [Sub(str(i)) for i in range(4)]
+    for s in subs:
+        live(hub, "x", s)
+    hub.handle_publications([("x", pub(1)), ("x", pub(2))])
+    hub.handle_publications([("x", pub(3))])
+    assert calls == ["x", "x", "x"]
+
+
+# -- subscribes in flight ----------------------------------------------------------------
+
+
+def test_pending_subscriber_buffers_until_activate(hub):
+    live_sub, pending = Sub("live"), Sub("pending")
+    live(hub, "ch", live_sub)
+    hub.subscribe("ch", pending)
+    hub.handle_publications([("ch", pub(1, 5))])
+    hub.handle_publications([("ch", pub(2, 6)), ("ch", pub(3, 7))])
+    assert pending.writes == []
+    assert len(live_sub.writes) == 2
+    buffered = hub.activate("ch", pending, 0)
+    assert [off for off, _ in buffered] == [5, 6, 7]
+    assert [orjson.loads(p)["push"]["pub"]["data"]["n"] for _, p in buffered] == [1, 2, 3]
+    # Live from now on.
+    hub.handle_publications([("ch", pub(4, 8))])
+    assert [orjson.loads(p)["push"]["pub"]["offset"] for p, _ in pending.writes] == [8]
+
+
+def test_pending_only_channel_still_buffers(hub, framer):
+    pending = Sub("p")
+    hub.subscribe("ch", pending)
+    hub.handle_publications([("ch", pub(1))])
+    assert framer.calls == []                              # nobody live: nothing framed
+    assert [orjson.loads(p)["push"]["pub"]["data"] for _, p in hub.activate("ch", pending, 0)] == [{"n": 1}]
+
+
+def test_pending_buffers_are_per_subscriber(hub):
+    p1, p2 = Sub("p1"), Sub("p2")
+    hub.subscribe("ch", p1)
+    hub.handle_publications([("ch", pub(1, 1))])
+    hub.subscribe("ch", p2)
+    hub.handle_publications([("ch", pub(2, 2))])
+    assert [o for o, _ in hub.activate("ch", p1, 0)] == [1, 2]
+    assert [o for o, _ in hub.activate("ch", p2, 0)] == [2]
+
+
+def test_pending_subscriber_gets_no_join_leave(hub):
+    flagged, pending = Sub("f"), Sub("p")
+    live(hub, "ch", flagged, JOIN_LEAVE)
+    hub.subscribe("ch", pending)
+    hub.handle_join("ch", ClientInfo("bob", "c9"))
+    assert pending.writes == [] and len(flagged.writes) == 1
+    assert hub.activate("ch", pending, JOIN_LEAVE) == []
+
+
+# -- join / leave ------------------------------------------------------------------------
+
+
+def test_join_leave_only_to_flagged(hub, framer):
+    flagged1, flagged2, plain = Sub("f1"), Sub("f2"), Sub("p")
+    live(hub, "ch", flagged1, JOIN_LEAVE)
+    live(hub, "ch", flagged2, JOIN_LEAVE)
+    live(hub, "ch", plain)
+    info = ClientInfo("bob", "c9", conn_info=b'{"a":1}')
+    hub.handle_join("ch", info)
+    hub.handle_leave("ch", info)
+    assert plain.writes == []
+    assert [m["push"] for m in flagged1.messages()] == [
+        {"channel": "ch", "join": {"info": {"user": "bob", "client": "c9", "conn_info": {"a": 1}}}},
+        {"channel": "ch", "leave": {"info": {"user": "bob", "client": "c9", "conn_info": {"a": 1}}}},
+    ]
+    assert flagged1.writes[0][1] is flagged2.writes[0][1]  # shared frame
+    assert len(framer.calls) == 2
+
+
+def test_set_flags(hub):
+    a = Sub("a")
+    live(hub, "ch", a)
+    hub.handle_join("ch", ClientInfo("x", "y"))
+    assert a.writes == []
+    hub.set_flags("ch", a, JOIN_LEAVE)
+    hub.handle_join("ch", ClientInfo("x", "y"))
+    assert len(a.writes) == 1
+    hub.set_flags("other", a, JOIN_LEAVE)  # not subscribed there: ignored
+    assert hub.channels() == {"ch": 1}
+
+
+def test_join_without_subscribers_encodes_nothing(hub, framer):
+    plain = Sub("p")
+    live(hub, "ch", plain)
+    hub.handle_join("ch", ClientInfo("x", "y"))
+    hub.handle_join("nobody", ClientInfo("x", "y"))
+    hub.handle_leave("nobody", ClientInfo("x", "y"))
+    assert framer.calls == []
+
+
+def test_broadcast_to(hub, framer):
+    a, b = Sub("a"), Sub("b")
+    hub.broadcast_to([a, b], b'{"push":{"channel":"c","unsubscribe":{"code":2000,"reason":"server unsubscribe"}}}')
+    assert a.writes[0][1] is b.writes[0][1] and len(framer.calls) == 1
