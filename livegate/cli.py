@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from livegate.config import Config, load_config
-from livegate.errors import BrokerUnavailable, ConfigError
+from livegate.errors import BrokerUnavailable, ConfigError, LivegateError
 
 __all__ = ["main"]
 
@@ -147,6 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      f"or {config.http_api.address}:{config.http_api.port}: {exc.strerror}", 1)
     except BrokerUnavailable as exc:
         return _fail(f"engine unavailable: {exc}", 1)
+    except LivegateError as exc:  # PostgreSQL unreachable, or its schema older than this livegate needs
+        return _fail(str(exc), 1)
     return 0
 
 
@@ -166,6 +168,33 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.channel:
         claims["channel"] = args.channel
     print(make_hmac_token(secret, args.user, ttl=args.ttl or None, **claims))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from livegate.persistence import migrate as m
+
+    config = _load(args.config)
+    dsn, schema = config.persistence.dsn, config.persistence.schema_name
+    if not dsn:
+        raise ConfigError("persistence.dsn", "is empty: set it (or LIVEGATE_PERSISTENCE_DSN) to migrate")
+    try:
+        if args.status:
+            rows = asyncio.run(m.status(dsn, schema, timeout=config.persistence.connect_timeout))
+            for migration, applied_at in rows:
+                state = f"applied {applied_at:%Y-%m-%d %H:%M:%S}" if applied_at else "pending"
+                print(f"{migration.version:03d} {migration.name:<30} {state}")
+            return 0
+        applied = asyncio.run(m.migrate(dsn, schema, timeout=config.persistence.connect_timeout))
+    except (OSError, TimeoutError) as exc:
+        return _fail(f"cannot reach PostgreSQL: {exc}", 1)
+    except Exception as exc:  # asyncpg errors: bad credentials, missing database, ...
+        return _fail(f"migration failed: {type(exc).__name__}: {exc}", 1)
+    if applied:
+        for migration in applied:
+            print(f"applied {migration.version:03d} {migration.name}")
+    else:
+        print(f"schema {schema!r} is up to date (version {m.LATEST})")
     return 0
 
 
@@ -194,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--info", help="JSON for the info claim")
     p.add_argument("--channel", help="make a subscription token for this channel")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("migrate", help="apply pending PostgreSQL migrations (persistence.dsn)")
+    p.add_argument("--config", default=os.environ.get("LIVEGATE_CONFIG"))
+    p.add_argument("--status", action="store_true", help="list applied and pending migrations")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("file")

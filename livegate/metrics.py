@@ -165,6 +165,12 @@ class _Metrics:
                                               "Engine publish time.", ("engine",)))
         self.engine_up = r.add(Gauge("livegate_engine_up", "1 when the engine (memory or redis) is reachable."))
         self.postgres_up = r.add(Gauge("livegate_postgres_up", "1 when PostgreSQL is reachable (0 when not configured)."))
+        self.archive_buffered = r.add(Gauge("livegate_archive_buffered", "Publications waiting to be archived."))
+        self.archive_written = r.add(Gauge("livegate_archive_written_total", "Publications written to the archive."))
+        self.archive_dropped = r.add(Gauge("livegate_archive_dropped_total",
+                                           "Publications dropped from the archive because its buffer was full."))
+        self.outbox_executed = r.add(Gauge("livegate_outbox_executed_total", "Outbox rows executed."))
+        self.outbox_dead = r.add(Gauge("livegate_outbox_dead_total", "Outbox rows moved to outbox_dead."))
 
 
 METRICS = _Metrics()

@@ -7,11 +7,14 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from livegate import __version__
 from livegate.app import App
 from livegate.auth import TokenVerifier
-from livegate.channels.broker import Broker, PresenceManager, PublishOptions, PublishResult
+from livegate.channels.broker import (
+    Broker, HistoryOptions, HistoryResult, PresenceManager, PublishOptions, PublishResult,
+)
 from livegate.channels.hub import Hub
 from livegate.channels.names import ChannelRules, ResolvedChannel
 from livegate.config import Config
@@ -39,6 +42,7 @@ class Node:
     name: str = ""
     started_at: float = 0.0
     draining: bool = False
+    persistence: Any = None  # persistence.store.Persistence when PostgreSQL is configured
 
     def __post_init__(self) -> None:
         self.uid = self.uid or str(uuid.uuid4())
@@ -91,6 +95,18 @@ class Node:
         )
         started = time.perf_counter()
         try:
-            return await self.broker.publish(channel, data, opts)
+            result = await self.broker.publish(channel, data, opts)
         finally:
             METRICS.broker_publish.observe((self.config.engine.type,), time.perf_counter() - started)
+        if self.persistence is not None and result.position.offset and not result.suppressed:
+            self.persistence.archived(resolved, result.position.epoch, result.position.offset, data,
+                                  None if info is None else info.to_json(), tags)
+        return result
+
+    async def history(self, resolved: ResolvedChannel, opts: HistoryOptions) -> HistoryResult:
+        """The engine's history, extended from the PostgreSQL archive when the engine no
+        longer holds the start of the requested range (namespaces with archive = true)."""
+        result = await self.broker.history(resolved.name, opts)
+        if self.persistence is not None:
+            result = await self.persistence.extend_history(resolved, opts, result)
+        return result

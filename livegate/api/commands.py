@@ -178,7 +178,7 @@ async def history(node: Node, control: Control, req: m.HistoryRequest) -> dict[s
     if req.reverse and req.since is not None and req.since.offset == 0:
         raise ErrBadRequest(message="bad request: reverse history needs since.offset > 0")
     since = StreamPosition(req.since.offset, req.since.epoch) if req.since is not None else None
-    result = await _engine(node.broker.history(req.channel, HistoryOptions(
+    result = await _engine(node.history(resolved, HistoryOptions(
         limit=-1 if req.limit < 0 else req.limit, since=since, reverse=req.reverse, meta_ttl=node.meta_ttl(resolved))))
     if since is not None and since.epoch and since.epoch != result.position.epoch:
         raise ErrUnrecoverablePosition()

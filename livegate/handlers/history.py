@@ -31,7 +31,7 @@ async def handle_history(client: Client, req: HistoryRequest) -> dict[str, Any]:
     limit = max_limit if req.limit < 0 or req.limit > max_limit else req.limit
     since = StreamPosition(req.since.offset, req.since.epoch) if req.since is not None else None
     try:
-        result = await node.broker.history(req.channel, HistoryOptions(
+        result = await node.history(resolved, HistoryOptions(
             limit=limit, since=since, reverse=req.reverse, meta_ttl=node.meta_ttl(resolved)))
     except BrokerError as exc:
         raise ErrInternal() from exc

@@ -127,7 +127,7 @@ async def subscribe_channel(
             limit = node.config.client.recovery_max_publication_limit
             recovering = req.recover and recoverable
             since = StreamPosition(req.offset, req.epoch) if recovering else None
-            hist = await node.broker.history(channel, HistoryOptions(
+            hist = await node.history(resolved, HistoryOptions(
                 limit=limit + 1 if recovering else 0, since=since, meta_ttl=node.meta_ttl(resolved)))
             top = hist.position
             result["positioned"] = True

@@ -191,9 +191,14 @@ def make_api_app(node: Node, control: Control, metrics_files: MetricsFiles | Non
         return _json({"status": "ok"})
 
     async def ready(request: web.Request) -> web.Response:
-        if node.ready:
-            return _json({"status": "ready"})
-        return _json({"status": "draining" if node.draining else "engine unavailable"}, status=503)
+        body: dict[str, Any] = {"status": "ready" if node.ready else ("draining" if node.draining else "engine unavailable")}
+        persistence = node.persistence
+        if persistence is not None:
+            # PostgreSQL trouble does not stop real-time traffic: reported, not a 503.
+            body["postgres"] = "up" if persistence.healthy else "down"
+            if persistence.archive is not None:
+                body["archive"] = persistence.archive.stats()
+        return _json(body, status=200 if node.ready else 503)
 
     app = web.Application(client_max_size=cfg.max_body_size)
     app.router.add_get(f"{prefix}/openapi.json", openapi)

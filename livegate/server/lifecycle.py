@@ -84,6 +84,7 @@ class Server:
         self.clients: set[Client] = set()
         self.control = Control(self.node)
         self.api_stream: ApiStreamConsumer | None = None
+        self.persistence: Any = None
         self._ws: WsServer | None = None
         self._api_runner: web.AppRunner | None = None
         self._api_site: web.TCPSite | None = None
@@ -117,6 +118,15 @@ class Server:
             node.broker.on_gap = lambda channels: loop.create_task(self._recover_gap(channels))
         await node.broker.start(node.hub)
         await self.control.start()
+        if self.config.persistence.dsn:
+            from livegate.persistence.store import Persistence
+
+            self.persistence = Persistence(self.config, node, self.control)
+            try:
+                await self.persistence.start()
+            except BaseException:
+                await node.broker.close()
+                raise
         engine_shards = getattr(node.broker, "shards", None)
         if engine_shards:
             self.api_stream = ApiStreamConsumer(node, self.control, engine_shards[0].client, self.config.engine.redis.prefix)
@@ -146,6 +156,18 @@ class Server:
         METRICS.subscriptions.fn = lambda: hub.num_subscriptions
         METRICS.channels.fn = lambda: len(hub.channels())
         METRICS.engine_up.fn = lambda: 1.0 if node.engine_healthy else 0.0
+        persistence = self.persistence
+        if persistence is not None:
+            METRICS.postgres_up.fn = lambda: 1.0 if persistence.healthy else 0.0
+            if persistence.archive is not None:
+                archive = persistence.archive
+                METRICS.archive_buffered.fn = lambda: len(archive.buffer)
+                METRICS.archive_written.fn = lambda: archive.written
+                METRICS.archive_dropped.fn = lambda: archive.dropped
+            if persistence.outbox is not None:
+                outbox = persistence.outbox
+                METRICS.outbox_executed.fn = lambda: outbox.executed
+                METRICS.outbox_dead.fn = lambda: outbox.dead_lettered
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         log.info("listening", extra={"address": cfg.http_server.address, "port": self.port,
                                      "path": cfg.websocket.handler_prefix, "engine": cfg.engine.type,
@@ -242,6 +264,8 @@ class Server:
         if self._api_runner is not None:
             await self._api_runner.cleanup()
             self._api_runner = None
+        if self.persistence is not None:
+            await self.persistence.stop()
         await self.node.broker.close()
         await self.node.presence.close()
         self._stopped.set()
