@@ -13,7 +13,12 @@ from livegate import __version__
 from livegate.app import App
 from livegate.auth import TokenVerifier
 from livegate.channels.broker import (
-    Broker, HistoryOptions, HistoryResult, PresenceManager, PublishOptions, PublishResult,
+    Broker,
+    HistoryOptions,
+    HistoryResult,
+    PresenceManager,
+    PublishOptions,
+    PublishResult,
 )
 from livegate.channels.hub import Hub
 from livegate.channels.names import ChannelRules, ResolvedChannel
