@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,11 @@ from livegate.errors import ConfigError, TokenExpired, TokenInvalid
 __all__ = ["ConnectToken", "SubscriptionToken", "TokenVerifier", "make_hmac_token"]
 
 _HS = ("HS256", "HS384", "HS512")
+_HS_DIGEST = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+
+
+def _b64url(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 _RS = ("RS256", "RS384", "RS512")
 _ES = ("ES256", "ES384", "ES512")
 _JWKS = _RS + _ES + ("EdDSA", "PS256", "PS384", "PS512")
@@ -101,6 +108,7 @@ class TokenVerifier:
     def __init__(self, cfg: TokenConfig) -> None:
         self._cfg = cfg
         self._keys: dict[str, Any] = {}
+        self._hmac_secret = cfg.hmac_secret_key.encode() if cfg.hmac_secret_key else None
         if cfg.hmac_secret_key:
             for alg in _HS:
                 self._keys[alg] = cfg.hmac_secret_key
@@ -120,7 +128,48 @@ class TokenVerifier:
     def configured(self) -> bool:
         return bool(self._keys) or self._jwks is not None
 
+    def _decode_hmac(self, token: str, header_b64: str, payload_b64: str, signature_b64: str, alg: str) -> dict[str, Any]:
+        """HS256/384/512 without PyJWT's per-call key preparation: this is on every connect.
+        Same checks as PyJWT: signature (constant time), exp, nbf, aud and iss when configured."""
+        secret = self._hmac_secret
+        try:
+            signature = _b64url(signature_b64)
+            claims = orjson.loads(_b64url(payload_b64))
+        except (binascii.Error, ValueError):
+            raise TokenInvalid("malformed token") from None
+        expected = hmac.new(secret, f"{header_b64}.{payload_b64}".encode(), _HS_DIGEST[alg]).digest()
+        if not hmac.compare_digest(expected, signature):
+            raise TokenInvalid("signature verification failed")
+        if not isinstance(claims, dict):
+            raise TokenInvalid("claims must be a JSON object")
+        now = time.time()
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if value is not None and (type(value) not in (int, float) or value != value):
+                raise TokenInvalid(f"{name} must be a number")
+        if claims.get("exp") is not None and claims["exp"] <= now:
+            raise TokenExpired("token expired")
+        if claims.get("nbf") is not None and claims["nbf"] > now:
+            raise TokenExpired("token not yet valid")
+        cfg = self._cfg
+        if cfg.audience:
+            aud = claims.get("aud")
+            if not (aud == cfg.audience or (isinstance(aud, list) and cfg.audience in aud)):
+                raise TokenInvalid("invalid audience")
+        if cfg.issuer and claims.get("iss") != cfg.issuer:
+            raise TokenInvalid("invalid issuer")
+        return claims
+
     async def _decode(self, token: str) -> dict[str, Any]:
+        if self._hmac_secret is not None and token.count(".") == 2:
+            header_b64, payload_b64, signature_b64 = token.split(".")
+            try:
+                header = orjson.loads(_b64url(header_b64))
+            except (binascii.Error, ValueError):
+                raise TokenInvalid("malformed token") from None
+            alg = header.get("alg") if isinstance(header, dict) else None
+            if alg in _HS_DIGEST:
+                return self._decode_hmac(token, header_b64, payload_b64, signature_b64, alg)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

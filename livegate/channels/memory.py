@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from livegate.channels.broker import (
     BrokerEventHandler,
@@ -54,19 +55,27 @@ def select(pubs: list[Publication], opts: HistoryOptions) -> list[Publication]:
 
 
 class MemoryBroker:
-    """Publishes straight to this process's hub; keeps history in deques.
+    """Publishes to this process's hub; keeps history in deques.
 
-    Every operation on a channel runs without an ``await`` in between, so appending to the
-    history and fanning out are atomic per channel.
+    Appending to the history runs without an ``await``, so offsets are atomic per channel.
+    Fan-out is deferred to the end of the current loop iteration: what is published in one
+    iteration reaches the hub as one batch, so a connection gets one frame for it. A history
+    read first hands the waiting batch to the hub, so a subscribe in flight merges it by
+    offset (nothing lost or duplicated).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, sweep_interval: float = 30.0) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, sweep_interval: float = 30.0,
+                 batch: bool = True) -> None:
+        #: False: fan out inside ``publish`` (one publication per batch), e.g. for handler tests.
+        self.batch = batch
         self._clock = clock
         self._handler: BrokerEventHandler | None = None
         self._streams: dict[str, _Stream] = {}
         self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
+        self._queue: list[tuple[str, str, Any]] = []  # ("p" | "j" | "l", channel, publication | info)
+        self._flush_scheduled = False
 
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
@@ -131,17 +140,44 @@ class MemoryBroker:
             position = StreamPosition(stream.top, stream.epoch)
         if opts.idempotency_key:
             self._idempotent[(channel, opts.idempotency_key)] = (now + opts.idempotent_result_ttl, position)
-        if self._handler is not None:
-            self._handler.handle_publications([(channel, pub)])
+        self._enqueue("p", channel, pub)
         return PublishResult(position)
 
+    def _enqueue(self, kind: str, channel: str, item: Any) -> None:
+        self._queue.append((kind, channel, item))
+        if not self.batch:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand everything queued to the hub, in order: publications in batches."""
+        self._flush_scheduled = False
+        queue, self._queue = self._queue, []
+        handler = self._handler
+        if handler is None or not queue:
+            return
+        pubs: list[tuple[str, Publication]] = []
+        for kind, channel, item in queue:
+            if kind == "p":
+                pubs.append((channel, item))
+                continue
+            if pubs:
+                handler.handle_publications(pubs)
+                pubs = []
+            if kind == "j":
+                handler.handle_join(channel, item)
+            else:
+                handler.handle_leave(channel, item)
+        if pubs:
+            handler.handle_publications(pubs)
+
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        if self._handler is not None:
-            self._handler.handle_join(channel, info)
+        self._enqueue("j", channel, info)
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        if self._handler is not None:
-            self._handler.handle_leave(channel, info)
+        self._enqueue("l", channel, info)
 
     async def subscribe(self, channel: str) -> None:
         return None  # the hub already knows its local subscribers
@@ -150,6 +186,7 @@ class MemoryBroker:
         return None
 
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
+        self.flush()  # what is published so far reaches subscribers (and subscribes in flight) first
         stream = self._stream(channel, None, opts.meta_ttl, True)
         assert stream is not None
         self._trim(stream)

@@ -173,9 +173,11 @@ class _Shard:
         self.engine = engine
         self.index = index
         self.url = url
-        self.client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=3.0, retry=Retry(NoBackoff(), 0),
-            health_check_interval=0, single_connection_client=False)
+        # A bounded pool: a burst of subscribes waits for a free connection (3 s at most)
+        # instead of opening hundreds of connections or failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=3.0, socket_connect_timeout=1.0, socket_timeout=3.0)
+        self.client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         # Pub/sub channels this process needs -> confirmation of their SUBSCRIBE.
         self.channels: dict[bytes, asyncio.Future[None]] = {}
         self.proto: _PubSubProtocol | None = None
@@ -442,6 +444,7 @@ class RedisEngine:
         shard.check()
         options: dict[str, Any] = {
             "prefix": self.prefix,
+            "trusted": True,  # orjson output: valid JSON on one line
             "history_size": opts.history_size if opts.history_ttl > 0 else 0,
             "history_ttl": opts.history_ttl,
             "history_meta_ttl": opts.history_meta_ttl,

@@ -44,7 +44,7 @@ class State(enum.Enum):
 class Client:
     __slots__ = (
         "node", "client_id", "user", "conn_info", "name", "version", "state", "subs",
-        "created_at", "expire_at", "next_ping_at", "pong_deadline", "presence_due",
+        "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry",
         "_collect", "_collect_size", "_queue_max", "closing", "__weakref__",
     )
 
@@ -61,7 +61,7 @@ class Client:
         self.expire_at = 0.0  # unix s; 0 = never
         self.next_ping_at = 0.0
         self.pong_deadline = 0.0
-        self.presence_due = 0.0
+        self.sub_expiry = 0.0  # earliest expire_at among subscriptions; 0: none expires
         self._collect: list[bytes] | None = None
         self._collect_size = 0
         self._queue_max = node.config.client.queue_max_size
@@ -174,6 +174,9 @@ class Client:
             result = await handler(self, request)
             outcome = "ok"
         except ClientError as err:
+            if err.code == ErrInternal.code:
+                log.warning("command failed: %s", err.__cause__ or err.message,
+                            extra={"client": self.client_id, "user": self.user, "method": method})
             if cmd.id:
                 self.write(encode_error(cmd.id, err))
             # After a failed connect the client closes; the rest of its frame is not for us.
@@ -228,8 +231,17 @@ class Client:
                 self.pong_deadline = now_mono + cfg.pong_timeout
             self.write(PING)
 
+    def recompute_sub_expiry(self) -> None:
+        self.sub_expiry = min((sub.expire_at for sub in self.subs.values() if sub.expire_at), default=0.0)
+
     def expired_subscriptions(self, now_wall: float) -> list[str]:
-        return [ch for ch, sub in self.subs.items() if sub.expire_at and sub.live and now_wall > sub.expire_at]
+        """Channels whose subscription token expired (cheap when none can have)."""
+        if not self.sub_expiry or now_wall <= self.sub_expiry:
+            return []
+        expired = [ch for ch, sub in self.subs.items() if sub.expire_at and sub.live and now_wall > sub.expire_at]
+        self.sub_expiry = min((sub.expire_at for ch, sub in self.subs.items()
+                               if sub.expire_at and ch not in expired), default=0.0)
+        return expired
 
     def presence_subscriptions(self) -> list[tuple[str, Subscription]]:
         return [(ch, sub) for ch, sub in self.subs.items() if sub.presence and sub.live]

@@ -62,4 +62,5 @@ async def handle_sub_refresh(client: Client, req: SubRefreshRequest) -> dict[str
     if expires is not None and expires <= time.time():
         raise ErrTokenExpired(temporary=True)
     sub.expire_at = float(expires or 0)
+    client.recompute_sub_expiry()
     return expiry_result(sub.expire_at)

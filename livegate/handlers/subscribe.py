@@ -172,6 +172,8 @@ async def subscribe_channel(
     def followup() -> Any:
         buffered = node.hub.activate(channel, client, sub.flags)
         sub.live = True
+        if sub.expire_at:
+            client.recompute_sub_expiry()
         for offset, payload in buffered:
             if offset == 0 or offset > sent_up_to:
                 client.write(payload)

@@ -36,8 +36,10 @@ __all__ = ["Server", "build_node", "release_client"]
 
 log = logging.getLogger("livegate.server")
 
-#: How often connection timers are checked (pings, pong deadlines, stale and expired connections).
-SWEEP_INTERVAL = 0.25
+def sweep_interval(config: Config) -> float:
+    """How often connection timers are checked (pings, pong deadlines, stale and expired
+    connections): a quarter of the pong timeout, at most once a second (the default)."""
+    return min(1.0, max(0.05, config.client.pong_timeout / 4))
 
 
 def build_node(config: Config, app: App | None = None) -> Node:
@@ -176,18 +178,21 @@ class Server:
     async def _sweep_forever(self) -> None:
         next_presence = time.monotonic() + PRESENCE_REFRESH
         next_metrics = 0.0
+        interval = sweep_interval(self.config)
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(interval)
             try:
                 if self.metrics_files.mine is not None and time.monotonic() >= next_metrics:
                     next_metrics = time.monotonic() + 1.0
                     self.metrics_files.write()
                 now_mono, now_wall = time.monotonic(), time.time()
+                expired: list[tuple[Client, str]] = []
                 for client in list(self.clients):
                     client.tick(now_mono, now_wall)
-                    if client.subs and client.closing is None:
-                        for channel in client.expired_subscriptions(now_wall):
-                            await self._expire_subscription(client, channel)
+                    if client.sub_expiry and client.closing is None:
+                        expired.extend((client, ch) for ch in client.expired_subscriptions(now_wall))
+                for client, channel in expired:
+                    await self._expire_subscription(client, channel)
                 if now_mono >= next_presence:
                     next_presence = now_mono + PRESENCE_REFRESH
                     await self._refresh_presence()

@@ -6,6 +6,7 @@ subclasses whose ``_send``/``_close`` record what would go on the wire.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,6 +119,9 @@ async def make_node() -> AsyncIterator[NodeFactory]:
 
     async def make(override: dict[str, Any] | None = None, app: App | None = None) -> Node:
         node = build_node(make_config(override), app)
+        # Handler tests read what a command wrote right after it: fan out inside publish.
+        # (Batched fan-out is covered by the conformance suite and the integration tests.)
+        node.broker.batch = False
         await node.broker.start(node.hub)
         nodes.append(node)
         return node
@@ -1379,3 +1383,22 @@ async def test_connect_reply_ping_matches_config(make_node):
 async def test_token_for_cli_secret_roundtrip(node):
     # The shared test secret signs tokens the node accepts (guards the fixtures themselves).
     assert jwt.decode(token("z"), SECRET, algorithms=["HS256"])["sub"] == "z"
+
+
+async def test_batched_fan_out_is_merged_into_a_subscribe_in_flight(make_node):
+    """With batched fan-out (the default), publications still waiting for their batch when a
+    subscribe reads history are neither lost nor pushed again after the reply."""
+    node = await make_node()
+    node.broker.batch = True
+    client = await connected(node)
+    first = (await node.publish("chat:batched", b"1")).position
+    await asyncio.sleep(0)
+    client.take()
+    await node.publish("chat:batched", b"2")  # queued: its batch has not reached the hub yet
+    await client.send({"id": 9, "subscribe": {"channel": "chat:batched", "recover": True,
+                                              "offset": first.offset, "epoch": first.epoch}})
+    await node.publish("chat:batched", b"3")  # after the subscribe: a push
+    await asyncio.sleep(0)
+    msgs = client.take()
+    assert msgs[0]["subscribe"]["publications"] == [{"data": 2, "offset": 2}]
+    assert [m["push"]["pub"]["offset"] for m in msgs[1:] if "pub" in m.get("push", {})] == [3]

@@ -4,13 +4,13 @@
 --
 -- Keys of a channel share the hash tag {channel}, so they live on one Redis Cluster slot,
 -- the same slot as the bare channel name that FCALL takes as its key.
---   <prefix>.meta.{ch}      hash: e = epoch, s = top offset, t = history ttl (ms)
+--   <prefix>.meta.{ch}      hash: e = epoch, s = top offset, n / t = history size / ttl (ms) to read with
 --   <prefix>.history.{ch}   stream: id "<offset>-0", fields t = publish time (ms), p = envelope
 --   <prefix>.idem.{ch}.<k>  string "<offset>:<epoch>" for idempotent publishes
 --   <prefix>.config         hash written by livegate at start: namespace history settings
 -- Envelopes are msgpack arrays: {"p", offset, epoch, data, info_json, tags_json, time_ms}.
 
-local VERSION = 3
+local VERSION = 6
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -23,6 +23,9 @@ end
 
 -- Drop the oldest entries of a history stream that are past their TTL.
 local function trim_expired(hist_key, cutoff)
+  -- Fast path, taken on nearly every publish: the oldest entry is still fresh.
+  local oldest = redis.call('XRANGE', hist_key, '-', '+', 'COUNT', 1)
+  if #oldest == 0 or tonumber(oldest[1][2][2]) > cutoff then return end
   while true do
     local entries = redis.call('XRANGE', hist_key, '-', '+', 'COUNT', 32)
     if #entries == 0 then return end
@@ -58,7 +61,8 @@ end
 
 -- FCALL livegate_publish 1 <channel> <data> [<options-json>] [<info-json>]
 -- options: prefix, idempotency_key, idempotent_ttl (s), tags {str:str},
---          history_size, history_ttl (s), history_meta_ttl (s) (default: from <prefix>.config)
+--          history_size, history_ttl (s), history_meta_ttl (s) (default: from <prefix>.config),
+--          trusted (livegate's own publishes: data is known to be one-line JSON, not checked again)
 -- Returns {offset, epoch}: 0 and "" when the channel keeps no history; {offset, epoch, 1} when
 -- an earlier publish with the same idempotency key won (nothing was published again).
 local function publish(keys, args)
@@ -66,9 +70,6 @@ local function publish(keys, args)
   local data = args[1]
   if channel == nil or channel == '' then return redis.error_reply('ERR livegate_publish: channel is empty') end
   if data == nil or data == '' then return redis.error_reply('ERR livegate_publish: data is empty') end
-  -- Clients read one message per line: raw newlines (JSON whitespace only) are dropped.
-  if string.find(data, '[\r\n]') then data = string.gsub(data, '[\r\n]', '') end
-  if not pcall(cjson.decode, data) then return redis.error_reply('ERR livegate_publish: data must be JSON') end
   local opts = {}
   if args[2] and args[2] ~= '' then
     local ok, decoded = pcall(cjson.decode, args[2])
@@ -76,6 +77,13 @@ local function publish(keys, args)
       return redis.error_reply('ERR livegate_publish: options must be a JSON object')
     end
     opts = decoded
+  end
+  if not opts['trusted'] then
+    -- Clients read one message per line: raw newlines (JSON whitespace only) are dropped.
+    if string.find(data, '\n', 1, true) or string.find(data, '\r', 1, true) then
+      data = string.gsub(data, '[\r\n]', '')
+    end
+    if not pcall(cjson.decode, data) then return redis.error_reply('ERR livegate_publish: data must be JSON') end
   end
   local info = args[3] or ''
   local prefix = opts['prefix'] or 'livegate'
@@ -112,21 +120,25 @@ local function publish(keys, args)
   if size > 0 and ttl > 0 then
     local meta_key = prefix .. '.meta.' .. tag
     local hist_key = prefix .. '.history.' .. tag
-    epoch = redis.call('HGET', meta_key, 'e')
+    local ttl_ms = math.floor(ttl * 1000)
+    local meta = redis.call('HMGET', meta_key, 'e', 'n', 't')
+    epoch = meta[1]
     if not epoch then
       epoch = new_epoch(t)
       redis.call('HSET', meta_key, 'e', epoch)
       redis.call('DEL', hist_key)
     end
+    if tonumber(meta[2]) ~= size or tonumber(meta[3]) ~= ttl_ms then
+      redis.call('HSET', meta_key, 'n', size, 't', ttl_ms)  -- what reads trim to
+    end
     offset = redis.call('HINCRBY', meta_key, 's', 1)
-    local ttl_ms = math.floor(ttl * 1000)
-    redis.call('HSET', meta_key, 't', ttl_ms)
     if meta_ttl > 0 then redis.call('PEXPIRE', meta_key, math.floor(meta_ttl * 1000)) end
     local tags_json = ''
     if type(opts['tags']) == 'table' and next(opts['tags']) ~= nil then tags_json = cjson.encode(opts['tags']) end
     local envelope = cmsgpack.pack({'p', offset, epoch, data, info, tags_json, ms})
-    redis.call('XADD', hist_key, 'MAXLEN', size, offset .. '-0', 't', ms, 'p', envelope)
-    trim_expired(hist_key, ms - ttl_ms)
+    -- Approximate trimming is much cheaper than exact; reads keep only the newest
+    -- history_size entries and drop those past history_ttl, so clients see exact limits.
+    redis.call('XADD', hist_key, 'MAXLEN', '~', size, offset .. '-0', 't', ms, 'p', envelope)
     redis.call('PEXPIRE', hist_key, ttl_ms)
     redis.call('PUBLISH', prefix .. '.client.' .. channel, envelope)
   else
@@ -143,6 +155,8 @@ end
 
 -- FCALL livegate_history 1 <channel> <prefix> <limit> <since-offset or ""> <reverse 0|1> <meta-ttl s>
 -- Returns {top, epoch, envelope...}, read atomically; creates the position when missing.
+-- Only the newest history_size publications younger than history_ttl (as of the latest
+-- publish, kept in the meta hash as n and t) are returned.
 local function history(keys, args)
   local channel = keys[1]
   local prefix, limit, since, reverse, meta_ttl = args[1], tonumber(args[2]), args[3], args[4] == '1', tonumber(args[5]) or 0
@@ -157,26 +171,26 @@ local function history(keys, args)
     redis.call('DEL', hist_key)
   end
   if meta_ttl > 0 then redis.call('PEXPIRE', meta_key, math.floor(meta_ttl * 1000)) end
-  local top = tonumber(redis.call('HGET', meta_key, 's') or '0')
+  local meta = redis.call('HMGET', meta_key, 's', 'n', 't')
+  local top, size, ttl_ms = tonumber(meta[1] or '0'), tonumber(meta[2] or '0'), tonumber(meta[3] or '0')
   local out = {top, epoch}
   if limit == 0 then return out end
-  local ttl_ms = tonumber(redis.call('HGET', meta_key, 't') or '0')
   if ttl_ms > 0 then trim_expired(hist_key, ms - ttl_ms) end
-  local entries
-  local count = {}
-  if limit > 0 then count = {'COUNT', limit} end
+  local low = 1
+  if size > 0 then low = math.max(1, top - size + 1) end  -- the oldest offset history_size allows
+  local high = top
   if since ~= '' then
     local s = tonumber(since)
-    if reverse then
-      if s <= 1 then return out end
-      entries = redis.call('XREVRANGE', hist_key, (s - 1) .. '-0', '-', unpack(count))
-    else
-      entries = redis.call('XRANGE', hist_key, (s + 1) .. '-0', '+', unpack(count))
-    end
-  elseif reverse then
-    entries = redis.call('XREVRANGE', hist_key, '+', '-', unpack(count))
+    if reverse then high = math.min(high, s - 1) else low = math.max(low, s + 1) end
+  end
+  if low > high then return out end
+  local count = {}
+  if limit > 0 then count = {'COUNT', limit} end
+  local entries
+  if reverse then
+    entries = redis.call('XREVRANGE', hist_key, high .. '-0', low .. '-0', unpack(count))
   else
-    entries = redis.call('XRANGE', hist_key, '-', '+', unpack(count))
+    entries = redis.call('XRANGE', hist_key, low .. '-0', high .. '-0', unpack(count))
   end
   for _, entry in ipairs(entries) do
     table.insert(out, entry[2][4])

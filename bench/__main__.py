@@ -1,0 +1,569 @@
+"""`make bench`: livegate against a raw `websockets` + `broadcast()` baseline, same run.
+
+Servers run pinned to CPU 0 (taskset); this process (load generator and publisher) pins
+itself to CPU 1. Publications enter the way production traffic does: from a backend through
+Redis (FCALL livegate_publish for livegate, PUBLISH for the baseline); the memory engine gets
+them over the HTTP API. Every figure is the median of --runs runs with min and max, and every
+run checks that no message was lost.
+
+    python -m bench [--runs 3] [--only S1,S2,...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.loadgen import (
+    RedisPublisher, Stats, close_clients, open_clients, redis_publisher, resp, ws_client_frame,
+)
+
+SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PAD = "x" * 48  # makes the publication data 100 bytes of JSON
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def token(user: str) -> str:
+    import jwt
+    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+
+
+def data_json(seq: int) -> bytes:
+    body = b'{"ts":%d,"seq":%d,"pad":"%s"}' % (time.monotonic_ns(), seq, PAD.encode())
+    return body + b" " * max(0, 100 - len(body))
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    kind: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    api_port: int = 0
+    prefix: str = ""
+    tmp: Path | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        pids = [self.proc.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.proc.pid:
+                    pids.append(int(stat.parent.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return pids
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                pass
+        return total
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for pid in self.pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _pinned(cmd: list[str], cpu: str | None) -> list[str]:
+    if cpu is not None and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", cpu, *cmd]
+    return cmd
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def start_server(kind: str) -> Server:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if kind == "baseline":
+        proc = subprocess.Popen(_pinned([sys.executable, "-m", "bench.baseline", str(port), REDIS_URL, SECRET], "0"),
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        _wait_port(port)
+        time.sleep(0.3)  # its Redis subscription
+        return Server(kind, proc, port)
+    api_port = free_port()
+    prefix = f"lgbench-{uuid.uuid4().hex[:8]}"
+    workers = 2 if kind.endswith("2w") else 1
+    engine = "memory" if "memory" in kind else "redis"
+    tmp = Path(tempfile.mkdtemp(prefix="livegate-bench-"))
+    (tmp / "config.toml").write_text(f"""
+[http_server]
+port = {port}
+workers = {workers}
+[http_api]
+port = {api_port}
+key = "bench"
+[client]
+queue_max_size = 67108864
+[client.token]
+hmac_secret_key = "{SECRET}"
+[engine]
+type = "{engine}"
+[engine.redis]
+address = ["{REDIS_URL}"]
+prefix = "{prefix}"
+[log]
+level = "{os.environ.get("BENCH_LOG", "warning")}"
+[[channel.namespaces]]
+name = "bench"
+allow_subscribe_for_client = true
+[[channel.namespaces]]
+name = "benchh"
+history_size = 100
+history_ttl = "5m"
+force_recovery = true
+allow_subscribe_for_client = true
+""")
+    cmd = [sys.executable, "-m", "livegate.cli", "serve", "--config", str(tmp / "config.toml")]
+    proc = subprocess.Popen(_pinned(cmd, None if workers > 1 else "0"), cwd=ROOT, env=env)
+    _wait_port(api_port)
+    _wait_port(port)
+    time.sleep(0.3 if workers == 1 else 1.5)
+    return Server(kind, proc, port, api_port, prefix, tmp)
+
+
+# -- publishers ------------------------------------------------------------------------------
+
+
+class Publisher:
+    """Publishes 100-byte JSON publications the way the server under test takes them."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.redis: RedisPublisher | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.sent = 0
+        self.inflight_http: set[asyncio.Task[Any]] = set()
+
+    async def open(self) -> None:
+        if "memory" in self.server.kind:
+            self.http = aiohttp.ClientSession(headers={"X-API-Key": "bench"})
+        else:
+            from urllib.parse import urlsplit
+            url = urlsplit(REDIS_URL)
+            self.redis = await redis_publisher(url.hostname or "127.0.0.1", url.port or 6379)
+        self._opts = orjson.dumps({"prefix": self.server.prefix})
+
+    async def close(self) -> None:
+        if self.inflight_http:
+            await asyncio.gather(*self.inflight_http, return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+        if self.redis is not None and self.redis.transport is not None:
+            self.redis.transport.close()
+
+    def publish(self, channel: str, seq: int) -> None:
+        data = data_json(seq)
+        self.sent += 1
+        if self.redis is not None:
+            if self.server.kind == "baseline":
+                push = b'{"push":{"channel":"%s","pub":{"data":%s}}}' % (channel.encode(), data)
+                self.redis.send(resp(b"PUBLISH", b"bench." + channel.encode(), push))
+            else:
+                self.redis.send(resp(b"FCALL", b"livegate_publish", b"1", channel.encode(), data, self._opts))
+            return
+        assert self.http is not None
+        url = f"http://127.0.0.1:{self.server.api_port}/api/publish"
+        body = b'{"channel":"%s","data":%s}' % (channel.encode(), data)
+        task = asyncio.get_running_loop().create_task(self._post(url, body))
+        self.inflight_http.add(task)
+        task.add_done_callback(self.inflight_http.discard)
+
+    async def _post(self, url: str, body: bytes) -> None:
+        assert self.http is not None
+        async with self.http.post(url, data=body) as resp_:
+            await resp_.read()
+
+    def errors(self) -> list[str]:
+        return self.redis.errors if self.redis is not None else []
+
+
+# -- scenarios -------------------------------------------------------------------------------
+
+
+def connect_commands(channel_of: Any) -> Any:
+    def commands(i: int) -> list[bytes]:
+        return [orjson.dumps({"id": 1, "connect": {"token": token(f"u{i}")}}),
+                orjson.dumps({"id": 2, "subscribe": {"channel": channel_of(i)}})]
+    return commands
+
+
+async def wait_drained(stats: Stats, expected: int, timeout: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout
+    while stats.delivered < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    return expected - stats.delivered
+
+
+async def closed_loop(server: Server, n_clients: int, channels: list[str], window_msgs: int, seconds: float,
+                      warmup: float) -> dict[str, Any]:
+    stats = Stats()
+    per_channel = n_clients // len(channels)
+    clients, _ = await open_clients("127.0.0.1", server.port, "/connection/websocket", n_clients,
+                                    connect_commands(lambda i: channels[i % len(channels)]), stats)
+    pub = Publisher(server)
+    await pub.open()
+    expected = 0
+    seq = 0
+    rng = random.Random(7)
+    try:
+        started = time.monotonic()
+        measure_from = started + warmup
+        until = measure_from + seconds
+        d0 = c0 = t0 = None
+        while True:
+            now = time.monotonic()
+            if d0 is None and now >= measure_from:
+                d0, c0, t0 = stats.delivered, server.cpu_seconds(), now
+            if now >= until:
+                break
+            while expected - stats.delivered < window_msgs:
+                channel = channels[0] if len(channels) == 1 else channels[rng.randrange(len(channels))]
+                pub.publish(channel, seq)
+                seq += 1
+                expected += per_channel
+            await asyncio.sleep(0)
+            if pub.inflight_http and len(pub.inflight_http) > 256:
+                await asyncio.sleep(0.001)
+        delivered = stats.delivered - d0
+        cpu = server.cpu_seconds() - c0
+        elapsed = time.monotonic() - t0
+        lost = await wait_drained(stats, expected)
+    finally:
+        await pub.close()
+        close_clients(clients)
+    errors = pub.errors()
+    return {"msgs_per_s": delivered / elapsed, "lost": lost, "published": seq,
+            "cpu_us_per_msg": cpu / delivered * 1e6 if delivered else None,
+            "frames": stats.frames, "errors": errors[:3]}
+
+
+async def s1(server: Server, quick: bool) -> dict[str, Any]:
+    return await closed_loop(server, 1000, ["bench:s1"], window_msgs=1000 * 32, seconds=2 if quick else 4, warmup=1)
+
+
+async def s3(server: Server, quick: bool) -> dict[str, Any]:
+    return await closed_loop(server, 5000, [f"bench:c{i}" for i in range(5000)], window_msgs=2000,
+                             seconds=2 if quick else 4, warmup=1)
+
+
+def pct(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] / 1e6
+
+
+async def s2(server: Server, quick: bool, rate: int) -> dict[str, Any]:
+    stats = Stats()
+    n = 1000
+    clients, _ = await open_clients("127.0.0.1", server.port, "/connection/websocket", n,
+                                    connect_commands(lambda i: "bench:s2"), stats)
+    pub = Publisher(server)
+    await pub.open()
+    seconds = 2 if quick else 4
+    try:
+        await asyncio.sleep(0.3)
+        stats.record_latency = True
+        interval = 1 / rate
+        start = time.monotonic()
+        for i in range(int(seconds * rate)):
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pub.publish("bench:s2", i)
+        lost = await wait_drained(stats, pub.sent * n)
+    finally:
+        await pub.close()
+        close_clients(clients)
+    lat = stats.latencies
+    return {"p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "p999_ms": pct(lat, 0.999),
+            "max_ms": max(lat) / 1e6 if lat else float("nan"), "lost": lost, "samples": len(lat)}
+
+
+async def s4(server: Server, quick: bool) -> dict[str, Any]:
+    n = 3000 if quick else 10000
+    stats = Stats()
+    await asyncio.sleep(0.5)
+    rss0 = server.rss_bytes()
+    clients, took = await open_clients("127.0.0.1", server.port, "/connection/websocket", n,
+                                       connect_commands(lambda i: f"bench:idle{i % 100}"), stats)
+    await asyncio.sleep(1.0)
+    rss1 = server.rss_bytes()
+    alive = sum(1 for c in clients if c.closed is None and not c.transport.is_closing())
+    close_clients(clients)
+    return {"rss_kib_per_conn": (rss1 - rss0) / n / 1024, "connects_per_s": n / took, "lost": n - alive}
+
+
+async def loadgen_ceiling(per_frame: int) -> float:
+    port = free_port()
+    proc = subprocess.Popen(_pinned([sys.executable, "-m", "bench.trivial", str(port), str(per_frame)], "0"), cwd=ROOT)
+    try:
+        _wait_port(port)
+        stats = Stats()
+        clients, _ = await open_clients("127.0.0.1", port, "/", 200, lambda i: [], stats)
+        for c in clients:
+            c.transport.write(ws_client_frame(b"go"))
+        await asyncio.sleep(0.5)
+        d0, t0 = stats.delivered, time.monotonic()
+        await asyncio.sleep(2.0)
+        rate = (stats.delivered - d0) / (time.monotonic() - t0)
+        close_clients(clients)
+        return rate
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+SCENARIOS = {
+    "S1": ("fan-out, 1,000 subscribers, delivered msgs/s", s1, "msgs_per_s", ">= 2.0x", lambda r: r >= 2.0),
+    "S2@10": ("latency p99 at 10 pub/s, 1,000 subscribers (ms)", lambda s, q: s2(s, q, 10), "p99_ms", "<= 1.0x",
+              lambda r: r <= 1.0),
+    "S2@50": ("latency p99 at 50 pub/s, 1,000 subscribers (ms)", lambda s, q: s2(s, q, 50), "p99_ms", "<= 1.0x",
+              lambda r: r <= 1.0),
+    "S3": ("many channels, 5,000 conns, delivered msgs/s", s3, "msgs_per_s", ">= 2.0x", lambda r: r >= 2.0),
+    "S4-rss": ("idle RSS per subscribed connection (KiB)", s4, "rss_kib_per_conn", "<= 1.1x", lambda r: r <= 1.1),
+    "S4-rate": ("connect + subscribe rate, JWT verified (/s)", None, "connects_per_s", ">= 1.0x", lambda r: r >= 1.0),
+}
+KINDS = os.environ.get("BENCH_KINDS", "baseline,livegate-redis,livegate-memory").split(",")
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    lost: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+
+def fmt(v: float) -> str:
+    if v != v:
+        return "n/a"
+    if v >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+async def run(args: argparse.Namespace) -> int:
+    only = set(args.only.split(",")) if args.only else None
+    table: dict[tuple[str, str], Cell] = {}
+    started = time.time()
+    ceiling1 = await loadgen_ceiling(1)
+    ceiling16 = await loadgen_ceiling(16)
+    print(f"load generator ceiling: {ceiling1:,.0f} msgs/s at 1 message per frame, "
+          f"{ceiling16:,.0f} msgs/s at 16 per frame", flush=True)
+    groups = [("S1", ["S1"]), ("S2", ["S2@10", "S2@50"]), ("S3", ["S3"]), ("S4", ["S4-rss"])]
+    for _, names in groups:
+        names = [n for n in names if only is None or n.split("@")[0].split("-")[0] in only or n in only]
+        if not names:
+            continue
+        for kind in KINDS:
+            for run_no in range(args.runs):
+                server = start_server(kind)
+                try:
+                    for name in names:
+                        fn = SCENARIOS[name][1]
+                        result = await fn(server, args.quick)
+                        if name == "S4-rss":
+                            for key, metric in (("S4-rss", "rss_kib_per_conn"), ("S4-rate", "connects_per_s")):
+                                cell = table.setdefault((key, kind), Cell())
+                                cell.values.append(result[metric])
+                                cell.lost += result["lost"]
+                        else:
+                            cell = table.setdefault((name, kind), Cell())
+                            cell.values.append(result[SCENARIOS[name][2]])
+                            cell.lost += result["lost"]
+                            if result.get("cpu_us_per_msg"):
+                                cell.extra.setdefault("cpu_us", []).append(result["cpu_us_per_msg"])
+                        print(f"  {name:<7} {kind:<16} run {run_no + 1}: "
+                              + ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in result.items()),
+                              flush=True)
+                finally:
+                    server.stop()
+    if only is None or "S1" in only:
+        for run_no in range(args.runs):
+            server = start_server("livegate-redis-2w")
+            try:
+                result = await s1(server, args.quick)
+            finally:
+                server.stop()
+            cell = table.setdefault(("S1", "livegate-redis-2w"), Cell())
+            cell.values.append(result["msgs_per_s"])
+            cell.lost += result["lost"]
+            cell.extra.setdefault("cpu_us", []).append(result["cpu_us_per_msg"])
+            print(f"  S1      livegate-redis-2w run {run_no + 1}: msgs/s={fmt(result['msgs_per_s'])} "
+                  f"cpu_us/msg={fmt(result['cpu_us_per_msg'])} lost={result['lost']}", flush=True)
+    report = render(table, ceiling1, ceiling16, args, time.time() - started)
+    print()
+    print(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"{stamp}.md").write_text(report)
+    (RESULTS / "latest.md").write_text(report)
+    (RESULTS / f"{stamp}.json").write_text(orjson.dumps(
+        {f"{k[0]}|{k[1]}": {"values": c.values, "lost": c.lost, **c.extra} for k, c in table.items()},
+        option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def render(table: dict[tuple[str, str], Cell], ceiling1: float, ceiling16: float, args: argparse.Namespace,
+           took: float) -> str:
+    import hiredis
+    import websockets
+
+    import livegate
+    lines = [
+        "# livegate benchmark",
+        "",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; server pinned to CPU 0; "
+        "load generator, publisher and the benchmark's own redis-server on CPU 1",
+        f"- versions: livegate {livegate.__version__}, Python {platform.python_version()}, websockets "
+        f"{websockets.__version__}, hiredis {hiredis.__version__}, redis-server "
+        f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2][2:]}",
+        f"- settings: runs={args.runs}{' (quick)' if args.quick else ''}, 100-byte JSON publications, "
+        "closed loop windows: S1 32 publications, S3 2,000 messages; took "
+        f"{took:.0f} s",
+        f"- load generator ceiling: {ceiling1:,.0f} msgs/s (1 message per frame), {ceiling16:,.0f} msgs/s "
+        "(16 per frame)",
+        "",
+        "| scenario | baseline (raw websockets) | livegate, redis engine | ratio | livegate, memory engine | ratio | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (title, _, _, target, ok) in SCENARIOS.items():
+        base = table.get((name, "baseline"))
+        if base is None:
+            continue
+
+        def cell(kind: str) -> tuple[str, str, float]:
+            c = table.get((name, kind))
+            if c is None or not c.values:
+                return "n/a", "n/a", float("nan")
+            ratio = c.median() / base.median() if base.median() else float("nan")
+            return (f"{fmt(c.median())} ({fmt(min(c.values))}–{fmt(max(c.values))})", f"{ratio:.2f}x", ratio)
+
+        redis_v, redis_r, ratio = cell("livegate-redis")
+        mem_v, mem_r, _ = cell("livegate-memory")
+        met = "yes" if ratio == ratio and ok(ratio) else "no"
+        lines.append(f"| {title} | {fmt(base.median())} ({fmt(min(base.values))}–{fmt(max(base.values))}) | "
+                     f"{redis_v} | {redis_r} | {mem_v} | {mem_r} | {target} | {met} |")
+    lost = sum(c.lost for c in table.values())
+    lines.append("")
+    lines.append(f"Lost messages: {lost} in every scenario and run." if lost == 0 else
+                 f"LOST MESSAGES: {lost} — " + ", ".join(f"{k[0]}/{k[1]}: {c.lost}" for k, c in table.items() if c.lost))
+    cpu = {k[1]: statistics.median(c.extra["cpu_us"]) for k, c in table.items() if k[0] == "S1" and c.extra.get("cpu_us")}
+    two = table.get(("S1", "livegate-redis-2w"))
+    if two is not None and ("S1", "livegate-redis") in table:
+        one = table[("S1", "livegate-redis")]
+        lines.append("")
+        lines.append(f"S1 with `http_server.workers = 2` (unpinned, sharing both cores with the load generator): "
+                     f"{fmt(two.median())} msgs/s = {two.median() / one.median():.2f}x of one pinned worker.")
+    if cpu:
+        lines.append("Server CPU per delivered message in S1 (µs): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items())) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def start_redis() -> subprocess.Popen[bytes] | None:
+    """A Redis of the benchmark's own, pinned to the load generator's CPU, so that the server
+    under test has CPU 0 to itself. Falls back to $REDIS_URL without redis-server."""
+    global REDIS_URL
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    proc = subprocess.Popen(_pinned([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                     "--appendonly", "no", "--loglevel", "warning"], "1"),
+                            stdout=subprocess.DEVNULL)
+    _wait_port(port)
+    REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    return proc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated: S1,S2,S3,S4")
+    parser.add_argument("--quick", action="store_true", help="shorter measurements, S4 with 3,000 connections")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
+    import uvloop
+    redis_proc = start_redis()
+    try:
+        return uvloop.run(run(args))
+    finally:
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
