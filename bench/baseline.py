@@ -5,7 +5,6 @@
     python -m bench.baseline PORT REDIS_URL SECRET
 """
 
-import asyncio
 import sys
 
 import jwt

@@ -143,7 +143,7 @@ class TokenVerifier:
         if not isinstance(claims, dict):
             raise TokenInvalid("claims must be a JSON object")
         now = time.time()
-        for name in ("exp", "nbf", "iat"):
+        for name in ("exp", "nbf"):
             value = claims.get(name)
             if value is not None and (type(value) not in (int, float) or value != value):
                 raise TokenInvalid(f"{name} must be a number")
@@ -169,6 +169,8 @@ class TokenVerifier:
                 raise TokenInvalid("malformed token") from None
             alg = header.get("alg") if isinstance(header, dict) else None
             if alg in _HS_DIGEST:
+                if "crit" in header or header.get("b64") is False:
+                    raise TokenInvalid("unsupported critical header extension")
                 return self._decode_hmac(token, header_b64, payload_b64, signature_b64, alg)
         try:
             header = jwt.get_unverified_header(token)
@@ -185,7 +187,10 @@ class TokenVerifier:
         if key is None:
             raise TokenInvalid(f"algorithm {alg!r} not allowed by the configured keys")
         cfg = self._cfg
-        options = {"verify_aud": bool(cfg.audience), "verify_iss": bool(cfg.issuer), "require": []}
+        # iat is not checked (as Centrifugo): an issuer whose clock runs ahead must not make
+        # every token look "not yet valid".
+        options = {"verify_aud": bool(cfg.audience), "verify_iss": bool(cfg.issuer), "verify_iat": False,
+                   "require": []}
         try:
             claims = jwt.decode(
                 token, key, algorithms=[alg], options=options,

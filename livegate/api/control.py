@@ -68,6 +68,8 @@ class Control:
 
     def cluster_info(self) -> list[dict[str, Any]]:
         now = time.monotonic()
+        for uid in [uid for uid, (expires, _) in self.nodes.items() if expires <= now]:
+            del self.nodes[uid]  # a node that stopped beating is gone
         others = [info for uid, (expires, info) in self.nodes.items() if expires > now and uid != self.node.uid]
         return [self.local_info(), *sorted(others, key=lambda i: i["name"])]
 
@@ -125,10 +127,16 @@ class Control:
                     replies.append(m["data"])
                     if len(replies) >= expected:
                         done.set()
-            else:
-                self._spawn(self._apply(m))
+            elif kind in ("disconnect", "unsubscribe", "subscribe", "refresh"):
+                self._spawn(self._apply_logged(m))
         except Exception:
             log.exception("bad control message")
+
+    async def _apply_logged(self, m: dict[str, Any]) -> None:
+        try:
+            await self._apply(m)
+        except Exception:
+            log.exception("control message failed", extra={"type": m.get("t")})
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -125,6 +125,9 @@ class ApiStreamConsumer:
                 return  # stays pending; claimed again later
             await self._dead(entry_id, fields, f"{err.code}: {err.message}")
             return
+        except (TypeError, ValueError) as exc:  # e.g. msgpack bytes or int keys where JSON is needed
+            await self._dead(entry_id, fields, f"107: bad request: {exc}")
+            return
         except Exception as exc:
             log.exception("api stream entry crashed", extra={"entry": entry_id.decode(), "method": method})
             if deliveries >= MAX_DELIVERIES:

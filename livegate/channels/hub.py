@@ -12,7 +12,7 @@ removed when its connection ends), so fan-out can iterate the live dicts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from livegate.metrics import METRICS
 from livegate.protocol.codec import encode_join_push, encode_leave_push, encode_pub_push
@@ -85,11 +85,14 @@ class Hub:
         self._pending.setdefault(channel, {})[sub] = []
         return first
 
-    def activate(self, channel: str, sub: Subscriber, flags: int) -> list[tuple[int, bytes]]:
-        """Make a pending subscription live; returns what was buffered meanwhile, in arrival order."""
+    def activate(self, channel: str, sub: Subscriber, flags: int) -> list[tuple[int, bytes]] | None:
+        """Make a pending subscription live; returns what was buffered meanwhile, in arrival
+        order, or None when the subscribe is no longer pending (it was removed meanwhile)."""
         pending = self._pending.get(channel)
-        buffered = pending.pop(sub, []) if pending is not None else []
-        if pending is not None and not pending:
+        if pending is None or sub not in pending:
+            return None
+        buffered = pending.pop(sub)
+        if not pending:
             del self._pending[channel]
         self._subs.setdefault(channel, {})[sub] = flags
         return buffered
@@ -166,17 +169,15 @@ class Hub:
                         queued.append(payload)
         if not per_sub:
             return
-        # Subscribers that got the same single payload share one frame.
-        frames: dict[int, bytes] = {}
+        # Subscribers that got the same payloads (one, or several joined) share one frame.
+        frames: dict[Any, tuple[bytes, bytes]] = {}
         for sub, payloads in per_sub.items():
-            if len(payloads) == 1:
-                payload = payloads[0]
-                frame = frames.get(id(payload))
-                if frame is None:
-                    frame = frames[id(payload)] = self._framer(payload)
-                sub.write(payload, frame)
-            else:
-                sub.write(b"\n".join(payloads))
+            key = id(payloads[0]) if len(payloads) == 1 else tuple(map(id, payloads))
+            shared = frames.get(key)
+            if shared is None:
+                joined = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
+                shared = frames[key] = (joined, self._framer(joined))
+            sub.write(shared[0], shared[1])
 
     def _push_join_leave(self, channel: str, payload: bytes) -> None:
         subs = self._subs.get(channel)

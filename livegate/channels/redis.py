@@ -59,6 +59,9 @@ log = logging.getLogger("livegate.redis")
 LIBRARY = resources.files("livegate.channels").joinpath("lua/livegate.lua").read_text(encoding="utf-8")
 FUNCTION_VERSION = int(next(line for line in LIBRARY.splitlines() if line.startswith("local VERSION")).split("=")[1])
 
+PING_INTERVAL = 2.0  # seconds between pub/sub liveness checks
+PING_TIMEOUT = 3.0
+
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 
@@ -78,6 +81,16 @@ def _resp(*parts: bytes | str) -> bytes:
         raw = part.encode() if isinstance(part, str) else part
         out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
     return b"".join(out)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -250,7 +263,11 @@ class _Shard:
                 log.info("redis connected", extra={"shard": self.index, "channels": len(wanted)})
                 if reconnect:
                     self.engine.report_gap([c for c in wanted if c in self.channels])
-                await proto.lost
+                watchdog = asyncio.get_running_loop().create_task(self._watch(proto))
+                try:
+                    await proto.lost
+                finally:
+                    watchdog.cancel()
                 log.warning("redis pub/sub connection lost", extra={"shard": self.index})
             except asyncio.CancelledError:
                 raise
@@ -264,6 +281,25 @@ class _Shard:
                 self.proto = None
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 3.0)
+
+    async def _watch(self, proto: _PubSubProtocol) -> None:
+        """A half-open socket (failover behind a VIP, a NAT timeout, a dead host) never
+        reports itself: PING through the subscribed connection and drop it when Redis
+        does not answer in time, so the reconnect (and gap recovery) happens."""
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            pong = asyncio.get_running_loop().create_future()
+            pong.add_done_callback(_retrieve)
+            proto.send(_resp("PING"), [(b"pong", pong)])
+            try:
+                await asyncio.wait_for(asyncio.shield(pong), PING_TIMEOUT)
+            except TimeoutError:
+                log.warning("redis pub/sub connection does not answer; reconnecting", extra={"shard": self.index})
+                if proto.transport is not None:
+                    proto.transport.abort()
+                return
+            except BrokerError:
+                return
 
     # -- pub/sub commands -------------------------------------------------------------
 
@@ -351,7 +387,7 @@ class RedisEngine:
         try:
             await asyncio.gather(*(s.wait_connected(10.0) for s in self.shards))
         except TimeoutError:
-            down = [s.url for s in self.shards if not s.healthy]
+            down = [_redact(s.url) for s in self.shards if not s.healthy]
             raise BrokerUnavailable(f"cannot reach redis at {', '.join(down)}") from None
 
     async def close(self) -> None:
@@ -375,11 +411,11 @@ class RedisEngine:
         fields: dict[str, str] = {
             "private_prefix": ch.private_prefix,
             "namespace_boundary": ch.namespace_boundary,
-            "history_meta_ttl": f"{ch.history_meta_ttl:g}",
+            "history_meta_ttl": f"{ch.history_meta_ttl:.3f}",
         }
         for name, opts in [("", ch.without_namespace), *((ns.name, ns) for ns in ch.namespaces)]:
             size, ttl = (opts.history_size, opts.history_ttl) if opts.history_enabled else (0, 0.0)
-            fields[f"ns:{name}"] = f"{size} {ttl:g} {opts.history_meta_ttl:g}"
+            fields[f"ns:{name}"] = f"{size} {ttl:.3f} {opts.history_meta_ttl:.3f}"  # plain decimals: Lua parses them
         key = f"{self.prefix}.config"
         async with client.pipeline(transaction=True) as pipe:
             pipe.delete(key)

@@ -220,8 +220,12 @@ class Client:
                 self.close(codes.STALE)
             return
         if self.pong_deadline and now_mono > self.pong_deadline:
-            self.close(codes.NO_PONG)
-            return
+            if self._collect is not None:
+                # Busy with a frame (a slow RPC or hook): the pong may be waiting behind it.
+                self.pong_deadline = now_mono + cfg.pong_timeout
+            else:
+                self.close(codes.NO_PONG)
+                return
         if self.expire_at and now_wall > self.expire_at + cfg.expired_close_delay:
             self.close(codes.EXPIRED)
             return
@@ -229,16 +233,19 @@ class Client:
             self.next_ping_at = now_mono + cfg.ping_interval
             if not self.pong_deadline:
                 self.pong_deadline = now_mono + cfg.pong_timeout
-            self.write(PING)
+            self._send(PING, None)  # not held back behind a frame being processed
 
     def recompute_sub_expiry(self) -> None:
         self.sub_expiry = min((sub.expire_at for sub in self.subs.values() if sub.expire_at), default=0.0)
 
     def expired_subscriptions(self, now_wall: float) -> list[str]:
         """Channels whose subscription token expired (cheap when none can have)."""
-        if not self.sub_expiry or now_wall <= self.sub_expiry:
+        # Same grace as connections: the SDK refreshes at ttl, plus its getToken round trip.
+        grace = self.node.config.client.expired_close_delay
+        if not self.sub_expiry or now_wall <= self.sub_expiry + grace:
             return []
-        expired = [ch for ch, sub in self.subs.items() if sub.expire_at and sub.live and now_wall > sub.expire_at]
+        expired = [ch for ch, sub in self.subs.items()
+                   if sub.expire_at and sub.live and now_wall > sub.expire_at + grace]
         self.sub_expiry = min((sub.expire_at for ch, sub in self.subs.items()
                                if sub.expire_at and ch not in expired), default=0.0)
         return expired

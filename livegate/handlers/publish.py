@@ -33,7 +33,7 @@ async def handle_publish(client: Client, req: PublishRequest) -> dict[str, Any]:
     sub = client.subs.get(req.channel)
     info = client.info(sub.info.chan_info if sub is not None else None)
     try:
-        await node.broker.publish(req.channel, raw_json(data), node.publish_options(resolved, info=info))
+        await node.publish(req.channel, raw_json(data), info=info)
     except BrokerError as exc:
         raise ErrInternal() from exc
     return {}

@@ -10,7 +10,7 @@ from livegate.errors import ClientError, DisconnectRequested
 from livegate.handlers.subscribe import Grant, subscribe_channel
 from livegate.handlers.unsubscribe import remove_subscription
 from livegate.protocol import codes
-from livegate.protocol.codec import encode_subscribe_push, encode_unsubscribe_push
+from livegate.protocol.codec import encode_push, encode_subscribe_push, encode_unsubscribe_push
 from livegate.protocol.codes import Disconnect
 from livegate.protocol.commands import SubscribeRequest
 
@@ -65,7 +65,13 @@ async def subscribe_local(node: Node, user: str, channel: str, client_id: str | 
                 client, resolved, req, Grant(info, data, expire_at, override), server_side=True)
         except (ClientError, DisconnectRequested):
             continue
+        # The subscribe push has no publications field: recovered ones follow as pub pushes.
+        recovered = result.pop("publications", ())
+        result.pop("recovered", None)
+        result.pop("was_recovering", None)
         client.write(encode_subscribe_push(channel, result))
+        for pub in recovered:
+            client.write(encode_push(channel, "pub", pub))
         pending = followup()
         if pending is not None:
             await pending

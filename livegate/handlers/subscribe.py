@@ -15,6 +15,7 @@ from livegate.node import PRESENCE_TTL
 from livegate.protocol import codes
 from livegate.protocol.codes import (
     ErrAlreadySubscribed,
+    ErrBadRequest,
     ErrInternal,
     ErrLimitExceeded,
     ErrPermissionDenied,
@@ -141,7 +142,8 @@ async def subscribe_channel(
                 same_epoch = req.epoch in ("", top.epoch)
                 recovered = same_epoch and len(pubs) <= limit and (
                     (not pubs and req.offset == top.offset)
-                    or (bool(pubs) and pubs[0].offset == req.offset + 1 and pubs[-1].offset == top.offset))
+                    or (bool(pubs) and pubs[-1].offset == top.offset
+                        and all(p.offset == req.offset + 1 + i for i, p in enumerate(pubs))))
                 if recovered:
                     result["recovered"] = True
                     result["offset"] = req.offset
@@ -169,8 +171,17 @@ async def subscribe_channel(
     if grant.data is not None:
         result["data"] = Fragment(grant.data)
 
+    if client.subs.get(channel) is not sub or client.closing is not None:
+        # Removed while we waited (server API unsubscribe, connection closed): no reply.
+        await _undo(client, channel, sub)
+        if client.closing is not None:
+            raise DisconnectRequested(client.closing.code, client.closing.reason)
+        raise ErrPermissionDenied(message="subscription removed by the server")
+
     def followup() -> Any:
         buffered = node.hub.activate(channel, client, sub.flags)
+        if buffered is None or client.subs.get(channel) is not sub:
+            return _undo(client, channel, sub)
         sub.live = True
         if sub.expire_at:
             client.recompute_sub_expiry()
@@ -182,6 +193,17 @@ async def subscribe_channel(
         return None
 
     return result, followup
+
+
+async def _undo(client: Client, channel: str, sub: Subscription) -> None:
+    """Forget a subscribe that was removed while in flight, unless a newer one replaced it."""
+    if client.subs.get(channel) is sub:
+        del client.subs[channel]
+    if client.subs.get(channel) is None and client.node.hub.unsubscribe(channel, client):
+        try:
+            await client.node.broker.unsubscribe(channel)
+        except BrokerError:
+            pass
 
 
 async def _announce(client: Client, channel: str, sub: Subscription) -> None:
@@ -200,6 +222,9 @@ async def handle_subscribe(client: Client, req: SubscribeRequest) -> tuple[dict[
         raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
     if req.type != 0:
         raise ErrPermissionDenied()
+    if req.tf is not None:
+        # Tags filters are not implemented: say so rather than deliver unfiltered data.
+        raise ErrBadRequest(message="bad request: tags filter (tf) is not supported")
     resolved = client.node.rules.resolve(req.channel)
     if req.channel in client.subs:
         raise ErrAlreadySubscribed()

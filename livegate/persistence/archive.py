@@ -102,6 +102,13 @@ class Archive:
                     await self.pool.execute(self._insert, *columns)
                 except asyncio.CancelledError:
                     raise
+                except asyncpg.DataError:
+                    # A row PostgreSQL refuses (e.g. "\u0000" in jsonb) must not block the rest:
+                    # write the batch row by row and drop what is refused.
+                    await self._write_one_by_one(batch)
+                    for _ in batch:
+                        self.buffer.popleft()
+                    continue
                 except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
                     if self.healthy:
                         log.warning("archive write failed: %s", exc, extra={"buffered": len(self.buffer)})
@@ -116,6 +123,16 @@ class Archive:
                     log.info("archive writes resumed", extra={"buffered": len(self.buffer)})
                 self.healthy = True
                 delay = 0.1
+
+    async def _write_one_by_one(self, batch: list[Row]) -> None:
+        for row in batch:
+            try:
+                await self.pool.execute(self._insert, *([value] for value in row))
+                self.written += 1
+            except asyncpg.DataError as exc:
+                self.dropped += 1
+                log.error("archive refused a publication: %s", exc,
+                          extra={"channel": row[0], "epoch": row[1], "offset": row[2]})
 
     async def read(self, channel: str, epoch: str, after: int, before: int, limit: int) -> list[Publication]:
         """Archived publications with after < offset < before, oldest first."""

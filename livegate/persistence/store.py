@@ -114,6 +114,12 @@ class Persistence:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             log.warning("archive read failed: %s", exc, extra={"channel": resolved.name})
             return result
+        # Only a gap-free archive range joins the engine's: a hole (a publication the
+        # archive never got) must show as one, so recovery reports recovered: false.
+        gap_free = bool(older) and all(p.offset == after + 1 + i for i, p in enumerate(older))
+        reaches_engine = len(older) >= want or (bool(older) and older[-1].offset == first - 1)
+        if not (gap_free and reaches_engine):
+            return result
         merged = older + pubs
         return HistoryResult(merged[:want], top)
 

@@ -16,7 +16,7 @@ from livegate.protocol.types import ClientInfo, Fragment, Publication
 
 __all__ = [
     "METHODS", "Command", "FrameError", "decode_frame",
-    "encode_reply", "encode_error", "encode_pub_push", "encode_join_push", "encode_leave_push",
+    "encode_reply", "encode_error", "encode_push", "encode_pub_push", "encode_join_push", "encode_leave_push",
     "encode_unsubscribe_push", "encode_subscribe_push", "encode_message_push", "PING",
 ]
 
@@ -106,6 +106,10 @@ def encode_error(cid: int, err: ClientError) -> bytes:
 
 def _push(channel: str, kind: str, body: Any) -> bytes:
     return orjson.dumps({"push": {"channel": channel, kind: body}})
+
+
+def encode_push(channel: str, kind: str, body: Any) -> bytes:
+    return _push(channel, kind, body)
 
 
 def encode_pub_push(channel: str, pub: Publication) -> bytes:

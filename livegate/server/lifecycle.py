@@ -92,6 +92,7 @@ class Server:
         self._api_site: web.TCPSite | None = None
         self.metrics_files = MetricsFiles(os.environ.get("LIVEGATE_WORKER_METRICS_DIR"))
         self._sweeper: asyncio.Task[None] | None = None
+        self._presence_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     @property
@@ -141,6 +142,7 @@ class Server:
             compression="deflate" if cfg.websocket.compression else None,
             ping_interval=None,  # the protocol's own {} pings do this job
             close_timeout=cfg.websocket.write_timeout,
+            backlog=2048,  # reconnect waves: a short accept queue turns them into resets
             server_header=f"livegate/{node.version}",
         )
 
@@ -193,9 +195,10 @@ class Server:
                         expired.extend((client, ch) for ch in client.expired_subscriptions(now_wall))
                 for client, channel in expired:
                     await self._expire_subscription(client, channel)
-                if now_mono >= next_presence:
+                if now_mono >= next_presence and (self._presence_task is None or self._presence_task.done()):
+                    # Its own task: Redis round trips never delay pings and deadlines.
                     next_presence = now_mono + PRESENCE_REFRESH
-                    await self._refresh_presence()
+                    self._presence_task = asyncio.get_running_loop().create_task(self._refresh_presence())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -227,13 +230,18 @@ class Server:
         client.write(encode_unsubscribe_push(channel, codes.UNSUB_EXPIRED.code, codes.UNSUB_EXPIRED.reason))
 
     async def _refresh_presence(self) -> None:
+        """Refresh this node's presence entries, 32 at a time; an error skips one entry only."""
         presence = self.node.presence
-        for client in list(self.clients):
-            for channel, sub in client.presence_subscriptions():
-                try:
-                    await presence.add_presence(channel, sub.info, PRESENCE_TTL)
-                except BrokerError:
-                    return
+        entries = [(channel, sub.info) for client in list(self.clients)
+                   for channel, sub in client.presence_subscriptions()]
+        failed = 0
+        for start in range(0, len(entries), 32):
+            results = await asyncio.gather(
+                *(presence.add_presence(channel, info, PRESENCE_TTL) for channel, info in entries[start:start + 32]),
+                return_exceptions=True)
+            failed += sum(isinstance(r, BrokerError) for r in results)
+        if failed:
+            log.warning("presence refresh incomplete", extra={"failed": failed, "entries": len(entries)})
 
     async def drain(self, window: float | None = None) -> None:
         """Stop accepting, then close every client with 3001 spread over ``window`` seconds."""

@@ -75,8 +75,15 @@ class WebSocketClient(Client):
 
     def _close(self, disconnect: Disconnect) -> None:
         if self._proto.state is _OPEN:
-            self._proto.send_close(disconnect.code, disconnect.reason)
-            self.ws.send_data()
+            # A close reason is at most 123 bytes of UTF-8; cut at a character boundary.
+            reason = disconnect.reason.encode()[:123].decode(errors="ignore")
+            try:
+                self._proto.send_close(disconnect.code, reason)
+                self.ws.send_data()
+            except Exception:
+                log.exception("close failed", extra={"client": self.client_id, "code": disconnect.code})
+                self._transport.abort()
+                return
         # A peer that does not answer the close frame (or never reads) is cut off.
         asyncio.get_running_loop().call_later(self._write_timeout, self._abort)
 

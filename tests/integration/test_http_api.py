@@ -163,6 +163,14 @@ async def test_subscribe_unsubscribe_disconnect_refresh_users(api, running, clie
     assert (ctx.code, ctx.reason) == (4501, "go away")
 
 
+async def test_disconnect_reason_is_cut_to_123_bytes(api, running, clients):
+    sdk, events = clients(running.url, token("erin"))
+    await sdk.connect()
+    await api.disconnect(DisconnectRequest(user="erin", disconnect=Disconnect(code=4501, reason="я" * 100)))
+    (ctx,) = await events.wait("disconnected")
+    assert ctx.code == 4501 and ctx.reason == "я" * 61  # 122 bytes of UTF-8; a character is never cut
+
+
 async def test_disconnect_whitelist_and_default_code(api, running, clients):
     keep, kev = clients(running.url, token("carol"))
     drop, dev = clients(running.url, token("carol"))

@@ -316,3 +316,25 @@ async def test_retention_by_age_and_size(schema, db, start_server):
     assert deleted == 1500 * 2 + 2490
     kept = await db.fetch(f'SELECT "offset" FROM {schema}.publications WHERE channel = \'sized:x\' ORDER BY "offset"')
     assert [r["offset"] for r in kept] == list(range(2491, 2501))
+
+
+async def test_a_hole_in_the_archive_is_not_recovered_over(schema, db, start_server):
+    await migrate(DATABASE_URL, schema)
+    running = await start_server(persistence_config(schema))
+    for n in range(20):
+        await running.node.publish("ar:hole", orjson.dumps({"n": n}))
+    archive = running.server.persistence.archive
+    async with asyncio.timeout(5):
+        while archive.written < 20:
+            await asyncio.sleep(0.02)
+    await db.execute(f'DELETE FROM {schema}.publications WHERE "offset" = 5')
+    epoch = await db.fetchval(f"SELECT epoch FROM {schema}.publications LIMIT 1")
+    from conftest import RawPeer
+    peer = await RawPeer.open(running.url)
+    try:
+        await peer.connect("alice")
+        reply = await peer.call("subscribe", {"channel": "ar:hole", "recover": True, "offset": 2, "epoch": epoch})
+        sub = reply["subscribe"]
+        assert sub.get("recovered") is not True and "publications" not in sub and sub["offset"] == 20
+    finally:
+        await peer.close()

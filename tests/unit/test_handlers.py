@@ -1402,3 +1402,29 @@ async def test_batched_fan_out_is_merged_into_a_subscribe_in_flight(make_node):
     msgs = client.take()
     assert msgs[0]["subscribe"]["publications"] == [{"data": 2, "offset": 2}]
     assert [m["push"]["pub"]["offset"] for m in msgs[1:] if "pub" in m.get("push", {})] == [3]
+
+
+async def test_subscribe_removed_while_in_flight_leaves_no_ghost(node, monkeypatch):
+    """A server API unsubscribe that lands while the subscribe waits on the engine wins: the
+    subscribe is answered with an error and nothing stays in the hub."""
+    from livegate.handlers.server_ops import unsubscribe_local
+
+    client = await connected(node)
+    gate = asyncio.Event()
+    real_history = node.broker.history
+
+    async def slow_history(channel, opts):
+        await gate.wait()
+        return await real_history(channel, opts)
+
+    monkeypatch.setattr(node.broker, "history", slow_history)
+    task = asyncio.create_task(client.send({"id": 5, "subscribe": {"channel": "chat:ghost"}}))
+    await asyncio.sleep(0.01)
+    await unsubscribe_local(node, client.user, "chat:ghost", None)
+    gate.set()
+    await task
+    reply = next(m for m in client.take() if m.get("id") == 5)
+    assert reply["error"]["code"] == 103
+    assert "chat:ghost" not in client.subs
+    assert node.hub.num_subscribers("chat:ghost") == 0
+    assert node.hub.unsubscribe("chat:ghost", client) is True  # nothing pending either

@@ -146,15 +146,17 @@ def test_only_subscribers_of_the_channel_receive(hub):
 
 
 def test_batch_joins_messages_per_subscriber(hub, framer):
-    a = Sub("a")
+    a, b = Sub("a"), Sub("b")
     live(hub, "ch", a)
+    live(hub, "ch", b)
     hub.handle_publications([("ch", pub(1, 1)), ("ch", pub(2, 2)), ("ch", pub(3, 3))])
     assert len(a.writes) == 1
     payload, frame = a.writes[0]
-    assert frame is None                                  # the transport frames joined payloads itself
     assert payload == b"\n".join(encode_pub_push("ch", pub(i, i)) for i in (1, 2, 3))
     assert [m["push"]["pub"]["offset"] for m in a.messages()] == [1, 2, 3]
-    assert framer.calls == []
+    # Subscribers with the same messages share the joined payload and its frame: built once.
+    assert b.writes[0][0] is payload and b.writes[0][1] is frame
+    assert framer.calls == [payload]
 
 
 def test_batch_across_channels_keeps_batch_order(hub):
@@ -178,8 +180,8 @@ def test_batch_single_messages_share_the_frame(hub, framer):
     px, py = encode_pub_push("x", pub(1)), encode_pub_push("y", pub(2))
     assert a.writes[0][0] == px and a.writes[0][1] is b.writes[0][1]
     assert c.writes == [(py, b"F[" + py + b"]")]
-    assert d.writes == [(px + b"\n" + py, None)]
-    assert sorted(framer.calls) == sorted([px, py])        # one frame per distinct single payload
+    assert d.writes == [(px + b"\n" + py, b"F[" + px + b"\n" + py + b"]")]
+    assert sorted(framer.calls) == sorted([px, py, px + b"\n" + py])  # one frame per distinct payload set
 
 
 def test_batch_encodes_each_publication_once(hub, monkeypatch):

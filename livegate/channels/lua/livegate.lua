@@ -10,7 +10,7 @@
 --   <prefix>.config         hash written by livegate at start: namespace history settings
 -- Envelopes are msgpack arrays: {"p", offset, epoch, data, info_json, tags_json, time_ms}.
 
-local VERSION = 6
+local VERSION = 7
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -90,6 +90,9 @@ local function publish(keys, args)
   local size = tonumber(opts['history_size'])
   local ttl = tonumber(opts['history_ttl'])
   local meta_ttl = tonumber(opts['history_meta_ttl'])
+  if size ~= nil and (ttl == nil or size < 0 or ttl < 0) then
+    return redis.error_reply('ERR livegate_publish: history_size needs history_ttl (both >= 0)')
+  end
   if size == nil then
     local config_key = prefix .. '.config'
     local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl')
@@ -100,6 +103,7 @@ local function publish(keys, args)
     local entry = redis.call('HGET', config_key, 'ns:' .. ns)
     if not entry then return redis.error_reply('ERR livegate_publish: unknown channel namespace "' .. ns .. '"') end
     local s, t, m = string.match(entry, '^(%d+) ([%d.]+) ([%d.]+)$')
+    if not s then return redis.error_reply('ERR livegate_publish: bad config entry for namespace "' .. ns .. '"') end
     size, ttl, meta_ttl = tonumber(s), tonumber(t), tonumber(m)
     if meta_ttl == 0 then meta_ttl = tonumber(conf[3]) or 0 end
   end
