@@ -90,9 +90,11 @@ async def api_throughput() -> str:
                             await r.read()
                         done += 1
 
-                started = time.monotonic()
+                started, cpu0 = time.monotonic(), server.cpu_seconds()
                 await asyncio.gather(*(worker() for _ in range(concurrency)))
-                out.append(f"{done / (time.monotonic() - started):,.0f} req/s with {concurrency} connection(s)")
+                cpu = (server.cpu_seconds() - cpu0) / done * 1e6
+                out.append(f"{done / (time.monotonic() - started):,.0f} req/s with {concurrency} connection(s) "
+                           f"(server CPU {cpu:.0f} µs per request)")
         return "API publish throughput (redis engine, server on one core): " + ", ".join(out)
     finally:
         server.stop()
