@@ -550,7 +550,7 @@ def render(table: dict[tuple[str, str], Cell], ceiling1: float, ceiling16: float
 
         redis_v, redis_r, ratio = cell("livegate-redis")
         mem_v, mem_r, _ = cell("livegate-memory")
-        met = "yes" if ratio == ratio and ok(ratio) else "no"
+        met = "—" if target == "(context)" else ("yes" if ratio == ratio and ok(ratio) else "no")
         lines.append(f"| {title} | {fmt(base.median())} ({fmt(min(base.values))}–{fmt(max(base.values))}) | "
                      f"{redis_v} | {redis_r} | {mem_v} | {mem_r} | {target} | {met} |")
     lost = sum(c.lost for c in table.values())

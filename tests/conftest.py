@@ -188,3 +188,20 @@ async def peer_factory() -> AsyncIterator[Callable[..., Awaitable[RawPeer]]]:
     yield open_peer
     for p in peers:
         await p.close()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[..., Any]]:
+    """Make centrifuge-python clients with their recorded events; all disconnect at teardown."""
+    from sdk import sdk_client  # tests/integration/sdk.py (on sys.path once integration tests load)
+
+    made: list[Any] = []
+
+    def make(url: str, tok: str = "", **kw: Any) -> Any:
+        client, events = sdk_client(url, tok, **kw)
+        made.append(client)
+        return client, events
+
+    yield make
+    for client in made:
+        await client.disconnect()

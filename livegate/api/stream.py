@@ -23,6 +23,7 @@ from livegate.api.commands import execute
 from livegate.api.control import Control
 from livegate.errors import ClientError
 from livegate.node import Node
+from livegate.tasks import cancel_and_wait
 
 __all__ = ["ApiStreamConsumer", "GROUP", "decode_payload"]
 
@@ -58,13 +59,8 @@ class ApiStreamConsumer:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _ensure_group(self) -> None:
         try:

@@ -51,6 +51,7 @@ from livegate.channels.broker import (
 from livegate.config import Config
 from livegate.errors import BrokerError, BrokerUnavailable
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
+from livegate.tasks import cancel_and_wait
 
 __all__ = ["RedisEngine", "jump_hash", "FUNCTION_VERSION", "load_functions"]
 
@@ -211,13 +212,8 @@ class _Shard:
             await self._connected.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.proto is not None and self.proto.transport is not None:
             self.proto.transport.close()
         await self.client.aclose()

@@ -28,6 +28,7 @@ from livegate.api.control import Control
 from livegate.errors import ClientError
 from livegate.node import Node
 from livegate.persistence.migrate import LOCK_KEY, quote_ident
+from livegate.tasks import cancel_and_wait
 
 __all__ = ["OutboxConsumer"]
 
@@ -66,13 +67,8 @@ class OutboxConsumer:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._close_listener()
 
     async def _close_listener(self) -> None:

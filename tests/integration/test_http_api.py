@@ -27,7 +27,7 @@ from cent import (
 from cent.dto import Disconnect, StreamPosition
 from cent.exceptions import CentApiResponseError, CentUnauthorizedError
 from conftest import REDIS_URL, token, unique_prefix
-from sdk import sdk_client, sdk_subscription
+from sdk import sdk_subscription
 
 
 class SyncAdapter:
@@ -72,20 +72,6 @@ async def api(request, running):
     client = AsyncClient(api_url(running), "test-api-key") if request.param == "async" else SyncAdapter(api_url(running), "test-api-key")
     yield client
     await client.close()
-
-
-@pytest.fixture
-async def clients():
-    made = []
-
-    def make(url, tok="", **kw):
-        client, events = sdk_client(url, tok, **kw)
-        made.append(client)
-        return client, events
-
-    yield make
-    for client in made:
-        await client.disconnect()
 
 
 async def test_publish_and_history(api, running, clients):

@@ -8,24 +8,10 @@ import pytest
 from centrifuge import ClientState, SubscriptionState
 from centrifuge.exceptions import ReplyError
 from conftest import token
-from sdk import sdk_client, sdk_subscription
+from sdk import sdk_subscription
 
 from livegate import App, ClientError
 from livegate.protocol import codes
-
-
-@pytest.fixture
-async def clients():
-    made = []
-
-    def make(url, tok="", **kw):
-        client, events = sdk_client(url, tok, **kw)
-        made.append(client)
-        return client, events
-
-    yield make
-    for client in made:
-        await client.disconnect()
 
 
 async def test_connect_subscribe_and_receive_from_another_client(server, clients):

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from cent import AsyncClient, DisconnectRequest, InfoRequest, PublishRequest
 from conftest import REDIS_URL, token, unique_prefix
 from procs import Balancer, start_instance
-from sdk import sdk_client, sdk_subscription
+from sdk import sdk_subscription
 
 
 @pytest.fixture
@@ -36,20 +36,6 @@ async def cluster(tmp_path, redis_client):
     keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
     if keys:
         await redis_client.delete(*keys)
-
-
-@pytest.fixture
-async def clients():
-    made = []
-
-    def make(url, tok="", **kw):
-        client, events = sdk_client(url, tok, **kw)
-        made.append(client)
-        return client, events
-
-    yield make
-    for client in made:
-        await client.disconnect()
 
 
 async def subscribed(client, channel, **kw):
