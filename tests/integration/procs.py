@@ -115,15 +115,20 @@ async def start_instance(tmp_path: Path, override: dict[str, Any], name: str = "
 
 
 class Balancer:
-    """Forwards each TCP connection to the first backend that accepts it."""
+    """Forwards each TCP connection to the first backend that accepts it. ``cut()`` stops
+    listening and drops every open connection (the backend becomes unreachable); ``start()``
+    again listens on the same port."""
 
     def __init__(self, backends: list[int]) -> None:
         self.backends = backends
+        self.port = 0
         self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for port in self.backends:
@@ -135,6 +140,7 @@ class Balancer:
         else:
             writer.close()
             return
+        self.writers |= {writer, up_writer}
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -144,10 +150,17 @@ class Balancer:
             except (OSError, asyncio.CancelledError):
                 pass
             finally:
-                dst.close()
+                dst.transport.abort()
+                self.writers.discard(dst)
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
-    async def close(self) -> None:
+    async def cut(self) -> None:
         if self.server is not None:
             self.server.close()
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+
+    async def close(self) -> None:
+        await self.cut()

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from centrifuge import StreamPosition
 from conftest import DATABASE_URL, REDIS_URL, token, unique_prefix
-from procs import free_port
+from procs import Balancer, free_port
 from sdk import sdk_client, sdk_subscription
 
 from livegate.channels.broker import HistoryOptions
@@ -212,51 +212,12 @@ async def test_outbox_dead_letters_invalid_rows(schema, db, start_server):
     await client.disconnect()
 
 
-class TcpProxy:
-    """A proxy to PostgreSQL that a test can cut (dropping every open connection) and restore."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.server = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def up(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        self.server.close()
-        for w in list(self.writers):
-            w.transport.abort()
-        self.writers.clear()
-
-    async def _handle(self, reader, writer):  # noqa: ANN001, ANN202
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self.writers |= {writer, up_writer}
-
-        async def pipe(src, dst):  # noqa: ANN001, ANN202
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 async def test_postgres_unreachable_fan_out_unaffected_archive_bounded(schema, start_server):
     from urllib.parse import urlsplit
     await migrate(DATABASE_URL, schema)
     target = urlsplit(DATABASE_URL)
-    proxy = TcpProxy(target.port or 5432)
-    await proxy.up()
+    proxy = Balancer([target.port or 5432])
+    await proxy.start()
     dsn = DATABASE_URL.replace(f"{target.hostname}:{target.port or 5432}", f"127.0.0.1:{proxy.port}")
     running = await start_server(persistence_config(schema, dsn=dsn, archive_buffer_size=30, command_timeout="1s",
                                                     connect_timeout="1s"))
@@ -280,7 +241,7 @@ async def test_postgres_unreachable_fan_out_unaffected_archive_bounded(schema, s
     _, metrics = await http_get(running.server.api_port, "/metrics", raw=True)
     assert f"livegate_archive_dropped_total {archive.dropped}" in metrics
     assert "livegate_postgres_up 0" in metrics
-    await proxy.up()
+    await proxy.start()
     async with asyncio.timeout(15):
         while archive.buffer or not archive.healthy:
             await asyncio.sleep(0.05)
