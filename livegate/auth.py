@@ -122,7 +122,7 @@ class TokenVerifier:
                           cfg.ecdsa_public_key)
             for alg in _ES:
                 self._keys[alg] = ec_key
-        self._jwks = jwt.PyJWKClient(cfg.jwks_public_endpoint, cache_keys=True, lifespan=300) if cfg.jwks_public_endpoint else None
+        self._jwks = jwt.PyJWKClient(cfg.jwks_public_endpoint, cache_keys=True, lifespan=300, timeout=5) if cfg.jwks_public_endpoint else None
 
     @property
     def configured(self) -> bool:

@@ -1,0 +1,52 @@
+"""Connection tokens verified with keys from a JWKS endpoint (a real HTTP server here)."""
+
+from __future__ import annotations
+
+import json
+
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from livegate.auth import TokenVerifier
+from livegate.config import TokenConfig
+from livegate.errors import TokenInvalid
+
+
+@pytest.fixture
+async def jwks_url():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    public.update(kid="k1", use="sig", alg="RS256")
+
+    async def keys(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [public]})
+
+    app = web.Application()
+    app.router.add_get("/jwks", keys)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/jwks", key
+    await runner.cleanup()
+
+
+async def test_jwks_key_verifies_and_others_fail(jwks_url):
+    url, key = jwks_url
+    verifier = TokenVerifier(TokenConfig(jwks_public_endpoint=url))
+    good = jwt.encode({"sub": "alice", "info": {"n": 1}}, key, algorithm="RS256", headers={"kid": "k1"})
+    token = await verifier.verify_connect(good)
+    assert token.user == "alice" and token.info == b'{"n":1}'
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode({"sub": "alice"}, other, algorithm="RS256", headers={"kid": "k1"})
+    with pytest.raises(TokenInvalid):
+        await verifier.verify_connect(forged)
+    unknown_kid = jwt.encode({"sub": "alice"}, key, algorithm="RS256", headers={"kid": "nope"})
+    with pytest.raises(TokenInvalid):
+        await verifier.verify_connect(unknown_kid)
+    hs = jwt.encode({"sub": "alice"}, "secret-that-is-long-enough-for-hs256-0123", algorithm="HS256")
+    with pytest.raises(TokenInvalid):  # no HMAC key configured: the HS family is not allowed
+        await verifier.verify_connect(hs)
