@@ -104,6 +104,7 @@ class Client(_Section):
     channel_limit: PosInt = 128
     history_max_publication_limit: PosInt = 300
     recovery_max_publication_limit: PosInt = 300
+    hook_timeout: Duration = 10.0  # livegate: an RPC handler or app hook taking longer fails with error 100
     token: TokenConfig = Field(default_factory=TokenConfig)
 
     @model_validator(mode="after")

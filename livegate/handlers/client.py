@@ -7,12 +7,13 @@ dispatching commands to handlers in order, coalescing replies and pushes, timers
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -120,6 +121,18 @@ class Client:
 
     def context(self) -> Context:
         return Context(self.client_id, self.user, self.conn_info, self.name, self.version, self.node)
+
+    async def call_app(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run application code (an RPC handler or a hook) with this connection's context,
+        bounded by ``client.hook_timeout``: a hung handler fails the command with error 100
+        (temporary) instead of pinning the connection."""
+        try:
+            async with asyncio.timeout(self.node.config.client.hook_timeout):
+                return await fn(self.context(), *args)
+        except TimeoutError:
+            log.warning("application handler timed out", extra={"client": self.client_id, "user": self.user,
+                                                                  "handler": getattr(fn, "__name__", "?")})
+            raise ErrInternal(message="internal server error: handler timed out") from None
 
     # -- input -------------------------------------------------------------------------
 

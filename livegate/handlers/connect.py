@@ -54,7 +54,7 @@ async def handle_connect(client: Client, req: ConnectRequest) -> tuple[dict[str,
     data: Any = None
     hook = node.app.connect_hook
     if hook is not None:
-        outcome = await hook(client.context(), req.data)
+        outcome = await client.call_app(hook, req.data)
         if isinstance(outcome, dict):
             data = outcome.get("data")
             if "info" in outcome:

@@ -25,7 +25,7 @@ async def handle_publish(client: Client, req: PublishRequest) -> dict[str, Any]:
         raise ErrBadRequest(message="bad request: publication data is empty")
     data = req.data
     hook = node.app.publish_hook
-    decision = None if hook is None else await hook(client.context(), req.channel, data)
+    decision = None if hook is None else await client.call_app(hook, req.channel, data)
     if isinstance(decision, dict):
         data = decision.get("data", data)
     elif not decision:

@@ -22,7 +22,7 @@ async def handle_rpc(client: Client, req: RPCRequest) -> dict[str, Any]:
         raise ErrMethodNotFound()
     # Application code may take its time: let what is already queued go out first.
     client.flush()
-    data = await handler(client.context(), req.data)
+    data = await client.call_app(handler, req.data)
     return {} if data is None else {"data": Fragment(raw_json(data))}
 
 
@@ -30,5 +30,5 @@ async def handle_send(client: Client, req: SendRequest) -> None:
     hook = client.node.app.message_hook
     if hook is None:
         raise DisconnectRequested(codes.NOT_AVAILABLE.code, codes.NOT_AVAILABLE.reason)
-    await hook(client.context(), req.data)
+    await client.call_app(hook, req.data)
     return None

@@ -78,7 +78,7 @@ async def _authorize(client: Client, resolved: ResolvedChannel, req: SubscribeRe
         raise ErrPermissionDenied()
     hook = node.app.subscribe_hook
     if hook is not None:
-        decision = await hook(client.context(), resolved.name, req.data)
+        decision = await client.call_app(hook, resolved.name, req.data)
         if isinstance(decision, dict):
             info = decision.get("info")
             data = decision.get("data")

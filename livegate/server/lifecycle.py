@@ -72,7 +72,7 @@ async def release_client(client: Client) -> None:
     hook = node.app.disconnect_hook
     if hook is not None:
         try:
-            await hook(client.context(), client.closing.code, client.closing.reason)
+            await client.call_app(hook, client.closing.code, client.closing.reason)
         except Exception:
             log.exception("on_disconnect hook failed", extra={"client": client.client_id, "user": client.user})
 

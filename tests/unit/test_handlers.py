@@ -1428,3 +1428,19 @@ async def test_subscribe_removed_while_in_flight_leaves_no_ghost(node, monkeypat
     assert "chat:ghost" not in client.subs
     assert node.hub.num_subscribers("chat:ghost") == 0
     assert node.hub.unsubscribe("chat:ghost", client) is True  # nothing pending either
+
+
+async def test_a_hung_rpc_handler_times_out_with_a_temporary_error(make_node):
+    app = App()
+
+    @app.rpc("slow")
+    async def slow(ctx, data):
+        await asyncio.sleep(5)
+
+    node = await make_node({"client": {"hook_timeout": "0.1s"}}, app)
+    client = await connected(node)
+    await client.send({"id": 7, "rpc": {"method": "slow", "data": {}}})
+    (reply,) = [m for m in client.take() if m.get("id") == 7]
+    assert reply["error"] == {"code": 100, "message": "internal server error: handler timed out", "temporary": True}
+    await client.send({"id": 8, "rpc": {"method": "missing"}})
+    assert [m for m in client.take() if m.get("id") == 8][0]["error"]["code"] == 104  # still serving
