@@ -89,9 +89,8 @@ def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostport}").geturl()
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -162,7 +161,8 @@ class _PubSubProtocol(asyncio.Protocol):
                 future.set_exception(BrokerError(f"redis: {msg}"))
             else:
                 future.set_result(None)
-        if kind != expected and not isinstance(msg, hiredis.ReplyError):
+        # A PING is answered ["pong", ""] while subscribed, +PONG otherwise.
+        if kind != expected and not isinstance(msg, hiredis.ReplyError) and not (expected == b"pong" and kind == b"+"):
             log.warning("unexpected pub/sub reply order", extra={"got": str(kind), "expected": str(expected)})
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -216,7 +216,7 @@ class _Shard:
         self._task = None
         if self.proto is not None and self.proto.transport is not None:
             self.proto.transport.close()
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)  # the pool is ours: close it too
 
     async def _open(self) -> _PubSubProtocol:
         parts = urlsplit(self.url)

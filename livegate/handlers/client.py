@@ -45,7 +45,7 @@ class State(enum.Enum):
 class Client:
     __slots__ = (
         "node", "client_id", "user", "conn_info", "name", "version", "state", "subs",
-        "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry",
+        "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry", "reply_sent",
         "_collect", "_collect_size", "_queue_max", "closing", "__weakref__",
     )
 
@@ -63,6 +63,9 @@ class Client:
         self.next_ping_at = 0.0
         self.pong_deadline = 0.0
         self.sub_expiry = 0.0  # earliest expire_at among subscriptions; 0: none expires
+        # Whether anything (the connect reply first of all) has reached the transport: pings
+        # wait for it, since SDKs answer pings only after a connect reply said pong: true.
+        self.reply_sent = False
         self._collect: list[bytes] | None = None
         self._collect_size = 0
         self._queue_max = node.config.client.queue_max_size
@@ -102,6 +105,7 @@ class Client:
             self._collect_size = 0
             if self.closing is None or self.closing is not codes.SLOW:
                 self._send(collect[0] if len(collect) == 1 else b"\n".join(collect), None)
+                self.reply_sent = True
 
     def close(self, disconnect: Disconnect) -> None:
         """Start closing with a disconnect code; idempotent, never awaits."""
@@ -242,7 +246,7 @@ class Client:
         if self.expire_at and now_wall > self.expire_at + cfg.expired_close_delay:
             self.close(codes.EXPIRED)
             return
-        if now_mono >= self.next_ping_at:
+        if now_mono >= self.next_ping_at and self.reply_sent:
             self.next_ping_at = now_mono + cfg.ping_interval
             if not self.pong_deadline:
                 self.pong_deadline = now_mono + cfg.pong_timeout

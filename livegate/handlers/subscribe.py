@@ -152,12 +152,7 @@ async def subscribe_channel(
                 elif req.flag & FLAG_REJECT_UNRECOVERED:
                     raise ErrUnrecoverablePosition()
     except BaseException as exc:
-        client.subs.pop(channel, None)
-        if node.hub.unsubscribe(channel, client):
-            try:
-                await node.broker.unsubscribe(channel)
-            except BrokerError:
-                pass
+        await _undo(client, channel, sub)  # only this subscribe: a newer one for the channel stays
         if isinstance(exc, ClientError | DisconnectRequested):
             raise
         if isinstance(exc, BrokerError):
@@ -179,8 +174,12 @@ async def subscribe_channel(
         raise ErrPermissionDenied(message="subscription removed by the server")
 
     def followup() -> Any:
+        # Identity first: the hub keys pending entries by client, so activating on behalf of a
+        # subscribe that was replaced meanwhile would make the newer one live too early.
+        if client.subs.get(channel) is not sub:
+            return _undo(client, channel, sub)
         buffered = node.hub.activate(channel, client, sub.flags)
-        if buffered is None or client.subs.get(channel) is not sub:
+        if buffered is None:
             return _undo(client, channel, sub)
         sub.live = True
         if sub.expire_at:

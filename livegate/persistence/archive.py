@@ -102,12 +102,16 @@ class Archive:
                     await self.pool.execute(self._insert, *columns)
                 except asyncio.CancelledError:
                     raise
-                except asyncpg.DataError:
-                    # A row PostgreSQL refuses (e.g. "\u0000" in jsonb) must not block the rest:
-                    # write the batch row by row and drop what is refused.
-                    await self._write_one_by_one(batch)
-                    for _ in batch:
-                        self.buffer.popleft()
+                except (asyncpg.DataError, asyncpg.ProgramLimitExceededError):
+                    # A row PostgreSQL refuses (e.g. "\u0000" in jsonb, a value too large) must
+                    # not block the rest: write the batch row by row and drop what is refused.
+                    try:
+                        await self._write_one_by_one(len(batch))
+                    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                        log.warning("archive write failed: %s", exc, extra={"buffered": len(self.buffer)})
+                        self.healthy = False
+                        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                        delay = min(delay * 2, 5.0)
                     continue
                 except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
                     if self.healthy:
@@ -124,15 +128,19 @@ class Archive:
                 self.healthy = True
                 delay = 0.1
 
-    async def _write_one_by_one(self, batch: list[Row]) -> None:
-        for row in batch:
+    async def _write_one_by_one(self, count: int) -> None:
+        """Write the first ``count`` buffered rows one at a time, each leaving the buffer as
+        soon as it is written or refused; other errors propagate (the caller retries)."""
+        for _ in range(count):
+            row = self.buffer[0]
             try:
                 await self.pool.execute(self._insert, *([value] for value in row))
                 self.written += 1
-            except asyncpg.DataError as exc:
+            except (asyncpg.DataError, asyncpg.ProgramLimitExceededError) as exc:
                 self.dropped += 1
                 log.error("archive refused a publication: %s", exc,
                           extra={"channel": row[0], "epoch": row[1], "offset": row[2]})
+            self.buffer.popleft()
 
     async def read(self, channel: str, epoch: str, after: int, before: int, limit: int) -> list[Publication]:
         """Archived publications with after < offset < before, oldest first."""

@@ -31,6 +31,7 @@ from livegate.protocol import codes
 from livegate.protocol.codec import encode_unsubscribe_push
 from livegate.server.http_api import MetricsFiles, make_api_app
 from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection, text_frame
+from livegate.tasks import cancel_and_wait
 
 __all__ = ["Server", "build_node", "release_client"]
 
@@ -226,22 +227,30 @@ class Server:
         log.warning("engine gap: subscriptions told to recover", extra={"channels": len(channels), "subscriptions": told})
 
     async def _expire_subscription(self, client: Client, channel: str) -> None:
+        sub = client.subs.get(channel)
+        grace = self.config.client.expired_close_delay
+        if sub is None or not sub.expire_at or time.time() <= sub.expire_at + grace:
+            return  # refreshed or replaced while earlier expiries were being removed
         await remove_subscription(client, channel)
         client.write(encode_unsubscribe_push(channel, codes.UNSUB_EXPIRED.code, codes.UNSUB_EXPIRED.reason))
 
     async def _refresh_presence(self) -> None:
         """Refresh this node's presence entries, 32 at a time; an error skips one entry only."""
         presence = self.node.presence
-        entries = [(channel, sub.info) for client in list(self.clients)
-                   for channel, sub in client.presence_subscriptions()]
-        failed = 0
-        for start in range(0, len(entries), 32):
+        clients = list(self.clients)
+        failed = total = 0
+        for start in range(0, len(clients), 32):
+            # Checked per chunk, right before writing: a client that left meanwhile (and
+            # removed its entries) must not be brought back.
+            entries = [(channel, sub.info) for client in clients[start:start + 32] if client.closing is None
+                       for channel, sub in client.presence_subscriptions()]
+            total += len(entries)
             results = await asyncio.gather(
-                *(presence.add_presence(channel, info, PRESENCE_TTL) for channel, info in entries[start:start + 32]),
+                *(presence.add_presence(channel, info, PRESENCE_TTL) for channel, info in entries),
                 return_exceptions=True)
             failed += sum(isinstance(r, BrokerError) for r in results)
         if failed:
-            log.warning("presence refresh incomplete", extra={"failed": failed, "entries": len(entries)})
+            log.warning("presence refresh incomplete", extra={"failed": failed, "entries": total})
 
     async def drain(self, window: float | None = None) -> None:
         """Stop accepting, then close every client with 3001 spread over ``window`` seconds."""
@@ -261,6 +270,7 @@ class Server:
                 await asyncio.sleep(step * batch)
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._presence_task)
         if self.api_stream is not None:
             await self.api_stream.stop()
         await self.control.stop()

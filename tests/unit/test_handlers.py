@@ -1444,3 +1444,24 @@ async def test_a_hung_rpc_handler_times_out_with_a_temporary_error(make_node):
     assert reply["error"] == {"code": 100, "message": "internal server error: handler timed out", "temporary": True}
     await client.send({"id": 8, "rpc": {"method": "missing"}})
     assert [m for m in client.take() if m.get("id") == 8][0]["error"]["code"] == 104  # still serving
+
+
+async def test_no_ping_before_the_connect_reply(make_node, monkeypatch):
+    """A ping due while a connect's server-side subscriptions announce themselves is held
+    until the connect reply is out: SDKs answer pings only once the reply said pong: true."""
+    import time as time_module
+
+    node = await make_node()
+    client = Recorder(node)
+    real_add = node.presence.add_presence
+
+    async def add_presence_and_tick(channel, info, ttl):
+        client.tick(time_module.monotonic() + 3600, time_module.time())  # the sweep fires meanwhile
+        await real_add(channel, info, ttl)
+
+    monkeypatch.setattr(node.presence, "add_presence", add_presence_and_tick)
+    await client.send({"id": 1, "connect": {"token": token("alice", channels=["chat:ping"])}})
+    msgs = client.take()
+    assert "connect" in msgs[0] and {} not in msgs  # held back while the reply was not out
+    client.tick(time_module.monotonic() + 3600, time_module.time())
+    assert client.take() == [{}]  # the next tick pings
