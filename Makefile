@@ -33,7 +33,7 @@ bench: venv
 	eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && $(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: venv
-	$(BIN)/ruff check livegate tests
+	$(BIN)/ruff check livegate tests bench
 
 clean-services:
 	-test -f .tmp/redis.pid && kill $$(cat .tmp/redis.pid)
