@@ -25,6 +25,9 @@ from livegate.errors import ConfigError, TokenExpired, TokenInvalid
 
 __all__ = ["ConnectToken", "SubscriptionToken", "TokenVerifier", "make_hmac_token"]
 
+#: An unknown kid refreshes the JWKS key set at most this often (seconds).
+JWKS_REFRESH_INTERVAL = 10.0
+
 _HS = ("HS256", "HS384", "HS512")
 _HS_DIGEST = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 
@@ -122,6 +125,7 @@ class TokenVerifier:
                           cfg.ecdsa_public_key)
             for alg in _ES:
                 self._keys[alg] = ec_key
+        self._jwks_refreshed = float("-inf")
         self._jwks = jwt.PyJWKClient(cfg.jwks_public_endpoint, cache_keys=True, lifespan=300, timeout=5) if cfg.jwks_public_endpoint else None
 
     @property
@@ -160,6 +164,25 @@ class TokenVerifier:
             raise TokenInvalid("invalid issuer")
         return claims
 
+    async def _jwks_key(self, kid: Any) -> Any:
+        """The JWKS key for ``kid``. An unknown kid refreshes the key set at most once per
+        ``JWKS_REFRESH_INTERVAL``: tokens with made-up kids cannot hammer the endpoint."""
+        assert self._jwks is not None
+        if not isinstance(kid, str) or not kid:
+            raise TokenInvalid("a token verified with JWKS needs a kid header")
+        try:
+            keys = await asyncio.to_thread(self._jwks.get_signing_keys)  # cached for its lifespan
+            found = next((k for k in keys if k.key_id == kid), None)
+            if found is None and time.monotonic() - self._jwks_refreshed >= JWKS_REFRESH_INTERVAL:
+                self._jwks_refreshed = time.monotonic()
+                keys = await asyncio.to_thread(self._jwks.get_signing_keys, True)
+                found = next((k for k in keys if k.key_id == kid), None)
+        except jwt.PyJWTError as exc:
+            raise TokenInvalid(f"no JWKS key for token: {exc}") from None
+        if found is None:
+            raise TokenInvalid(f"no JWKS key with kid {kid!r}")
+        return found.key
+
     async def _decode(self, token: str) -> dict[str, Any]:
         if self._hmac_secret is not None and token.count(".") == 2:
             header_b64, payload_b64, signature_b64 = token.split(".")
@@ -179,11 +202,7 @@ class TokenVerifier:
         alg = header.get("alg")
         key = self._keys.get(alg) if isinstance(alg, str) else None
         if key is None and self._jwks is not None and alg in _JWKS:
-            try:
-                signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-            except jwt.PyJWTError as exc:
-                raise TokenInvalid(f"no JWKS key for token: {exc}") from None
-            key = signing.key
+            key = await self._jwks_key(header.get("kid"))
         if key is None:
             raise TokenInvalid(f"algorithm {alg!r} not allowed by the configured keys")
         cfg = self._cfg

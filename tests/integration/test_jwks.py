@@ -20,7 +20,10 @@ async def jwks_url():
     public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     public.update(kid="k1", use="sig", alg="RS256")
 
+    fetches = []
+
     async def keys(request: web.Request) -> web.Response:
+        fetches.append(1)
         return web.json_response({"keys": [public]})
 
     app = web.Application()
@@ -30,12 +33,12 @@ async def jwks_url():
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}/jwks", key
+    yield f"http://127.0.0.1:{port}/jwks", key, fetches
     await runner.cleanup()
 
 
 async def test_jwks_key_verifies_and_others_fail(jwks_url):
-    url, key = jwks_url
+    url, key, fetches = jwks_url
     verifier = TokenVerifier(TokenConfig(jwks_public_endpoint=url))
     good = jwt.encode({"sub": "alice", "info": {"n": 1}}, key, algorithm="RS256", headers={"kid": "k1"})
     token = await verifier.verify_connect(good)
@@ -47,6 +50,11 @@ async def test_jwks_key_verifies_and_others_fail(jwks_url):
     unknown_kid = jwt.encode({"sub": "alice"}, key, algorithm="RS256", headers={"kid": "nope"})
     with pytest.raises(TokenInvalid):
         await verifier.verify_connect(unknown_kid)
+    # Made-up kids do not refetch the key set each time: one refresh, then refused from cache.
+    for n in range(20):
+        with pytest.raises(TokenInvalid):
+            await verifier.verify_connect(jwt.encode({"sub": "x"}, key, algorithm="RS256", headers={"kid": f"r{n}"}))
+    assert len(fetches) <= 2
     hs = jwt.encode({"sub": "alice"}, "secret-that-is-long-enough-for-hs256-0123", algorithm="HS256")
     with pytest.raises(TokenInvalid):  # no HMAC key configured: the HS family is not allowed
         await verifier.verify_connect(hs)
