@@ -31,6 +31,16 @@ def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+async def _delete_in_batches(conn: asyncpg.Connection, sql: str, *args: Any) -> int:
+    """Run a DELETE limited to RETENTION_BATCH rows until it deletes fewer: short transactions."""
+    deleted = 0
+    while True:
+        n = int((await conn.execute(sql, *args)).split()[-1])
+        deleted += n
+        if n < RETENTION_BATCH:
+            return deleted
+
+
 class Persistence:
     def __init__(self, config: Config, node: Node, control: Control) -> None:
         self.config = config
@@ -161,21 +171,13 @@ class Persistence:
                         sql = (f"DELETE FROM {q}.publications WHERE ctid = ANY(ARRAY("
                                f"SELECT ctid FROM {q}.publications WHERE {where} "
                                f"AND created_at < now() - make_interval(secs => $3) LIMIT {RETENTION_BATCH}))")
-                        while True:
-                            n = int((await conn.execute(sql, *args, opts.archive_ttl)).split()[-1])
-                            deleted += n
-                            if n < RETENTION_BATCH:
-                                break
+                        deleted += await _delete_in_batches(conn, sql, *args, opts.archive_ttl)
                     if opts.archive_max_size:
                         sql = (f"DELETE FROM {q}.publications WHERE ctid = ANY(ARRAY("
                                f"SELECT x.ctid FROM {q}.publications x JOIN (SELECT channel, epoch, "
                                f'max("offset") AS top FROM {q}.publications WHERE {where} GROUP BY channel, epoch) m '
                                f'USING (channel, epoch) WHERE x."offset" <= m.top - $3 LIMIT {RETENTION_BATCH}))')
-                        while True:
-                            n = int((await conn.execute(sql, *args, opts.archive_max_size)).split()[-1])
-                            deleted += n
-                            if n < RETENTION_BATCH:
-                                break
+                        deleted += await _delete_in_batches(conn, sql, *args, opts.archive_max_size)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", RETENTION_LOCK, self.schema)
         if deleted:
