@@ -37,6 +37,7 @@ lint: venv
 
 clean-services:
 	-test -f .tmp/redis.pid && kill $$(cat .tmp/redis.pid)
+	-test -f .tmp/redis2.pid && kill $$(cat .tmp/redis2.pid); rm -f .tmp/redis2.port
 	-for b in /usr/lib/postgresql/*/bin; do test -d .tmp/pgdata && runuser -u postgres -- $$b/pg_ctl -D .tmp/pgdata stop 2>/dev/null; done; true
 
 clean: clean-services

@@ -199,7 +199,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from livegate.server.lifecycle import build_node
+    from livegate.node import build_node
 
     config = _load(args.file)
     build_node(config)  # keys parse, engine known

@@ -1,176 +1,156 @@
-"""Prometheus metrics without a client library: counters, gauges and histograms, rendered
-in the text exposition format. Names are prefixed ``livegate_``.
+"""Metrics of one node: plain counters on the hot path, exported through a prometheus_client
+custom collector.
 
-Hot paths increment plain attributes (``pushes.value += n``); labelled series are dict
-lookups. With ``http_server.workers > 1`` every worker writes a snapshot to a shared folder
-and ``/metrics`` adds the workers' values up (per host).
+Each Node owns a ``NodeMetrics``; nothing is process-global, so two servers in one process
+(tests, embedding) count apart. Hot paths add to plain attributes (``metrics.pushes += n``)
+and labelled series are dict lookups: a ``prometheus_client`` ``Counter.inc()`` costs about
+0.9 µs against 0.05 µs for an attribute add (measured here), and the fan-out adds bytes per
+subscriber write. ``NodeCollector`` turns a node's counts (and its gauges, read when
+scraped) into metric families for ``prometheus_client.generate_latest``. With
+``http_server.workers > 1`` every worker writes a snapshot to a shared folder and the
+collector adds the workers' values up (per host). Names are prefixed ``livegate_``.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry", "METRICS", "render", "merge_snapshots"]
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["Histogram", "NodeMetrics", "NodeCollector", "merge_snapshots", "LATENCY_BUCKETS"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    if not names:
-        return ""
-    inner = ",".join(f'{n}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                     for n, v in zip(names, values, strict=True))
-    return "{" + inner + "}"
-
-
-class Counter:
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.label_names = name, help_text, labels
-        self.value = 0.0
-        self.series: dict[tuple[str, ...], float] = {}
-
-    def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
-
-    def labels_inc(self, values: tuple[str, ...], amount: float = 1.0) -> None:
-        self.series[values] = self.series.get(values, 0.0) + amount
-
-    def snapshot(self) -> dict[str, Any]:
-        if self.label_names:
-            return {"|".join(k): v for k, v in self.series.items()}
-        return {"": self.value}
-
-
-class Gauge:
-    kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, fn: Callable[[], float] | None = None,
-                 labels: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.label_names = name, help_text, labels
-        self.fn = fn
-        self.value = 0.0
-        self.series: dict[tuple[str, ...], float] = {}
-
-    def snapshot(self) -> dict[str, Any]:
-        if self.label_names:
-            return {"|".join(k): v for k, v in self.series.items()}
-        return {"": float(self.fn()) if self.fn is not None else self.value}
-
-
 class Histogram:
-    kind = "histogram"
+    """Bucket counts per label values: ``[count per bucket..., +Inf count, sum]``."""
 
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = (),
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.name, self.help, self.label_names = name, help_text, labels
+    __slots__ = ("buckets", "series")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
-        self.series: dict[tuple[str, ...], list[float]] = {}  # counts per bucket + [+Inf count, sum]
+        self.series: dict[str, list[float]] = {}
 
-    def observe(self, values: tuple[str, ...], seconds: float) -> None:
-        row = self.series.get(values)
+    def observe(self, label: str, seconds: float) -> None:
+        row = self.series.get(label)
         if row is None:
-            row = self.series[values] = [0.0] * (len(self.buckets) + 2)
+            row = self.series[label] = [0.0] * (len(self.buckets) + 2)
         row[bisect.bisect_left(self.buckets, seconds)] += 1
         row[-1] += seconds
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"|".join(k): list(v) for k, v in self.series.items()}
 
+class NodeMetrics:
+    """The counters one node keeps. Labelled counters are keyed by ``"a|b"`` label values."""
 
-Metric = Counter | Gauge | Histogram
+    __slots__ = ("publications", "pushes", "bytes_in", "bytes_out", "commands", "command_duration",
+                 "disconnects", "api_requests", "api_duration", "broker_publish")
 
-
-class Registry:
     def __init__(self) -> None:
-        self.metrics: dict[str, Metric] = {}
+        self.publications = 0
+        self.pushes = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.commands: dict[str, int] = {}        # "method|result"
+        self.command_duration = Histogram()        # method
+        self.disconnects: dict[str, int] = {}     # close code
+        self.api_requests: dict[str, int] = {}    # "method|result"
+        self.api_duration = Histogram()            # method
+        self.broker_publish = Histogram()          # engine
 
-    def add(self, metric: Metric) -> Any:
-        self.metrics[metric.name] = metric
-        return metric
+    def count(self, series: dict[str, int], label: str) -> None:
+        series[label] = series.get(label, 0) + 1
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {name: metric.snapshot() for name, metric in self.metrics.items()}
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data (JSON-able) for another process to add up."""
+        return {
+            "publications": self.publications, "pushes": self.pushes,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "commands": dict(self.commands), "disconnects": dict(self.disconnects),
+            "api_requests": dict(self.api_requests),
+            "command_duration": {k: list(v) for k, v in self.command_duration.series.items()},
+            "api_duration": {k: list(v) for k, v in self.api_duration.series.items()},
+            "broker_publish": {k: list(v) for k, v in self.broker_publish.series.items()},
+        }
 
 
-def merge_snapshots(snapshots: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Add the workers' values up, series by series."""
-    total: dict[str, dict[str, Any]] = {}
+def merge_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Add snapshots (of NodeMetrics and gauges) up, series by series."""
+    total: dict[str, Any] = {}
     for snap in snapshots:
-        for name, series in snap.items():
-            into = total.setdefault(name, {})
-            for key, value in series.items():
-                if isinstance(value, list):
-                    prev = into.get(key)
-                    into[key] = [a + b for a, b in zip(prev, value, strict=True)] if prev else list(value)
-                else:
-                    into[key] = into.get(key, 0.0) + value
+        for name, value in snap.items():
+            prev = total.get(name)
+            if isinstance(value, dict):
+                into = total.setdefault(name, {})
+                for key, v in value.items():
+                    if isinstance(v, list):
+                        p = into.get(key)
+                        into[key] = [a + b for a, b in zip(p, v, strict=True)] if p else list(v)
+                    else:
+                        into[key] = into.get(key, 0) + v
+            else:
+                total[name] = value if prev is None else prev + value
     return total
 
 
-def _num(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf"
-    return repr(float(v)) if v != int(v) else str(int(v))
+# (snapshot key, metric name, help, label names) of the labelled counters and histograms
+_COUNTERS = (
+    ("publications", "livegate_publications", "Publications delivered to this node's hub (in).", ()),
+    ("pushes", "livegate_pushes", "Messages written to clients (out).", ()),
+    ("bytes_in", "livegate_bytes_in", "Bytes of client frames received.", ()),
+    ("bytes_out", "livegate_bytes_out", "Bytes written to clients.", ()),
+    ("commands", "livegate_commands", "Client commands by method and result.", ("method", "result")),
+    ("disconnects", "livegate_disconnects", "Disconnects by close code.", ("code",)),
+    ("api_requests", "livegate_api_requests", "Server API calls by method and result.", ("method", "result")),
+    ("archive_written", "livegate_archive_written", "Publications written to the archive.", ()),
+    ("archive_dropped", "livegate_archive_dropped",
+     "Publications dropped from the archive because its buffer was full.", ()),
+    ("outbox_executed", "livegate_outbox_executed", "Outbox rows executed.", ()),
+    ("outbox_dead", "livegate_outbox_dead", "Outbox rows moved to outbox_dead.", ()),
+)
+_HISTOGRAMS = (
+    ("command_duration", "livegate_command_duration_seconds", "Client command handling time.", "method"),
+    ("api_duration", "livegate_api_duration_seconds", "Server API call time.", "method"),
+    ("broker_publish", "livegate_broker_publish_duration_seconds", "Engine publish time.", "engine"),
+)
+_GAUGES = (
+    ("connections", "livegate_connections", "Open client connections."),
+    ("subscriptions", "livegate_subscriptions", "Live client subscriptions."),
+    ("channels", "livegate_channels", "Channels with local subscribers."),
+    ("engine_up", "livegate_engine_up", "1 when the engine (memory or redis) is reachable."),
+    ("postgres_up", "livegate_postgres_up", "1 when PostgreSQL is reachable (0 when not configured)."),
+    ("archive_buffered", "livegate_archive_buffered", "Publications waiting to be archived."),
+)
 
 
-def render(registry: Registry, snapshot: dict[str, dict[str, Any]]) -> str:
-    lines: list[str] = []
-    for name, metric in registry.metrics.items():
-        series = snapshot.get(name, {})
-        lines.append(f"# HELP {name} {metric.help}")
-        lines.append(f"# TYPE {name} {metric.kind}")
-        for key, value in sorted(series.items()):
-            values = tuple(key.split("|")) if metric.label_names else ()
-            if isinstance(metric, Histogram):
-                cumulative = 0.0
-                for bound, count in zip((*metric.buckets, math.inf), value[:-1], strict=True):
-                    cumulative += count
-                    lbl = _labels((*metric.label_names, "le"), (*values, _num(bound)))
-                    lines.append(f"{name}_bucket{lbl} {_num(cumulative)}")
-                base = _labels(metric.label_names, values)
-                lines.append(f"{name}_sum{base} {value[-1]!r}")
-                lines.append(f"{name}_count{base} {_num(cumulative)}")
+class NodeCollector(Collector):
+    """Exports what ``snapshot()`` returns: a node's counters plus its gauges (and, with
+    several workers, the other workers' snapshots added up)."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        for key, name, help_text, labels in _COUNTERS:
+            family = CounterMetricFamily(name, help_text, labels=labels)
+            value = snap.get(key, 0)
+            if labels:
+                for label, v in sorted(value.items()):
+                    family.add_metric(label.split("|"), v)
             else:
-                lines.append(f"{name}{_labels(metric.label_names, values)} {_num(value)}")
-    return "\n".join(lines) + "\n"
-
-
-class _Metrics:
-    """The metrics one livegate process keeps."""
-
-    def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.connections = r.add(Gauge("livegate_connections", "Open client connections."))
-        self.subscriptions = r.add(Gauge("livegate_subscriptions", "Live client subscriptions."))
-        self.channels = r.add(Gauge("livegate_channels", "Channels with local subscribers."))
-        self.commands = r.add(Counter("livegate_commands_total", "Client commands by method and result.",
-                                      ("method", "result")))
-        self.command_duration = r.add(Histogram("livegate_command_duration_seconds",
-                                                "Client command handling time.", ("method",)))
-        self.publications = r.add(Counter("livegate_publications_total",
-                                          "Publications delivered to this node's hub (in)."))
-        self.pushes = r.add(Counter("livegate_pushes_total", "Messages written to clients (out)."))
-        self.bytes_in = r.add(Counter("livegate_bytes_in_total", "Bytes of client frames received."))
-        self.bytes_out = r.add(Counter("livegate_bytes_out_total", "Bytes written to clients."))
-        self.disconnects = r.add(Counter("livegate_disconnects_total", "Disconnects by close code.", ("code",)))
-        self.api_requests = r.add(Counter("livegate_api_requests_total", "Server API calls by method and result.",
-                                          ("method", "result")))
-        self.api_duration = r.add(Histogram("livegate_api_duration_seconds", "Server API call time.", ("method",)))
-        self.broker_publish = r.add(Histogram("livegate_broker_publish_duration_seconds",
-                                              "Engine publish time.", ("engine",)))
-        self.engine_up = r.add(Gauge("livegate_engine_up", "1 when the engine (memory or redis) is reachable."))
-        self.postgres_up = r.add(Gauge("livegate_postgres_up", "1 when PostgreSQL is reachable (0 when not configured)."))
-        self.archive_buffered = r.add(Gauge("livegate_archive_buffered", "Publications waiting to be archived."))
-        self.archive_written = r.add(Gauge("livegate_archive_written_total", "Publications written to the archive."))
-        self.archive_dropped = r.add(Gauge("livegate_archive_dropped_total",
-                                           "Publications dropped from the archive because its buffer was full."))
-        self.outbox_executed = r.add(Gauge("livegate_outbox_executed_total", "Outbox rows executed."))
-        self.outbox_dead = r.add(Gauge("livegate_outbox_dead_total", "Outbox rows moved to outbox_dead."))
-
-
-METRICS = _Metrics()
+                family.add_metric([], value)
+            yield family
+        for key, name, help_text, label in _HISTOGRAMS:
+            hist = HistogramMetricFamily(name, help_text, labels=[label])
+            for label_value, row in sorted(snap.get(key, {}).items()):
+                cumulative, buckets = 0.0, []
+                for bound, count in zip((*LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
+                    cumulative += count
+                    buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+                hist.add_metric([label_value], buckets, row[-1])
+            yield hist
+        for key, name, help_text in _GAUGES:
+            yield GaugeMetricFamily(name, help_text, value=snap.get(key, 0))

@@ -1,19 +1,29 @@
-"""Node: one livegate instance's services (engine, hub, rules, tokens, app) and the
-operations that the client handlers and the server API share."""
+"""Node: one livegate instance's services wired together (engine, hub, rules, tokens, app,
+cluster, metrics) and the operations that the client handlers and the server API share.
+
+A Node does no network I/O of its own beyond its engine's; ``build_node`` gives tests and
+embedders a complete one without the transport layer. The Node is the engine's
+``EngineEvents``: publications, joins and leaves go to the hub, gaps to the subscribed
+connections, node messages to the cluster.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from livegate import __version__
 from livegate.app import App
 from livegate.auth import TokenVerifier
 from livegate.channels.broker import (
     Broker,
+    Engine,
+    EngineEvents,
     HistoryOptions,
     HistoryResult,
     PresenceManager,
@@ -21,51 +31,126 @@ from livegate.channels.broker import (
     PublishResult,
 )
 from livegate.channels.hub import Hub
+from livegate.channels.memory import MemoryEngine
 from livegate.channels.names import ChannelRules, ResolvedChannel
+from livegate.channels.redis import RedisEngine
+from livegate.cluster import Cluster, Connection
 from livegate.config import Config
-from livegate.metrics import METRICS
-from livegate.protocol.types import ClientInfo
+from livegate.metrics import NodeMetrics
+from livegate.protocol.types import ClientInfo, Publication
 
-__all__ = ["Node", "PRESENCE_TTL", "PRESENCE_REFRESH"]
+__all__ = ["Node", "build_node", "make_engine", "EngineFactory", "PersistenceView", "PRESENCE_TTL", "PRESENCE_REFRESH"]
+
+log = logging.getLogger("livegate.node")
 
 #: A presence entry lives this long after its last refresh (seconds) ...
 PRESENCE_TTL = 60.0
 #: ... and the owning node refreshes it this often.
 PRESENCE_REFRESH = 25.0
 
+EngineFactory = Callable[[Config, EngineEvents], Engine]
 
-@dataclass(slots=True)
-class Node:
-    config: Config
-    app: App
-    broker: Broker
-    presence: PresenceManager
-    hub: Hub
-    rules: ChannelRules
-    verifier: TokenVerifier
-    uid: str = ""
-    name: str = ""
-    started_at: float = 0.0
-    draining: bool = False
-    persistence: Any = None  # persistence.store.Persistence when PostgreSQL is configured
 
-    def __post_init__(self) -> None:
-        self.uid = self.uid or str(uuid.uuid4())
-        self.name = self.name or f"{socket.gethostname()}_{self.config.http_server.port}"
-        self.started_at = self.started_at or time.time()
+def make_engine(config: Config, events: EngineEvents) -> Engine:
+    """The engine ``engine.type`` names, reporting to ``events``."""
+    if config.engine.type == "memory":
+        return MemoryEngine(events)
+    return RedisEngine(config, events)
+
+
+class PersistenceView(Protocol):
+    """What the node needs of persistence (PostgreSQL): the archive that keeps publications
+    beyond the engine's history, and its health for /ready."""
 
     @property
-    def version(self) -> str:
-        return __version__
+    def healthy(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]:
+        """For /ready: how PostgreSQL and the archive are doing."""
+        ...
+
+    def archived(self, resolved: ResolvedChannel, epoch: str, offset: int, data: bytes, info: bytes | None,
+                 tags: dict[str, str] | None) -> None: ...
+
+    async def extend_history(self, resolved: ResolvedChannel, opts: HistoryOptions,
+                             result: HistoryResult) -> HistoryResult: ...
+
+
+class Node:
+    def __init__(self, config: Config, app: App | None = None, *, engine_factory: EngineFactory = make_engine) -> None:
+        self.config = config
+        self.app = app or App()
+        self.verifier = TokenVerifier(config.client.token)  # raises ConfigError naming a bad key
+        self.rules = ChannelRules(config.channel)
+        self.metrics = NodeMetrics()
+        self.hub: Hub[Connection] = Hub(self.metrics)
+        self.uid = str(uuid.uuid4())
+        self.name = f"{socket.gethostname()}_{config.http_server.port}"
+        self.version = __version__
+        self.started_at = time.time()
+        self.draining = False
+        self.persistence: PersistenceView | None = None
+        self.engine = engine_factory(config, self)
+        self.broker: Broker = self.engine.broker
+        self.presence: PresenceManager = self.engine.presence
+        self.cluster = Cluster(self, self.engine, self.hub, self.rules)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.engine.start()
+        await self.cluster.start()
+
+    async def close(self) -> None:
+        await self.cluster.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.engine.close()
+
+    def attach_persistence(self, persistence: PersistenceView) -> None:
+        self.persistence = persistence
 
     @property
     def engine_healthy(self) -> bool:
-        return bool(getattr(self.broker, "healthy", True))
+        return self.engine.healthy
 
     @property
     def ready(self) -> bool:
         """Accepting traffic: not draining and the engine is reachable."""
-        return not self.draining and self.engine_healthy
+        return not self.draining and self.engine.healthy
+
+    # -- engine events ---------------------------------------------------------------------
+
+    def handle_publications(self, batch: list[tuple[str, Publication]]) -> None:
+        self.hub.handle_publications(batch)
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self.hub.handle_join(channel, info)
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self.hub.handle_leave(channel, info)
+
+    def handle_node_message(self, data: bytes) -> None:
+        self.cluster.handle(data)
+
+    def handle_gap(self, channels: list[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self.recover_gap(channels))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def recover_gap(self, channels: list[str]) -> int:
+        """Publications may have been missed while the engine was unreachable: every
+        recoverable subscription of those channels is told to recover (the SDK resubscribes
+        and recovers from history; a server-side subscription reconnects)."""
+        told = 0
+        for channel in channels:
+            for conn in self.hub.subscribers(channel):
+                told += await conn.recover_channel(channel)
+        log.warning("engine gap: subscriptions told to recover", extra={"channels": len(channels), "subscriptions": told})
+        return told
+
+    # -- publishing and history --------------------------------------------------------------
 
     def publish_options(
         self, resolved: ResolvedChannel, *, info: ClientInfo | None = None, tags: dict[str, str] | None = None,
@@ -102,7 +187,7 @@ class Node:
         try:
             result = await self.broker.publish(channel, data, opts)
         finally:
-            METRICS.broker_publish.observe((self.config.engine.type,), time.perf_counter() - started)
+            self.metrics.broker_publish.observe(self.engine.name, time.perf_counter() - started)
         if self.persistence is not None and result.position.offset and not result.suppressed:
             self.persistence.archived(resolved, result.position.epoch, result.position.offset, data,
                                   None if info is None else info.to_json(), tags)
@@ -115,3 +200,8 @@ class Node:
         if self.persistence is not None:
             result = await self.persistence.extend_history(resolved, opts, result)
         return result
+
+
+def build_node(config: Config, app: App | None = None, *, engine_factory: EngineFactory = make_engine) -> Node:
+    """A complete Node (not started: ``await node.start()``), without the transport layer."""
+    return Node(config, app, engine_factory=engine_factory)

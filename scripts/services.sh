@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure Redis and PostgreSQL are reachable for the test suite and prints the
-# environment for them (REDIS_URL, DATABASE_URL) as shell `export` lines.
-#   1. use running servers at $REDIS_URL / $DATABASE_URL (defaults: the local standard ports);
+# environment for them (REDIS_URL, REDIS_URL_2, DATABASE_URL) as shell `export` lines.
+# REDIS_URL_2 is a second Redis server for the sharding tests (channels spread over two).
+#   1. use running servers at $REDIS_URL / $REDIS_URL_2 / $DATABASE_URL (defaults: the local standard
+#      ports; REDIS_URL_2 has no default);
 #   2. else start throwaway ones from local binaries under .tmp/ (stopped by `make clean-services`);
 #   3. else, as root on Debian, install them with apt-get and go to 2;
 #   4. else fail with a message that says what is missing.
@@ -47,6 +49,24 @@ if ! redis_ok "$REDIS_URL"; then
   say "started throwaway Redis at $REDIS_URL"
 fi
 
+# The second Redis (sharding tests): $REDIS_URL_2 when it answers, else ours under .tmp/ (kept
+# across runs: reused while it answers), started from the same local binary.
+if [ -z "${REDIS_URL_2:-}" ] || ! redis_ok "$REDIS_URL_2"; then
+  if [ -f "$TMP/redis2.port" ] && redis_ok "redis://127.0.0.1:$(cat "$TMP/redis2.port")/0"; then
+    REDIS_URL_2="redis://127.0.0.1:$(cat "$TMP/redis2.port")/0"
+  else
+    if ! command -v redis-server >/dev/null; then debian_install redis-server || { say "no second Redis for the sharding tests and no redis-server binary; install Redis or set REDIS_URL_2"; exit 1; }; fi
+    port=$(free_port)
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+      --dir "$TMP" --pidfile "$TMP/redis2.pid" --logfile "$TMP/redis2.log" >&2
+    REDIS_URL_2="redis://127.0.0.1:$port/0"
+    for _ in $(seq 50); do redis_ok "$REDIS_URL_2" && break; sleep 0.1; done
+    redis_ok "$REDIS_URL_2" || { say "started a second redis-server but cannot reach it (see $TMP/redis2.log)"; exit 1; }
+    echo "$port" > "$TMP/redis2.port"
+    say "started a second throwaway Redis at $REDIS_URL_2 (sharding tests)"
+  fi
+fi
+
 if ! pg_ok "$DATABASE_URL"; then
   bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
   if [ -z "$bindir" ]; then debian_install postgresql || { say "no PostgreSQL at $DATABASE_URL and no server binaries; install PostgreSQL or set DATABASE_URL"; exit 1; }
@@ -64,4 +84,5 @@ if ! pg_ok "$DATABASE_URL"; then
 fi
 
 echo "export REDIS_URL='$REDIS_URL'"
+echo "export REDIS_URL_2='$REDIS_URL_2'"
 echo "export DATABASE_URL='$DATABASE_URL'"

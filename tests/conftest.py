@@ -26,6 +26,8 @@ from livegate.server.lifecycle import Server
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+#: A second Redis server, for sharding (scripts/services.sh starts one; there is no default).
+REDIS_URL_2 = os.environ.get("REDIS_URL_2", "")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 #: The namespaces most tests use. "chat" is the demo namespace of config.toml.

@@ -1,5 +1,5 @@
 """The server API, written once. HTTP, the Redis API stream and the PostgreSQL outbox all
-call ``execute(node, control, method, params)``.
+call ``execute(node, method, params)``.
 
 Every method validates its params with the model in ``api.models`` and raises a
 ``ClientError`` with a stable code on failure: 100 internal (temporary: retry), 102 unknown
@@ -19,7 +19,6 @@ import orjson
 from pydantic import ValidationError
 
 from livegate.api import models as m
-from livegate.api.control import Control
 from livegate.channels.broker import HistoryOptions
 from livegate.channels.names import ResolvedChannel
 from livegate.errors import BrokerError, ClientError
@@ -32,6 +31,7 @@ from livegate.protocol.codes import (
     ErrNotAvailable,
     ErrUnrecoverablePosition,
 )
+from livegate.protocol.json_codec import info_fields, publication_fields
 from livegate.protocol.types import StreamPosition, raw_json
 
 __all__ = ["execute", "METHODS", "error_body", "validation_message"]
@@ -76,7 +76,7 @@ async def _engine(call: Awaitable[Any]) -> Any:
         raise ErrInternal(message=f"internal server error: {exc}") from None
 
 
-async def publish(node: Node, control: Control, req: m.PublishRequest) -> dict[str, Any]:
+async def publish(node: Node, req: m.PublishRequest) -> dict[str, Any]:
     _channel(node, req.channel)
     result = await _engine(node.publish(
         req.channel, _data(req.data, req.b64data), tags=req.tags,
@@ -86,7 +86,7 @@ async def publish(node: Node, control: Control, req: m.PublishRequest) -> dict[s
     return {}
 
 
-async def broadcast(node: Node, control: Control, req: m.BroadcastRequest) -> dict[str, Any]:
+async def broadcast(node: Node, req: m.BroadcastRequest) -> dict[str, Any]:
     if not req.channels:
         raise ErrBadRequest(message="bad request: channels is required")
     data = _data(req.data, req.b64data)
@@ -113,13 +113,13 @@ def _json_or_b64(value: Any, b64: str | None, name: str) -> bytes | None:
     return None if value is None else raw_json(value)
 
 
-async def subscribe(node: Node, control: Control, req: m.SubscribeRequest) -> dict[str, Any]:
+async def subscribe(node: Node, req: m.SubscribeRequest) -> dict[str, Any]:
     if not req.user:
         raise ErrBadRequest(message="bad request: user is required")
     _channel(node, req.channel)
     override = req.override.model_dump(exclude_none=True) if req.override else None
     since = req.recover_since
-    await _engine(control.send({
+    await _engine(node.cluster.send({
         "t": "subscribe", "user": req.user, "channel": req.channel, "client": req.client,
         "info": _json_or_b64(req.info, req.b64info, "info"), "data": _json_or_b64(req.data, req.b64data, "data"),
         "recover_since": [since.offset, since.epoch] if since else None, "override": override,
@@ -128,28 +128,28 @@ async def subscribe(node: Node, control: Control, req: m.SubscribeRequest) -> di
     return {}
 
 
-async def unsubscribe(node: Node, control: Control, req: m.UnsubscribeRequest) -> dict[str, Any]:
+async def unsubscribe(node: Node, req: m.UnsubscribeRequest) -> dict[str, Any]:
     if not req.user:
         raise ErrBadRequest(message="bad request: user is required")
     _channel(node, req.channel)
-    await _engine(control.send({"t": "unsubscribe", "user": req.user, "channel": req.channel, "client": req.client}))
+    await _engine(node.cluster.send({"t": "unsubscribe", "user": req.user, "channel": req.channel, "client": req.client}))
     return {}
 
 
-async def disconnect(node: Node, control: Control, req: m.DisconnectRequest) -> dict[str, Any]:
+async def disconnect(node: Node, req: m.DisconnectRequest) -> dict[str, Any]:
     if not req.user:
         raise ErrBadRequest(message="bad request: user is required")
     d = req.disconnect
     code, reason = (d.code, d.reason or "disconnect") if d else (codes.FORCE_DISCONNECT.code, codes.FORCE_DISCONNECT.reason)
-    await _engine(control.send({"t": "disconnect", "user": req.user, "client": req.client,
+    await _engine(node.cluster.send({"t": "disconnect", "user": req.user, "client": req.client,
                                 "whitelist": req.whitelist, "code": code, "reason": reason}))
     return {}
 
 
-async def refresh(node: Node, control: Control, req: m.RefreshRequest) -> dict[str, Any]:
+async def refresh(node: Node, req: m.RefreshRequest) -> dict[str, Any]:
     if not req.user:
         raise ErrBadRequest(message="bad request: user is required")
-    await _engine(control.send({"t": "refresh", "user": req.user, "client": req.client, "expired": req.expired,
+    await _engine(node.cluster.send({"t": "refresh", "user": req.user, "client": req.client, "expired": req.expired,
                                 "expire_at": req.expire_at, "info": None if req.info is None else raw_json(req.info)}))
     return {}
 
@@ -159,19 +159,19 @@ def _presence_channel(node: Node, channel: str) -> None:
         raise ErrNotAvailable()
 
 
-async def presence(node: Node, control: Control, req: m.PresenceRequest) -> dict[str, Any]:
+async def presence(node: Node, req: m.PresenceRequest) -> dict[str, Any]:
     _presence_channel(node, req.channel)
     entries = await _engine(node.presence.presence(req.channel))
-    return {"presence": {cid: info.to_wire() for cid, info in entries.items()}}
+    return {"presence": {cid: info_fields(info) for cid, info in entries.items()}}
 
 
-async def presence_stats(node: Node, control: Control, req: m.PresenceStatsRequest) -> dict[str, Any]:
+async def presence_stats(node: Node, req: m.PresenceStatsRequest) -> dict[str, Any]:
     _presence_channel(node, req.channel)
     stats = await _engine(node.presence.presence_stats(req.channel))
     return {"num_clients": stats.num_clients, "num_users": stats.num_users}
 
 
-async def history(node: Node, control: Control, req: m.HistoryRequest) -> dict[str, Any]:
+async def history(node: Node, req: m.HistoryRequest) -> dict[str, Any]:
     resolved = _channel(node, req.channel)
     if not resolved.options.history_enabled:
         raise ErrNotAvailable()
@@ -182,20 +182,20 @@ async def history(node: Node, control: Control, req: m.HistoryRequest) -> dict[s
         limit=-1 if req.limit < 0 else req.limit, since=since, reverse=req.reverse, meta_ttl=node.meta_ttl(resolved))))
     if since is not None and since.epoch and since.epoch != result.position.epoch:
         raise ErrUnrecoverablePosition()
-    return {"publications": [p.to_wire() for p in result.publications],
+    return {"publications": [publication_fields(p) for p in result.publications],
             "epoch": result.position.epoch, "offset": result.position.offset}
 
 
-async def history_remove(node: Node, control: Control, req: m.HistoryRemoveRequest) -> dict[str, Any]:
+async def history_remove(node: Node, req: m.HistoryRemoveRequest) -> dict[str, Any]:
     if not _channel(node, req.channel).options.history_enabled:
         raise ErrNotAvailable()
     await _engine(node.broker.remove_history(req.channel))
     return {}
 
 
-async def channels(node: Node, control: Control, req: m.ChannelsRequest) -> dict[str, Any]:
+async def channels(node: Node, req: m.ChannelsRequest) -> dict[str, Any]:
     totals: dict[str, int] = {}
-    for answer in await control.survey("channels"):
+    for answer in await node.cluster.survey("channels"):
         for name, count in answer.items():
             totals[name] = totals.get(name, 0) + count
     pattern = req.pattern or ""
@@ -203,11 +203,11 @@ async def channels(node: Node, control: Control, req: m.ChannelsRequest) -> dict
                          if n > 0 and (not pattern or fnmatch.fnmatchcase(name, pattern))}}
 
 
-async def info(node: Node, control: Control, req: m.InfoRequest) -> dict[str, Any]:
-    return {"nodes": control.cluster_info()}
+async def info(node: Node, req: m.InfoRequest) -> dict[str, Any]:
+    return {"nodes": node.cluster.cluster_info()}
 
 
-async def batch(node: Node, control: Control, req: m.BatchRequest) -> dict[str, Any]:
+async def batch(node: Node, req: m.BatchRequest) -> dict[str, Any]:
     async def one(command: dict[str, Any]) -> dict[str, Any]:
         if len(command) != 1:
             return {"error": error_body(ErrBadRequest(message="bad request: a command has exactly one method"))}
@@ -215,7 +215,7 @@ async def batch(node: Node, control: Control, req: m.BatchRequest) -> dict[str, 
         if method == "batch":
             return {"error": error_body(ErrBadRequest(message="bad request: batch inside batch"))}
         try:
-            return {method: await execute(node, control, method, params)}
+            return {method: await execute(node, method, params)}
         except ClientError as err:
             return {"error": error_body(err)}
 
@@ -226,7 +226,7 @@ async def batch(node: Node, control: Control, req: m.BatchRequest) -> dict[str, 
     return {"replies": replies}
 
 
-Method = Callable[[Node, Control, Any], Awaitable[dict[str, Any]]]
+Method = Callable[[Node, Any], Awaitable[dict[str, Any]]]
 METHODS: dict[str, Method] = {
     "publish": publish, "broadcast": broadcast, "subscribe": subscribe, "unsubscribe": unsubscribe,
     "disconnect": disconnect, "refresh": refresh, "presence": presence, "presence_stats": presence_stats,
@@ -235,7 +235,7 @@ METHODS: dict[str, Method] = {
 assert METHODS.keys() == m.MODELS.keys()
 
 
-async def execute(node: Node, control: Control, method: str, params: Any) -> dict[str, Any]:
+async def execute(node: Node, method: str, params: Any) -> dict[str, Any]:
     """Run one API method. Raises ClientError (104 for an unknown method, 107 for bad params)."""
     handler = METHODS.get(method)
     if handler is None:
@@ -248,4 +248,4 @@ async def execute(node: Node, control: Control, method: str, params: Any) -> dic
         req = m.MODELS[method].model_validate(params)
     except ValidationError as exc:
         raise ErrBadRequest(message=validation_message(exc)) from None
-    return await handler(node, control, req)
+    return await handler(node, req)

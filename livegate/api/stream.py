@@ -20,7 +20,6 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from livegate.api.commands import execute
-from livegate.api.control import Control
 from livegate.errors import ClientError
 from livegate.node import Node
 from livegate.tasks import cancel_and_wait
@@ -44,9 +43,8 @@ def decode_payload(raw: bytes | None) -> Any:
 
 
 class ApiStreamConsumer:
-    def __init__(self, node: Node, control: Control, client: Any, prefix: str) -> None:
+    def __init__(self, node: Node, client: Any, prefix: str) -> None:
         self.node = node
-        self.control = control
         self.client = client  # redis.asyncio.Redis of the first shard
         self.stream = f"{prefix}.api.stream"
         self.dead = f"{prefix}.api.dead"
@@ -113,7 +111,7 @@ class ApiStreamConsumer:
             await self._dead(entry_id, fields, f"payload is neither JSON nor msgpack: {exc}")
             return
         try:
-            await execute(self.node, self.control, method, params)
+            await execute(self.node, method, params)
         except ClientError as err:
             if err.temporary and deliveries < MAX_DELIVERIES:
                 log.warning("api stream entry failed, will retry",

@@ -1,19 +1,25 @@
-"""The engine contracts: Broker (pub/sub + history) and PresenceManager.
+"""The engine contract: everything livegate needs from an engine, and what an engine reports.
 
-An engine is a pair of these; ``memory`` serves one process, ``redis`` many processes on
-many hosts. Every engine passes the same conformance suite (tests/conformance/).
+An ``Engine`` bundles a ``Broker`` (pub/sub + history), a ``PresenceManager``, a
+``NodeChannel`` between the instances of a cluster (None on a one-process engine), its
+``Shard`` servers and its health. It reports to the ``EngineEvents`` it was given at
+construction: publications, joins and leaves for local subscribers, gaps (publications that
+may have been missed while the engine was unreachable) and messages from other nodes.
+``memory`` serves one process, ``redis`` many processes on many hosts. Every engine passes
+the same conformance suite (tests/conformance/).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
 __all__ = [
     "PublishOptions", "PublishResult", "HistoryOptions", "HistoryResult", "BrokerEventHandler",
-    "Broker", "PresenceManager", "PresenceStats",
+    "EngineEvents", "Broker", "PresenceManager", "PresenceStats", "NodeChannel", "Shard", "Engine",
 ]
 
 
@@ -66,10 +72,19 @@ class BrokerEventHandler(Protocol):
     def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
 
 
-class Broker(Protocol):
-    async def start(self, handler: BrokerEventHandler) -> None: ...
-    async def close(self) -> None: ...
+class EngineEvents(BrokerEventHandler, Protocol):
+    """Everything an engine reports; given to the engine when it is built."""
 
+    def handle_gap(self, channels: list[str]) -> None:
+        """Publications of these channels may have been missed (the engine was unreachable)."""
+        ...
+
+    def handle_node_message(self, data: bytes) -> None:
+        """A message another node sent over the node channel (never this node's own)."""
+        ...
+
+
+class Broker(Protocol):
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         """Append to the channel history (when opts enable it) and fan out, atomically per channel.
 
@@ -114,4 +129,46 @@ class PresenceManager(Protocol):
         ...
 
     async def remove_presence(self, channel: str, client_id: str, user: str) -> None: ...
+
+
+class NodeChannel(Protocol):
+    """Messages between the nodes of a cluster. What arrives is reported to
+    ``EngineEvents.handle_node_message`` on every other node."""
+
+    async def publish_node(self, data: bytes) -> None: ...
+
+
+class Shard(Protocol):
+    """One server of an engine that spreads channels over several (redis: jump hash)."""
+
+    index: int
+    address: str  # for logs and messages: never holds a password
+    healthy: bool
+
+    @property
+    def client(self) -> Any:
+        """A command client for doors that read from this server (the Redis API stream)."""
+        ...
+
+
+class Engine(Protocol):
+    name: str
+    broker: Broker
+    presence: PresenceManager
+    nodes: NodeChannel | None  # None: one process, nothing to tell other nodes
+    shards: Sequence[Shard]    # empty when the engine has no servers
+    #: The newest inter-node envelope version this build reads (announced to other nodes).
+    envelope_version: int
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def start(self) -> None:
+        """Connect; raises BrokerUnavailable when the engine cannot be reached."""
+        ...
+
     async def close(self) -> None: ...
+
+    def use_envelope_version(self, version: int) -> None:
+        """Write envelopes of this version from now on: the newest one every live node reads."""
+        ...

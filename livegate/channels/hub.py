@@ -1,9 +1,10 @@
 """The Hub: which local connections are subscribed to what, and the fan-out.
 
-Fan-out encodes each push once and hands the same bytes to every subscriber's ``write``,
-which puts them straight into the transport buffer: no task, no ``await`` and no queue
-object per message. When one batch holds several messages for a connection they are joined
-into one frame (``\\n``-separated, as the JSON protocol allows).
+Fan-out encodes each push once per codec in use, frames it once per ``Wire`` in use, and
+hands the same bytes to every subscriber's ``write``, which puts them straight into the
+transport buffer: no task, no ``await`` and no queue object per message. When one batch
+holds several messages for a connection they are joined into one frame (the codec's join).
+With one Wire in use (the usual case) the fan-out does no per-subscriber lookups at all.
 
 ``write`` must never change the hub synchronously (a slow subscriber is closed later, and
 removed when its connection ends), so fan-out can iterate the live dicts.
@@ -11,11 +12,11 @@ removed when its connection ends), so fan-out can iterate the live dicts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
-from livegate.metrics import METRICS
-from livegate.protocol.codec import encode_join_push, encode_leave_push, encode_pub_push
+from livegate.metrics import NodeMetrics
+from livegate.protocol.codec import Codec, Wire
 from livegate.protocol.types import ClientInfo, Publication
 
 __all__ = ["Hub", "Subscriber", "JOIN_LEAVE"]
@@ -27,32 +28,63 @@ JOIN_LEAVE = 1
 class Subscriber(Protocol):
     client_id: str
     user: str
+    wire: Wire
 
     def write(self, payload: bytes, frame: bytes | None = None) -> None:
-        """Queue ``payload`` (one or more ``\\n``-joined messages) for sending; never awaits.
+        """Queue ``payload`` (one or more joined messages of ``wire.codec``) for sending; never awaits.
 
-        ``frame`` is ``payload`` already framed for the transport, when the caller has it.
+        ``frame`` is ``payload`` already framed by ``wire.frame``, when the caller has it.
         """
         ...
 
 
-class Hub:
-    def __init__(self, framer: Callable[[bytes], bytes] = bytes) -> None:
-        self._framer = framer
-        self._subs: dict[str, dict[Subscriber, int]] = {}
+S = TypeVar("S", bound=Subscriber)
+
+
+class _Encoded:
+    """One event encoded lazily, once per codec, and framed once per Wire."""
+
+    __slots__ = ("encode", "by_codec", "by_wire")
+
+    def __init__(self, encode: Callable[[Codec], bytes]) -> None:
+        self.encode = encode
+        self.by_codec: dict[Codec, bytes] = {}
+        self.by_wire: dict[Wire, tuple[bytes, bytes]] = {}
+
+    def payload(self, codec: Codec) -> bytes:
+        payload = self.by_codec.get(codec)
+        if payload is None:
+            payload = self.by_codec[codec] = self.encode(codec)
+        return payload
+
+    def framed(self, wire: Wire) -> tuple[bytes, bytes]:
+        shared = self.by_wire.get(wire)
+        if shared is None:
+            payload = self.payload(wire.codec)
+            shared = self.by_wire[wire] = (payload, wire.frame(payload))
+        return shared
+
+
+class Hub(Generic[S]):
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+        self._subs: dict[str, dict[S, int]] = {}
         # Subscribers whose subscribe is in flight: live publications wait here as
-        # (offset, payload) until the subscribe reply has been written.
-        self._pending: dict[str, dict[Subscriber, list[tuple[int, bytes]]]] = {}
-        self._clients: dict[str, Subscriber] = {}
-        self._users: dict[str, dict[str, Subscriber]] = {}
+        # (offset, payload in the subscriber's codec) until the subscribe reply was written.
+        self._pending: dict[str, dict[S, list[tuple[int, bytes]]]] = {}
+        self._clients: dict[str, S] = {}
+        self._users: dict[str, dict[str, S]] = {}
+        # Subscriptions (live or pending) per Wire: with one Wire in use, fan-out takes the fast path.
+        self._wires: dict[Wire, int] = {}
+        self._only_wire: Wire | None = None
 
     # -- connections -------------------------------------------------------------------
 
-    def add_connection(self, sub: Subscriber) -> None:
+    def add_connection(self, sub: S) -> None:
         self._clients[sub.client_id] = sub
         self._users.setdefault(sub.user, {})[sub.client_id] = sub
 
-    def remove_connection(self, sub: Subscriber) -> None:
+    def remove_connection(self, sub: S) -> None:
         self._clients.pop(sub.client_id, None)
         conns = self._users.get(sub.user)
         if conns is not None:
@@ -60,13 +92,13 @@ class Hub:
             if not conns:
                 del self._users[sub.user]
 
-    def connection(self, client_id: str) -> Subscriber | None:
+    def connection(self, client_id: str) -> S | None:
         return self._clients.get(client_id)
 
-    def user_connections(self, user: str) -> list[Subscriber]:
+    def user_connections(self, user: str) -> list[S]:
         return list(self._users.get(user, {}).values())
 
-    def connections(self) -> list[Subscriber]:
+    def connections(self) -> list[S]:
         return list(self._clients.values())
 
     @property
@@ -79,13 +111,24 @@ class Hub:
 
     # -- subscriptions -----------------------------------------------------------------
 
-    def subscribe(self, channel: str, sub: Subscriber) -> bool:
+    def _count_wire(self, wire: Wire, delta: int) -> None:
+        n = self._wires.get(wire, 0) + delta
+        if n:
+            self._wires[wire] = n
+        else:
+            del self._wires[wire]
+        self._only_wire = next(iter(self._wires)) if len(self._wires) == 1 else None
+
+    def subscribe(self, channel: str, sub: S) -> bool:
         """Register a subscribe in flight. Returns True when it is the channel's first local subscriber."""
         first = channel not in self._subs and channel not in self._pending
-        self._pending.setdefault(channel, {})[sub] = []
+        pending = self._pending.setdefault(channel, {})
+        if sub not in pending and sub not in self._subs.get(channel, ()):
+            self._count_wire(sub.wire, 1)
+        pending[sub] = []
         return first
 
-    def activate(self, channel: str, sub: Subscriber, flags: int) -> list[tuple[int, bytes]] | None:
+    def activate(self, channel: str, sub: S, flags: int) -> list[tuple[int, bytes]] | None:
         """Make a pending subscription live; returns what was buffered meanwhile, in arrival
         order, or None when the subscribe is no longer pending (it was removed meanwhile)."""
         pending = self._pending.get(channel)
@@ -97,26 +140,25 @@ class Hub:
         self._subs.setdefault(channel, {})[sub] = flags
         return buffered
 
-    def set_flags(self, channel: str, sub: Subscriber, flags: int) -> None:
-        subs = self._subs.get(channel)
-        if subs is not None and sub in subs:
-            subs[sub] = flags
-
-    def unsubscribe(self, channel: str, sub: Subscriber) -> bool:
+    def unsubscribe(self, channel: str, sub: S) -> bool:
         """Remove a live or pending subscription. Returns True when no local subscriber is left."""
+        removed = False
         for table in (self._subs, self._pending):
-            entries = table.get(channel)
-            if entries is not None:
-                entries.pop(sub, None)
+            entries: dict[S, Any] | None = table.get(channel)  # type: ignore[assignment]
+            if entries is not None and sub in entries:
+                del entries[sub]
+                removed = True
                 if not entries:
                     del table[channel]
+        if removed:
+            self._count_wire(sub.wire, -1)
         return channel not in self._subs and channel not in self._pending
 
     def channels(self) -> dict[str, int]:
         """Local channels with their number of live subscribers."""
         return {channel: len(subs) for channel, subs in self._subs.items()}
 
-    def subscribers(self, channel: str) -> list[Subscriber]:
+    def subscribers(self, channel: str) -> list[S]:
         return list(self._subs.get(channel, ()))
 
     def num_subscribers(self, channel: str) -> int:
@@ -129,79 +171,92 @@ class Hub:
     # -- fan-out -----------------------------------------------------------------------
 
     def handle_publications(self, batch: list[tuple[str, Publication]]) -> None:
-        METRICS.publications.value += len(batch)
-        if len(batch) == 1:
+        self.metrics.publications += len(batch)
+        wire = self._only_wire
+        if len(batch) == 1 and wire is not None:
             channel, pub = batch[0]
             subs = self._subs.get(channel)
             pending = self._pending.get(channel)
             if not subs and not pending:
                 return
-            payload = encode_pub_push(channel, pub)
+            payload = wire.codec.encode_publication(channel, pub)
             if pending:
                 for waiting in pending.values():
                     waiting.append((pub.offset, payload))
             if subs:
-                frame = self._framer(payload)
-                METRICS.pushes.value += len(subs)
+                frame = wire.frame(payload)
+                self.metrics.pushes += len(subs)
                 for sub in subs:
                     sub.write(payload, frame)
             return
         self._deliver_batch(batch)
 
     def _deliver_batch(self, batch: list[tuple[str, Publication]]) -> None:
-        per_sub: dict[Subscriber, list[bytes]] = {}
+        wire = self._only_wire
+        codec = wire.codec if wire is not None else None
+        # Per subscriber, the publications it gets; a publication is encoded at most once per codec.
+        encoded: list[Any] = []  # the payload (one Wire) or an _Encoded (several)
+        per_sub: dict[S, list[int]] = {}
+        pushes = 0
         for channel, pub in batch:
             subs = self._subs.get(channel)
             pending = self._pending.get(channel)
             if not subs and not pending:
                 continue
-            payload = encode_pub_push(channel, pub)
-            if pending:
-                for waiting in pending.values():
-                    waiting.append((pub.offset, payload))
+            index = len(encoded)
+            if codec is not None:
+                item: Any = codec.encode_publication(channel, pub)
+                if pending:
+                    for waiting in pending.values():
+                        waiting.append((pub.offset, item))
+            else:
+                item = _Encoded(lambda c, channel=channel, pub=pub: c.encode_publication(channel, pub))
+                if pending:
+                    for waiting_sub, waiting in pending.items():
+                        waiting.append((pub.offset, item.payload(waiting_sub.wire.codec)))
+            encoded.append(item)
             if subs:
-                METRICS.pushes.value += len(subs)
+                pushes += len(subs)
                 for sub in subs:
                     queued = per_sub.get(sub)
                     if queued is None:
-                        per_sub[sub] = [payload]
+                        per_sub[sub] = [index]
                     else:
-                        queued.append(payload)
+                        queued.append(index)
+        self.metrics.pushes += pushes
         if not per_sub:
             return
-        # Subscribers that got the same payloads (one, or several joined) share one frame.
+        # Subscribers that got the same publications over the same Wire share one frame.
         frames: dict[Any, tuple[bytes, bytes]] = {}
-        for sub, payloads in per_sub.items():
-            key = id(payloads[0]) if len(payloads) == 1 else tuple(map(id, payloads))
+        for sub, indexes in per_sub.items():
+            sub_wire = wire if wire is not None else sub.wire
+            key = (sub_wire, indexes[0]) if len(indexes) == 1 else (sub_wire, *indexes)
             shared = frames.get(key)
             if shared is None:
-                joined = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
-                shared = frames[key] = (joined, self._framer(joined))
+                if wire is not None:
+                    payloads = [encoded[i] for i in indexes]
+                else:
+                    payloads = [encoded[i].payload(sub_wire.codec) for i in indexes]
+                joined = sub_wire.codec.join(payloads)
+                shared = frames[key] = (joined, sub_wire.frame(joined))
             sub.write(shared[0], shared[1])
 
-    def _push_join_leave(self, channel: str, payload: bytes) -> None:
+    def _push_join_leave(self, channel: str, event: _Encoded) -> None:
         subs = self._subs.get(channel)
         if not subs:
             return
-        frame: bytes | None = None
         sent = 0
         for sub, flags in subs.items():
             if flags & JOIN_LEAVE:
-                if frame is None:
-                    frame = self._framer(payload)
+                payload, frame = event.framed(sub.wire)
                 sub.write(payload, frame)
                 sent += 1
-        METRICS.pushes.value += sent
+        self.metrics.pushes += sent
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         if channel in self._subs:
-            self._push_join_leave(channel, encode_join_push(channel, info))
+            self._push_join_leave(channel, _Encoded(lambda c: c.encode_join(channel, info)))
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
         if channel in self._subs:
-            self._push_join_leave(channel, encode_leave_push(channel, info))
-
-    def broadcast_to(self, subs: Iterable[Subscriber], payload: bytes) -> None:
-        frame = self._framer(payload)
-        for sub in subs:
-            sub.write(payload, frame)
+            self._push_join_leave(channel, _Encoded(lambda c: c.encode_leave(channel, info)))

@@ -12,6 +12,7 @@ from typing import Any
 
 from livegate.channels.broker import (
     BrokerEventHandler,
+    EngineEvents,
     HistoryOptions,
     HistoryResult,
     PresenceStats,
@@ -20,7 +21,7 @@ from livegate.channels.broker import (
 )
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
-__all__ = ["MemoryBroker", "MemoryPresence", "new_epoch"]
+__all__ = ["MemoryEngine", "MemoryBroker", "MemoryPresence", "new_epoch"]
 
 
 def new_epoch() -> str:
@@ -64,12 +65,12 @@ class MemoryBroker:
     offset (nothing lost or duplicated).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, sweep_interval: float = 30.0,
-                 batch: bool = True) -> None:
+    def __init__(self, handler: BrokerEventHandler, *, clock: Callable[[], float] = time.time,
+                 sweep_interval: float = 30.0, batch: bool = True) -> None:
         #: False: fan out inside ``publish`` (one publication per batch), e.g. for handler tests.
         self.batch = batch
         self._clock = clock
-        self._handler: BrokerEventHandler | None = None
+        self._handler = handler
         self._streams: dict[str, _Stream] = {}
         self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
         self._sweep_interval = sweep_interval
@@ -77,8 +78,7 @@ class MemoryBroker:
         self._queue: list[tuple[str, str, Any]] = []  # ("p" | "j" | "l", channel, publication | info)
         self._flush_scheduled = False
 
-    async def start(self, handler: BrokerEventHandler) -> None:
-        self._handler = handler
+    async def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -156,7 +156,7 @@ class MemoryBroker:
         self._flush_scheduled = False
         queue, self._queue = self._queue, []
         handler = self._handler
-        if handler is None or not queue:
+        if not queue:
             return
         pubs: list[tuple[str, Publication]] = []
         for kind, channel, item in queue:
@@ -235,5 +235,28 @@ class MemoryPresence:
             if not entries:
                 del self._channels[channel]
 
+
+class MemoryEngine:
+    """The one-process engine: nothing to reach, so always healthy; no other nodes."""
+
+    name = "memory"
+    envelope_version = 1
+    nodes = None
+    shards = ()
+
+    def __init__(self, events: EngineEvents, *, clock: Callable[[], float] = time.time, batch: bool = True) -> None:
+        self.broker = MemoryBroker(events, clock=clock, batch=batch)
+        self.presence = MemoryPresence(clock=clock)
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        await self.broker.start()
+
     async def close(self) -> None:
-        return None
+        await self.broker.close()
+
+    def use_envelope_version(self, version: int) -> None:
+        return None  # nothing crosses a process boundary

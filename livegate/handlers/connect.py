@@ -4,32 +4,45 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
-from livegate.handlers.client import State
 from livegate.handlers.refresh import expiry_result
-from livegate.handlers.subscribe import Grant, subscribe_channel
-from livegate.handlers.unsubscribe import remove_subscription
 from livegate.protocol import codes
 from livegate.protocol.codes import ErrExpired, ErrTokenExpired
 from livegate.protocol.commands import ConnectRequest, SubscribeRequest
-from livegate.protocol.types import Fragment, raw_json
+from livegate.protocol.replies import ConnectResult, SubscribeResult
+from livegate.protocol.types import raw_json
+from livegate.session import Session, State
+from livegate.session.payloads import payload_value
+from livegate.session.subscriptions import Grant, InFlight, remove_subscription, subscribe_channel
 
-if TYPE_CHECKING:
-    from livegate.handlers.client import Client, Followup
-
-__all__ = ["handle_connect"]
+__all__ = ["handle_connect", "AfterConnect"]
 
 
 def _json_or_none(value: Any) -> bytes | None:
     return None if value is None else raw_json(value)
 
 
-async def handle_connect(client: Client, req: ConnectRequest) -> tuple[dict[str, Any], Followup]:
-    node = client.node
+class AfterConnect:
+    """Completes the server-side subscriptions once the connect reply is queued."""
+
+    __slots__ = ("flights",)
+
+    def __init__(self, flights: list[InFlight]) -> None:
+        self.flights = flights
+
+    async def complete(self) -> None:
+        for flight in self.flights:
+            pending = flight.complete()
+            if pending is not None:
+                await pending
+
+
+async def handle_connect(session: Session, req: ConnectRequest) -> tuple[ConnectResult, AfterConnect]:
+    node = session.node
     cfg = node.config.client
-    client.name, client.version = req.name[:64], req.version[:64]
+    session.name, session.version = req.name[:64], req.version[:64]
     channels: dict[str, Grant] = {}
     expire_at = 0.0
     if req.token:
@@ -41,7 +54,7 @@ async def handle_connect(client: Client, req: ConnectRequest) -> tuple[dict[str,
             raise DisconnectRequested(codes.INVALID_TOKEN.code, codes.INVALID_TOKEN.reason) from None
         if token.expire_at and token.expire_at <= time.time():
             raise ErrExpired()
-        client.user, client.conn_info = token.user, token.info
+        session.user, session.conn_info = token.user, token.info
         expire_at = float(token.connection_expires_at or 0)
         for channel in token.channels:
             channels[channel] = Grant()
@@ -54,51 +67,42 @@ async def handle_connect(client: Client, req: ConnectRequest) -> tuple[dict[str,
     data: Any = None
     hook = node.app.connect_hook
     if hook is not None:
-        outcome = await client.call_app(hook, req.data)
+        outcome = await session.call_app(hook, payload_value(req.data))
         if isinstance(outcome, dict):
             data = outcome.get("data")
             if "info" in outcome:
-                client.conn_info = _json_or_none(outcome["info"])
+                session.conn_info = _json_or_none(outcome["info"])
             for channel in outcome.get("channels") or ():
                 channels.setdefault(channel, Grant())
     # Resolve every server-side channel before the connection counts as connected (102/107).
     resolved = {channel: node.rules.resolve(channel) for channel in channels}
-    if client.closing is not None:
-        raise DisconnectRequested(client.closing.code, client.closing.reason)
+    if session.closing is not None:
+        raise DisconnectRequested(session.closing.code, session.closing.reason)
     now = time.monotonic()
-    result: dict[str, Any] = {"client": client.client_id, "version": node.version,
-                              "ping": int(cfg.ping_interval), "pong": True}
-    result.update(expiry_result(expire_at))
-    if data is not None:
-        result["data"] = Fragment(raw_json(data))
-    followups: list[Followup] = []
+    expiry = expiry_result(expire_at)
+    result = ConnectResult(client=session.client_id, version=node.version, ping=int(cfg.ping_interval), pong=True,
+                           expires=expiry.expires, ttl=expiry.ttl, data=_json_or_none(data))
+    flights: list[InFlight] = []
     if channels:
-        subs: dict[str, Any] = {}
+        subs: dict[str, SubscribeResult] = {}
         try:
             for channel, grant in channels.items():
                 wanted = req.subs.get(channel)
                 sreq = SubscribeRequest(channel=channel, recover=bool(wanted and wanted.recover),
                                         offset=wanted.offset if wanted else 0, epoch=wanted.epoch if wanted else "")
-                sub_result, followup = await subscribe_channel(client, resolved[channel], sreq, grant, server_side=True)
-                subs[channel] = sub_result
-                followups.append(followup)
+                subs[channel], flight = await subscribe_channel(
+                    session, resolved[channel], sreq, grant, server_side=True)
+                flights.append(flight)
         except BaseException:
             # A failed connect leaves nothing behind: no half-made subscriptions.
-            for channel in list(client.subs):
-                await remove_subscription(client, channel)
+            for channel in list(session.subs):
+                await remove_subscription(session, channel)
             raise
-        result["subs"] = subs
+        result.subs = subs
     # Only now does the connection count as connected.
-    client.expire_at = expire_at
-    client.state = State.CONNECTED
-    node.hub.add_connection(client)
+    session.expire_at = expire_at
+    session.state = State.CONNECTED
+    node.hub.add_connection(session)
     # Spread the first ping over [P/2, P) so that a reconnect wave does not ping in lockstep.
-    client.next_ping_at = now + cfg.ping_interval * random.uniform(0.5, 1.0)
-
-    async def after() -> None:
-        for followup in followups:
-            pending = followup()
-            if pending is not None:
-                await pending
-
-    return result, after
+    session.next_ping_at = now + cfg.ping_interval * random.uniform(0.5, 1.0)
+    return result, AfterConnect(flights)

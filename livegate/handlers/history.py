@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from livegate.channels.broker import HistoryOptions
 from livegate.errors import BrokerError
-from livegate.handlers.access import require
 from livegate.protocol.codes import ErrBadRequest, ErrInternal, ErrNotAvailable, ErrUnrecoverablePosition
 from livegate.protocol.commands import HistoryRequest
+from livegate.protocol.replies import HistoryResult
 from livegate.protocol.types import StreamPosition
-
-if TYPE_CHECKING:
-    from livegate.handlers.client import Client
+from livegate.session import Session
+from livegate.session.access import require
 
 __all__ = ["handle_history"]
 
 
-async def handle_history(client: Client, req: HistoryRequest) -> dict[str, Any]:
+async def handle_history(session: Session, req: HistoryRequest) -> HistoryResult:
     if not req.channel:
         raise ErrBadRequest()
-    node = client.node
+    node = session.node
     resolved = node.rules.resolve(req.channel)
     if not resolved.options.history_enabled:
         raise ErrNotAvailable()
-    require(client, resolved, "history")
+    require(session, resolved, "history")
     if req.reverse and req.since is not None and req.since.offset == 0:
         raise ErrBadRequest(message="bad request: reverse history needs since.offset > 0")
     max_limit = node.config.client.history_max_publication_limit
@@ -37,8 +34,4 @@ async def handle_history(client: Client, req: HistoryRequest) -> dict[str, Any]:
         raise ErrInternal() from exc
     if since is not None and since.epoch and since.epoch != result.position.epoch:
         raise ErrUnrecoverablePosition()
-    return {
-        "publications": [p.to_wire() for p in result.publications],
-        "epoch": result.position.epoch,
-        "offset": result.position.offset,
-    }
+    return HistoryResult(result.publications, result.position.epoch, result.position.offset)

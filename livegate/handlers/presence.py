@@ -2,43 +2,39 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from livegate.channels.names import ResolvedChannel
 from livegate.errors import BrokerError
-from livegate.handlers.access import require
 from livegate.protocol.codes import ErrBadRequest, ErrInternal, ErrNotAvailable
 from livegate.protocol.commands import PresenceRequest, PresenceStatsRequest
-
-if TYPE_CHECKING:
-    from livegate.handlers.client import Client
+from livegate.protocol.replies import PresenceResult, PresenceStatsResult
+from livegate.session import Session
+from livegate.session.access import require
 
 __all__ = ["handle_presence", "handle_presence_stats"]
 
 
-def _check(client: Client, channel: str) -> ResolvedChannel:
+def _check(session: Session, channel: str) -> ResolvedChannel:
     if not channel:
         raise ErrBadRequest()
-    resolved = client.node.rules.resolve(channel)
+    resolved = session.node.rules.resolve(channel)
     if not resolved.options.presence:
         raise ErrNotAvailable()
-    require(client, resolved, "presence")
+    require(session, resolved, "presence")
     return resolved
 
 
-async def handle_presence(client: Client, req: PresenceRequest) -> dict[str, Any]:
-    _check(client, req.channel)
+async def handle_presence(session: Session, req: PresenceRequest) -> PresenceResult:
+    _check(session, req.channel)
     try:
-        entries = await client.node.presence.presence(req.channel)
+        return PresenceResult(await session.node.presence.presence(req.channel))
     except BrokerError as exc:
         raise ErrInternal() from exc
-    return {"presence": {cid: info.to_wire() for cid, info in entries.items()}}
 
 
-async def handle_presence_stats(client: Client, req: PresenceStatsRequest) -> dict[str, Any]:
-    _check(client, req.channel)
+async def handle_presence_stats(session: Session, req: PresenceStatsRequest) -> PresenceStatsResult:
+    _check(session, req.channel)
     try:
-        stats = await client.node.presence.presence_stats(req.channel)
+        stats = await session.node.presence.presence_stats(req.channel)
     except BrokerError as exc:
         raise ErrInternal() from exc
-    return {"num_clients": stats.num_clients, "num_users": stats.num_users}
+    return PresenceStatsResult(stats.num_clients, stats.num_users)

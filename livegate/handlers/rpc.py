@@ -1,34 +1,37 @@
-"""rpc (routed to ``@app.rpc`` handlers) and send (``@app.on_message``)."""
+"""rpc (routed to ``@app.rpc`` handlers), send (``@app.on_message``) and the v1 ping."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from livegate.errors import DisconnectRequested
 from livegate.protocol import codes
 from livegate.protocol.codes import ErrMethodNotFound
-from livegate.protocol.commands import RPCRequest, SendRequest
-from livegate.protocol.types import Fragment, raw_json
+from livegate.protocol.commands import PingRequest, RPCRequest, SendRequest
+from livegate.protocol.replies import EMPTY, EmptyResult, RPCResult
+from livegate.protocol.types import raw_json
+from livegate.session import Session
+from livegate.session.payloads import payload_value
 
-if TYPE_CHECKING:
-    from livegate.handlers.client import Client
-
-__all__ = ["handle_rpc", "handle_send"]
+__all__ = ["handle_rpc", "handle_send", "handle_ping"]
 
 
-async def handle_rpc(client: Client, req: RPCRequest) -> dict[str, Any]:
-    handler = client.node.app.rpc_methods.get(req.method)
+async def handle_rpc(session: Session, req: RPCRequest) -> RPCResult:
+    handler = session.node.app.rpc_methods.get(req.method)
     if handler is None:
         raise ErrMethodNotFound()
     # Application code may take its time: let what is already queued go out first.
-    client.flush()
-    data = await client.call_app(handler, req.data)
-    return {} if data is None else {"data": Fragment(raw_json(data))}
+    session.flush()
+    data = await session.call_app(handler, payload_value(req.data))
+    return RPCResult(None if data is None else raw_json(data))
 
 
-async def handle_send(client: Client, req: SendRequest) -> None:
-    hook = client.node.app.message_hook
+async def handle_send(session: Session, req: SendRequest) -> None:
+    hook = session.node.app.message_hook
     if hook is None:
         raise DisconnectRequested(codes.NOT_AVAILABLE.code, codes.NOT_AVAILABLE.reason)
-    await client.call_app(hook, req.data)
+    await session.call_app(hook, payload_value(req.data))
     return None
+
+
+async def handle_ping(session: Session, req: PingRequest) -> EmptyResult:
+    """The v1 ``ping`` command: neither SDK sends it; answered for tools that do."""
+    return EMPTY

@@ -24,7 +24,6 @@ import asyncpg
 import orjson
 
 from livegate.api.commands import execute
-from livegate.api.control import Control
 from livegate.errors import ClientError
 from livegate.node import Node
 from livegate.persistence.migrate import LOCK_KEY, quote_ident
@@ -38,10 +37,9 @@ PARTITION_LOCK = LOCK_KEY + 1
 
 
 class OutboxConsumer:
-    def __init__(self, node: Node, control: Control, pool: asyncpg.Pool, dsn: str, schema: str, *,
+    def __init__(self, node: Node, pool: asyncpg.Pool, dsn: str, schema: str, *,
                  batch_size: int, poll_interval: float, connect_timeout: float) -> None:
         self.node = node
-        self.control = control
         self.pool = pool
         self.dsn = dsn
         self.schema = schema
@@ -147,7 +145,7 @@ class OutboxConsumer:
         started = time.perf_counter()
         try:
             params = orjson.loads(row["payload"])
-            await execute(self.node, self.control, row["method"], params)
+            await execute(self.node, row["method"], params)
         except orjson.JSONDecodeError as exc:
             return f"payload is not JSON: {exc}"
         except ClientError as err:

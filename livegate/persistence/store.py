@@ -9,7 +9,6 @@ from typing import Any
 
 import asyncpg
 
-from livegate.api.control import Control
 from livegate.channels.broker import HistoryOptions, HistoryResult
 from livegate.channels.names import ResolvedChannel
 from livegate.config import ChannelOptions, Config
@@ -42,11 +41,10 @@ async def _delete_in_batches(conn: asyncpg.Connection, sql: str, *args: Any) -> 
 
 
 class Persistence:
-    def __init__(self, config: Config, node: Node, control: Control) -> None:
+    def __init__(self, config: Config, node: Node) -> None:
         self.config = config
         self.cfg = config.persistence
         self.node = node
-        self.control = control
         self.schema = self.cfg.schema_name
         self.pool: asyncpg.Pool | None = None
         self.archive: Archive | None = None
@@ -77,11 +75,11 @@ class Persistence:
             self.archive.start()
             self._retention = asyncio.get_running_loop().create_task(self._retain_forever())
         if cfg.outbox_enabled:
-            self.outbox = OutboxConsumer(self.node, self.control, self.pool, cfg.dsn, self.schema,
+            self.outbox = OutboxConsumer(self.node, self.pool, cfg.dsn, self.schema,
                                          batch_size=cfg.outbox_batch_size, poll_interval=cfg.outbox_poll_interval,
                                          connect_timeout=cfg.connect_timeout)
             self.outbox.start()
-        self.node.persistence = self
+        self.node.attach_persistence(self)
 
     async def stop(self) -> None:
         if self._retention is not None:
@@ -95,6 +93,12 @@ class Persistence:
                 await asyncio.wait_for(self.pool.close(), 3)
             except (TimeoutError, Exception):
                 self.pool.terminate()
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"postgres": "up" if self.healthy else "down"}
+        if self.archive is not None:
+            body["archive"] = self.archive.stats()
+        return body
 
     def _namespaces(self) -> list[tuple[str, ChannelOptions]]:
         ch = self.config.channel

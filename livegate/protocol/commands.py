@@ -1,7 +1,9 @@
 """Typed client commands of protocol v2 (requests), validated with pydantic.
 
 Unknown fields are ignored (SDKs send newer fields); a field of the wrong type is a bad
-request. Types are strict: ``"5"`` is not an offset.
+request. Types are strict: ``"5"`` is not an offset. Payloads (``data``) are opaque bytes:
+a codec hands them over in their encoded form (JSON text for the JSON codec), so handlers
+never depend on one codec.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "Request", "ConnectRequest", "SubscribeRequest", "SubscribeOnConnect", "UnsubscribeRequest",
     "PublishRequest", "PresenceRequest", "PresenceStatsRequest", "HistoryRequest", "SincePosition",
-    "RPCRequest", "SendRequest", "RefreshRequest", "SubRefreshRequest", "PingRequest",
+    "RPCRequest", "SendRequest", "RefreshRequest", "SubRefreshRequest", "PingRequest", "REQUESTS",
+    "PAYLOAD_FIELD",
 ]
 
 UInt64 = Annotated[int, Field(ge=0, lt=1 << 64)]
@@ -32,7 +35,7 @@ class SubscribeOnConnect(Request):
 
 class ConnectRequest(Request):
     token: str = ""
-    data: Any = None
+    data: bytes | None = None
     subs: dict[str, SubscribeOnConnect] = Field(default_factory=dict)
     name: str = ""
     version: str = ""
@@ -41,7 +44,7 @@ class ConnectRequest(Request):
 class SubscribeRequest(Request):
     channel: str = ""
     token: str = ""
-    data: Any = None
+    data: bytes | None = None
     recover: bool = False
     offset: UInt64 = 0
     epoch: str = ""
@@ -60,7 +63,7 @@ class UnsubscribeRequest(Request):
 
 class PublishRequest(Request):
     channel: str = ""
-    data: Any = None
+    data: bytes | None = None
 
 
 class PresenceRequest(Request):
@@ -85,11 +88,11 @@ class HistoryRequest(Request):
 
 class RPCRequest(Request):
     method: str = ""
-    data: Any = None
+    data: bytes | None = None
 
 
 class SendRequest(Request):
-    data: Any = None
+    data: bytes | None = None
 
 
 class RefreshRequest(Request):
@@ -103,3 +106,23 @@ class SubRefreshRequest(Request):
 
 class PingRequest(Request):
     pass
+
+
+#: Every method a client may send, with the type its params are validated into.
+REQUESTS: dict[str, type[Request]] = {
+    "connect": ConnectRequest,
+    "subscribe": SubscribeRequest,
+    "unsubscribe": UnsubscribeRequest,
+    "publish": PublishRequest,
+    "presence": PresenceRequest,
+    "presence_stats": PresenceStatsRequest,
+    "history": HistoryRequest,
+    "rpc": RPCRequest,
+    "send": SendRequest,
+    "refresh": RefreshRequest,
+    "sub_refresh": SubRefreshRequest,
+    "ping": PingRequest,
+}
+
+#: The opaque payload field of a request (bytes), where a method has one.
+PAYLOAD_FIELD = "data"

@@ -11,9 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["StreamPosition", "ClientInfo", "Publication", "raw_json", "Fragment"]
-
-Fragment = orjson.Fragment
+__all__ = ["StreamPosition", "ClientInfo", "Publication", "raw_json"]
 
 
 def raw_json(value: Any) -> bytes:
@@ -43,17 +41,14 @@ class ClientInfo:
     conn_info: bytes | None = None
     chan_info: bytes | None = None
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_json(self) -> bytes:
+        """The JSON form (protocol v2 ``ClientInfo``) that engines store and other nodes embed as-is."""
         out: dict[str, Any] = {"user": self.user, "client": self.client}
         if self.conn_info is not None:
-            out["conn_info"] = Fragment(self.conn_info)
+            out["conn_info"] = orjson.Fragment(self.conn_info)
         if self.chan_info is not None:
-            out["chan_info"] = Fragment(self.chan_info)
-        return out
-
-    def to_json(self) -> bytes:
-        """The wire form as JSON bytes (what other nodes embed as-is)."""
-        return orjson.dumps(self.to_wire())
+            out["chan_info"] = orjson.Fragment(self.chan_info)
+        return orjson.dumps(out)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> ClientInfo:
@@ -72,14 +67,3 @@ class Publication:
     info: ClientInfo | bytes | None = None  # bytes: the wire form, already JSON (from another node)
     tags: dict[str, str] | None = None
     time: int = 0  # unix ms when it was published; used for TTL trimming
-
-    def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"data": Fragment(self.data)}
-        if self.offset:
-            out["offset"] = self.offset
-        info = self.info
-        if info is not None:
-            out["info"] = info.to_wire() if isinstance(info, ClientInfo) else Fragment(info)
-        if self.tags:
-            out["tags"] = self.tags
-        return out

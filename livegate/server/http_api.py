@@ -19,13 +19,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic.json_schema import models_json_schema
 
 from livegate.api import commands
-from livegate.api.control import Control
 from livegate.api.models import MODELS
 from livegate.errors import ClientError
-from livegate.metrics import METRICS, merge_snapshots, render
+from livegate.metrics import merge_snapshots
 from livegate.node import Node
 
 __all__ = ["make_api_app", "openapi_document", "MetricsFiles"]
@@ -46,15 +46,15 @@ class MetricsFiles:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.mine = self.folder / f"{os.getpid()}.json" if self.folder else None
 
-    def write(self) -> None:
+    def write(self, own: dict[str, Any]) -> None:
         if self.mine is None:
             return
         tmp = self.mine.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(METRICS.registry.snapshot()))
+        tmp.write_bytes(orjson.dumps(own))
         tmp.replace(self.mine)
 
-    def collect(self) -> dict[str, dict[str, Any]]:
-        own = METRICS.registry.snapshot()
+    def collect(self, own: dict[str, Any]) -> dict[str, Any]:
+        """``own`` plus the other workers' snapshots written in the last 15 s."""
         if self.folder is None:
             return own
         snaps = [own]
@@ -112,11 +112,11 @@ def openapi_document(prefix: str = "/api") -> dict[str, Any]:
     }
 
 
-def make_api_app(node: Node, control: Control, metrics_files: MetricsFiles | None = None) -> web.Application:
+def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
     cfg = node.config.http_api
     prefix = cfg.handler_prefix.rstrip("/")
     key = cfg.key.encode()
-    files = metrics_files or MetricsFiles(None)
+    metrics_of = node.metrics
 
     def authorized(request: web.Request) -> bool:
         if cfg.insecure:
@@ -143,7 +143,7 @@ def make_api_app(node: Node, control: Control, metrics_files: MetricsFiles | Non
         started = time.perf_counter()
         outcome = "ok"
         try:
-            result = await commands.execute(node, control, method, params)
+            result = await commands.execute(node, method, params)
         except ClientError as err:
             outcome = "error"
             return _json({"error": commands.error_body(err)})
@@ -152,8 +152,8 @@ def make_api_app(node: Node, control: Control, metrics_files: MetricsFiles | Non
             log.exception("api method failed", extra={"method": method})
             return _json({"error": {"code": 100, "message": "internal server error"}})
         finally:
-            METRICS.api_requests.labels_inc((method, outcome))
-            METRICS.api_duration.observe((method,), time.perf_counter() - started)
+            metrics_of.count(metrics_of.api_requests, f"{method}|{outcome}")
+            metrics_of.api_duration.observe(method, time.perf_counter() - started)
         if method == "batch":
             return _json(result)  # batch answers at the top level: {"replies": [...]}
         return _json({"result": result})
@@ -183,21 +183,17 @@ def make_api_app(node: Node, control: Control, metrics_files: MetricsFiles | Non
         return web.Response(text=json.dumps(openapi_document(prefix)), content_type="application/json")
 
     async def metrics(request: web.Request) -> web.Response:
-        body = render(METRICS.registry, files.collect())
-        return web.Response(text=body, content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(body=generate_latest(registry), headers={
+            "Content-Type": CONTENT_TYPE_LATEST, "X-Content-Type-Options": "nosniff"})
 
     async def health(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def ready(request: web.Request) -> web.Response:
         body: dict[str, Any] = {"status": "ready" if node.ready else ("draining" if node.draining else "engine unavailable")}
-        persistence = node.persistence
-        if persistence is not None:
+        if node.persistence is not None:
             # PostgreSQL trouble does not stop real-time traffic: reported, not a 503.
-            body["postgres"] = "up" if persistence.healthy else "down"
-            if persistence.archive is not None:
-                body["archive"] = persistence.archive.stats()
+            body.update(node.persistence.status())
         return _json(body, status=200 if node.ready else 503)
 
     app = web.Application(client_max_size=cfg.max_body_size)

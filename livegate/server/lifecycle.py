@@ -1,4 +1,5 @@
-"""Building a node, serving it, the timer sweep, and graceful shutdown."""
+"""Serving a node: the WebSocket listener and the internal HTTP port, the timer sweep, and
+graceful shutdown."""
 
 from __future__ import annotations
 
@@ -11,71 +12,33 @@ import time
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import ServerConnection, serve
 
-from livegate.api.control import Control
 from livegate.api.stream import ApiStreamConsumer
 from livegate.app import App
-from livegate.auth import TokenVerifier
-from livegate.channels.hub import Hub
-from livegate.channels.memory import MemoryBroker, MemoryPresence
-from livegate.channels.names import ChannelRules
 from livegate.config import Config
 from livegate.errors import BrokerError
-from livegate.handlers.client import Client, State
-from livegate.handlers.unsubscribe import remove_subscription
-from livegate.metrics import METRICS
-from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, Node
+from livegate.handlers import HANDLERS
+from livegate.metrics import NodeCollector
+from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, build_node
+from livegate.persistence.store import Persistence
 from livegate.protocol import codes
-from livegate.protocol.codec import encode_unsubscribe_push
 from livegate.server.http_api import MetricsFiles, make_api_app
-from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection, text_frame
+from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection
+from livegate.session import Session
 from livegate.tasks import cancel_and_wait
 
-__all__ = ["Server", "build_node", "release_client"]
+__all__ = ["Server", "sweep_interval"]
 
 log = logging.getLogger("livegate.server")
+
 
 def sweep_interval(config: Config) -> float:
     """How often connection timers are checked (pings, pong deadlines, stale and expired
     connections): a quarter of the pong timeout, at most once a second (the default)."""
     return min(1.0, max(0.05, config.client.pong_timeout / 4))
-
-
-def build_node(config: Config, app: App | None = None) -> Node:
-    verifier = TokenVerifier(config.client.token)  # raises ConfigError naming a bad key
-    if config.engine.type == "memory":
-        broker: Any = MemoryBroker()
-        presence: Any = MemoryPresence()
-    else:
-        from livegate.channels.redis import RedisEngine
-
-        broker = presence = RedisEngine(config)
-    return Node(config=config, app=app or App(), broker=broker, presence=presence, hub=Hub(text_frame),
-                rules=ChannelRules(config.channel), verifier=verifier)
-
-
-async def release_client(client: Client) -> None:
-    """Everything a connection held goes when it ends: hub entry, subscriptions, presence."""
-    node = client.node
-    if client.closing is None:
-        client.closing = codes.CONNECTION_CLOSED
-    was_connected = client.state is State.CONNECTED
-    client.state = State.CLOSED
-    if was_connected:
-        node.hub.remove_connection(client)
-    # Also subscriptions a connect was still setting up when the socket went away.
-    for channel in list(client.subs):
-        await remove_subscription(client, channel)
-    if not was_connected:
-        return
-    hook = node.app.disconnect_hook
-    if hook is not None:
-        try:
-            await client.call_app(hook, client.closing.code, client.closing.reason)
-        except Exception:
-            log.exception("on_disconnect hook failed", extra={"client": client.client_id, "user": client.user})
 
 
 class Server:
@@ -84,14 +47,15 @@ class Server:
     def __init__(self, config: Config, app: App | None = None) -> None:
         self.config = config
         self.node = build_node(config, app)
-        self.clients: set[Client] = set()
-        self.control = Control(self.node)
+        self.clients: set[Session] = set()
         self.api_stream: ApiStreamConsumer | None = None
-        self.persistence: Any = None
+        self.persistence: Persistence | None = None
         self._ws: WsServer | None = None
         self._api_runner: web.AppRunner | None = None
         self._api_site: web.TCPSite | None = None
         self.metrics_files = MetricsFiles(os.environ.get("LIVEGATE_WORKER_METRICS_DIR"))
+        self.metrics_registry = CollectorRegistry(auto_describe=False)
+        self.metrics_registry.register(NodeCollector(self.metrics_snapshot))
         self._sweeper: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -108,7 +72,7 @@ class Server:
 
     async def _start_api(self) -> None:
         cfg = self.config.http_api
-        app = make_api_app(self.node, self.control, self.metrics_files)
+        app = make_api_app(self.node, self.metrics_registry)
         self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._api_runner.setup()
         self._api_site = web.TCPSite(self._api_runner, cfg.address, cfg.port,
@@ -117,23 +81,16 @@ class Server:
 
     async def start(self, *, sock: Any = None) -> None:
         node = self.node
-        if hasattr(node.broker, "on_gap"):
-            loop = asyncio.get_running_loop()
-            node.broker.on_gap = lambda channels: loop.create_task(self._recover_gap(channels))
-        await node.broker.start(node.hub)
-        await self.control.start()
+        await node.start()
         if self.config.persistence.dsn:
-            from livegate.persistence.store import Persistence
-
-            self.persistence = Persistence(self.config, node, self.control)
+            self.persistence = Persistence(self.config, node)
             try:
                 await self.persistence.start()
             except BaseException:
-                await node.broker.close()
+                await node.close()
                 raise
-        engine_shards = getattr(node.broker, "shards", None)
-        if engine_shards:
-            self.api_stream = ApiStreamConsumer(node, self.control, engine_shards[0].client, self.config.engine.redis.prefix)
+        if node.engine.shards:
+            self.api_stream = ApiStreamConsumer(node, node.engine.shards[0].client, self.config.engine.redis.prefix)
             self.api_stream.start()
         cfg = self.config
         kwargs: dict[str, Any] = dict(
@@ -147,8 +104,8 @@ class Server:
             server_header=f"livegate/{node.version}",
         )
 
-        async def handler(ws: Any) -> None:
-            await serve_connection(node, ws, self.clients)
+        async def handler(ws: ServerConnection) -> None:
+            await serve_connection(node, ws, HANDLERS, self.clients)
 
         if sock is not None:
             self._ws = await serve(handler, sock=sock, **kwargs)
@@ -156,27 +113,29 @@ class Server:
             self._ws = await serve(handler, cfg.http_server.address, cfg.http_server.port,
                                    reuse_port=cfg.http_server.workers > 1, **kwargs)
         await self._start_api()
-        hub = node.hub
-        METRICS.connections.fn = lambda: hub.num_clients
-        METRICS.subscriptions.fn = lambda: hub.num_subscriptions
-        METRICS.channels.fn = lambda: len(hub.channels())
-        METRICS.engine_up.fn = lambda: 1.0 if node.engine_healthy else 0.0
-        persistence = self.persistence
-        if persistence is not None:
-            METRICS.postgres_up.fn = lambda: 1.0 if persistence.healthy else 0.0
-            if persistence.archive is not None:
-                archive = persistence.archive
-                METRICS.archive_buffered.fn = lambda: len(archive.buffer)
-                METRICS.archive_written.fn = lambda: archive.written
-                METRICS.archive_dropped.fn = lambda: archive.dropped
-            if persistence.outbox is not None:
-                outbox = persistence.outbox
-                METRICS.outbox_executed.fn = lambda: outbox.executed
-                METRICS.outbox_dead.fn = lambda: outbox.dead_lettered
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         log.info("listening", extra={"address": cfg.http_server.address, "port": self.port,
                                      "path": cfg.websocket.handler_prefix, "engine": cfg.engine.type,
                                      "api_port": self.api_port})
+
+    def local_metrics(self) -> dict[str, Any]:
+        """This process's counters and gauges, as plain data."""
+        node, hub, persistence = self.node, self.node.hub, self.persistence
+        snap = node.metrics.snapshot()
+        snap.update(connections=hub.num_clients, subscriptions=hub.num_subscriptions, channels=len(hub.channels()),
+                    engine_up=1 if node.engine.healthy else 0,
+                    postgres_up=1 if persistence is not None and persistence.healthy else 0)
+        if persistence is not None and persistence.archive is not None:
+            archive = persistence.archive
+            snap.update(archive_buffered=len(archive.buffer), archive_written=archive.written,
+                        archive_dropped=archive.dropped)
+        if persistence is not None and persistence.outbox is not None:
+            snap.update(outbox_executed=persistence.outbox.executed, outbox_dead=persistence.outbox.dead_lettered)
+        return snap
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """What /metrics shows: this process, plus the other workers' latest snapshots."""
+        return self.metrics_files.collect(self.local_metrics())
 
     async def _sweep_forever(self) -> None:
         next_presence = time.monotonic() + PRESENCE_REFRESH
@@ -187,15 +146,15 @@ class Server:
             try:
                 if self.metrics_files.mine is not None and time.monotonic() >= next_metrics:
                     next_metrics = time.monotonic() + 1.0
-                    self.metrics_files.write()
+                    self.metrics_files.write(self.local_metrics())
                 now_mono, now_wall = time.monotonic(), time.time()
-                expired: list[tuple[Client, str]] = []
+                expired: list[tuple[Session, str]] = []
                 for client in list(self.clients):
                     client.tick(now_mono, now_wall)
                     if client.sub_expiry and client.closing is None:
                         expired.extend((client, ch) for ch in client.expired_subscriptions(now_wall))
                 for client, channel in expired:
-                    await self._expire_subscription(client, channel)
+                    await client.expire_subscription(channel)
                 if now_mono >= next_presence and (self._presence_task is None or self._presence_task.done()):
                     # Its own task: Redis round trips never delay pings and deadlines.
                     next_presence = now_mono + PRESENCE_REFRESH
@@ -204,35 +163,6 @@ class Server:
                 raise
             except Exception:
                 log.exception("sweep failed")
-
-    async def _recover_gap(self, channels: list[str]) -> None:
-        """Publications may have been missed while the engine was unreachable: every
-        recoverable subscription of those channels is told to resubscribe (unsubscribe push
-        2500), and the SDK recovers from history; a server-side one reconnects (3010)."""
-        hub = self.node.hub
-        resubscribe = encode_unsubscribe_push
-        told = 0
-        for channel in channels:
-            for client in hub.subscribers(channel):
-                sub = client.subs.get(channel)  # type: ignore[attr-defined]
-                if sub is None or not sub.recoverable:
-                    continue
-                told += 1
-                if sub.server_side:
-                    client.close(codes.INSUFFICIENT_STATE)  # type: ignore[attr-defined]
-                    continue
-                await remove_subscription(client, channel)  # type: ignore[arg-type]
-                client.write(resubscribe(channel, codes.UNSUB_INSUFFICIENT_STATE.code,
-                                         codes.UNSUB_INSUFFICIENT_STATE.reason))
-        log.warning("engine gap: subscriptions told to recover", extra={"channels": len(channels), "subscriptions": told})
-
-    async def _expire_subscription(self, client: Client, channel: str) -> None:
-        sub = client.subs.get(channel)
-        grace = self.config.client.expired_close_delay
-        if sub is None or not sub.expire_at or time.time() <= sub.expire_at + grace:
-            return  # refreshed or replaced while earlier expiries were being removed
-        await remove_subscription(client, channel)
-        client.write(encode_unsubscribe_push(channel, codes.UNSUB_EXPIRED.code, codes.UNSUB_EXPIRED.reason))
 
     async def _refresh_presence(self) -> None:
         """Refresh this node's presence entries, 32 at a time; an error skips one entry only."""
@@ -273,7 +203,6 @@ class Server:
         await cancel_and_wait(self._presence_task)
         if self.api_stream is not None:
             await self.api_stream.stop()
-        await self.control.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -289,8 +218,7 @@ class Server:
             self._api_runner = None
         if self.persistence is not None:
             await self.persistence.stop()
-        await self.node.broker.close()
-        await self.node.presence.close()
+        await self.node.close()
         self._stopped.set()
 
     async def serve_forever(self) -> None:

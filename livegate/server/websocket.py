@@ -1,9 +1,9 @@
-"""The WebSocket transport: handshake checks, the read loop, and direct writes.
+"""The WebSocket transport shell: handshake checks, the read loop, and direct writes.
 
 Writes go straight into the asyncio transport, as ``websockets.broadcast`` does, but the
-frame is built once per payload and shared: server frames are unmasked, so the bytes are
-the same for every connection. The transport's buffer is the connection's queue, bounded
-by ``client.queue_max_size``.
+frame is built once per payload and shared (the hub frames a publication once per Wire):
+server frames are unmasked, so the bytes are the same for every connection. The transport's
+buffer is the connection's queue; the session bounds it (``client.queue_max_size``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import fnmatch
 import http
 import logging
 import struct
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -23,15 +22,14 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State as WsState
 from websockets.typing import Subprotocol
 
-from livegate.handlers.client import Client
-from livegate.metrics import METRICS
+from livegate.node import Node
 from livegate.protocol import codes
-from livegate.protocol.codes import Disconnect
+from livegate.protocol.codec import Wire
+from livegate.protocol.json_codec import JSON
+from livegate.session import Handler, Session
 
-if TYPE_CHECKING:
-    from livegate.node import Node
-
-__all__ = ["WebSocketClient", "text_frame", "origin_allowed", "select_subprotocol"]
+__all__ = ["WebSocketTransport", "WS_JSON", "text_frame", "origin_allowed", "select_subprotocol",
+           "make_process_request", "serve_connection"]
 
 log = logging.getLogger("livegate.websocket")
 _OPEN = WsState.OPEN
@@ -48,40 +46,40 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
-class WebSocketClient(Client):
-    __slots__ = ("ws", "_proto", "_transport", "_write_timeout")
+#: JSON over WebSocket text frames.
+WS_JSON = Wire("websocket/json", JSON, text_frame)
 
-    def __init__(self, node: Node, ws: ServerConnection) -> None:
-        super().__init__(node)
+
+class WebSocketTransport:
+    """The session's Transport over one ``websockets`` server connection."""
+
+    __slots__ = ("ws", "wire", "remote", "_proto", "_transport", "_write_timeout")
+
+    def __init__(self, ws: ServerConnection, wire: Wire, write_timeout: float) -> None:
         self.ws = ws
+        self.wire = wire
+        peer = ws.remote_address
+        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
         self._proto = ws.protocol
         self._transport = ws.transport
-        self._write_timeout = node.config.websocket.write_timeout
+        self._write_timeout = write_timeout
 
-    def _send(self, payload: bytes, frame: bytes | None) -> None:
-        if self._proto.state is not _OPEN:
-            return
-        if frame is None:
-            frame = text_frame(payload)
-        transport = self._transport
-        if transport.get_write_buffer_size() + len(frame) > self._queue_max:
-            self.close(codes.SLOW)
-            return
-        transport.write(frame)
-        METRICS.bytes_out.value += len(frame)
+    def write(self, frame: bytes) -> None:
+        if self._proto.state is _OPEN:
+            self._transport.write(frame)
 
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
 
-    def _close(self, disconnect: Disconnect) -> None:
+    def close(self, code: int, reason: str) -> None:
         if self._proto.state is _OPEN:
             # A close reason is at most 123 bytes of UTF-8; cut at a character boundary.
-            reason = disconnect.reason.encode()[:123].decode(errors="ignore")
+            cut = reason.encode()[:123].decode(errors="ignore")
             try:
-                self._proto.send_close(disconnect.code, reason)
+                self._proto.send_close(code, cut)
                 self.ws.send_data()
             except Exception:
-                log.exception("close failed", extra={"client": self.client_id, "code": disconnect.code})
+                log.exception("close failed", extra={"remote": self.remote, "code": code})
                 self._transport.abort()
                 return
         # A peer that does not answer the close frame (or never reads) is cut off.
@@ -115,7 +113,7 @@ def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotoc
     return None
 
 
-def make_process_request(node: Node):  # type: ignore[no-untyped-def]
+def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Response | None]:
     prefix = node.config.websocket.handler_prefix
     origins = node.config.client.allowed_origins
 
@@ -142,23 +140,22 @@ def make_process_request(node: Node):  # type: ignore[no-untyped-def]
     return process_request
 
 
-async def serve_connection(node: Node, ws: ServerConnection, registry: set[Client]) -> None:
+async def serve_connection(node: Node, ws: ServerConnection, handlers: Mapping[str, Handler],
+                           registry: set[Session]) -> None:
     """The read loop of one connection: the only task a connection has."""
-    from livegate.server.lifecycle import release_client
-
-    client = WebSocketClient(node, ws)
-    registry.add(client)
+    session = Session(node, WebSocketTransport(ws, WS_JSON, node.config.websocket.write_timeout), handlers)
+    registry.add(session)
     try:
         async for message in ws:
-            if not isinstance(message, str):
-                log.info("binary frame", extra={"client": client.client_id, "user": client.user})
-                client.close(codes.BAD_REQUEST)
+            if isinstance(message, str) == session.codec.binary:
+                log.info("frame of the wrong type", extra={"client": session.client_id, "user": session.user})
+                session.close(codes.BAD_REQUEST)
                 break
-            await client.handle_frame(message)
-            if client.closing is not None:
+            await session.handle_frame(message)
+            if session.closing is not None:
                 break
     except ConnectionClosed:
         pass
     finally:
-        registry.discard(client)
-        await release_client(client)
+        registry.discard(session)
+        await session.release()

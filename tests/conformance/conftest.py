@@ -1,10 +1,12 @@
 """Engines under the conformance suite (test_broker.py): every engine passes the same tests.
 
-Adding an engine is one line: append its name to ``ENGINES``. ``make_engine`` builds any
-engine other than "memory" the way the server does (``build_node`` from a config with
-``engine.type = name``, a unique key prefix and ``REDIS_URL``), so there is nothing else to
-write here once ``build_node`` knows the engine. An engine that needs a server which is not
-reachable fails; it never skips (STYLE.md habit 3).
+Adding an engine is one line: append its name to ``ENGINES``. ``open_engine`` builds any
+engine other than "memory" the way the server does (``livegate.node.make_engine`` from a
+config with ``engine.type = name``, a unique key prefix and the test Redis servers), so there
+is nothing else to write here once ``make_engine`` knows the engine. "redis-sharded" is the
+redis engine over two Redis servers (the second one started by ``make test``; channels are
+spread by jump hash). An engine that needs a server which is not reachable fails; it never
+skips (STYLE.md habit 3).
 
 Time: the memory engine runs on a ``FakeClock`` that the tests advance, so TTL tests do not
 sleep; any other engine runs on ``RealClock`` (``advance`` sleeps), which is why the suite
@@ -25,12 +27,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from livegate.channels.broker import Broker, PresenceManager
-from livegate.channels.memory import MemoryBroker, MemoryPresence
+from livegate.channels.broker import Broker, Engine, PresenceManager
+from livegate.channels.memory import MemoryEngine
 from livegate.protocol.types import ClientInfo, Publication
 
 #: The engines the suite runs against.
-ENGINES = ["memory", "redis"]
+ENGINES = ["memory", "redis", "redis-sharded"]
 
 
 class FakeClock:
@@ -58,38 +60,16 @@ class RealClock:
 Clock = FakeClock | RealClock
 
 
-@asynccontextmanager
-async def make_engine(
-    name: str, prefix: str, *, clock: Callable[[], float] | None = None,
-) -> AsyncIterator[tuple[Broker, PresenceManager]]:
-    """A fresh (broker, presence) pair of engine ``name``; closed on exit. Not started."""
-    if name == "memory":
-        now = clock or time.time
-        broker: Broker = MemoryBroker(clock=now)
-        presence: PresenceManager = MemoryPresence(clock=now)
-    else:
-        from conftest import REDIS_URL, make_config  # tests/conftest.py
-
-        from livegate.server.lifecycle import build_node
-
-        node = build_node(make_config({"engine": {"type": name, "redis": {"address": [REDIS_URL], "prefix": prefix}}}))
-        broker, presence = node.broker, node.presence
-    try:
-        yield broker, presence
-    finally:
-        await broker.close()
-        if presence is not broker:  # one object may serve both (the redis engine does)
-            await presence.close()
-
-
 @dataclass
 class Events:
-    """A BrokerEventHandler that records what the broker delivers."""
+    """EngineEvents that record what the engine reports."""
 
     pubs: list[tuple[str, Publication]] = field(default_factory=list)
     batches: list[list[tuple[str, Publication]]] = field(default_factory=list)
     joins: list[tuple[str, ClientInfo]] = field(default_factory=list)
     leaves: list[tuple[str, ClientInfo]] = field(default_factory=list)
+    gaps: list[list[str]] = field(default_factory=list)
+    node_messages: list[bytes] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def handle_publications(self, batch: list[tuple[str, Publication]]) -> None:
@@ -103,6 +83,14 @@ class Events:
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
         self.leaves.append((channel, info))
+        self.changed.set()
+
+    def handle_gap(self, channels: list[str]) -> None:
+        self.gaps.append(list(channels))
+        self.changed.set()
+
+    def handle_node_message(self, data: bytes) -> None:
+        self.node_messages.append(data)
         self.changed.set()
 
     def of(self, channel: str) -> list[Publication]:
@@ -120,9 +108,36 @@ class Events:
         await asyncio.sleep(seconds)
 
 
+@asynccontextmanager
+async def open_engine(name: str, prefix: str, events: Events, *,
+                      clock: Callable[[], float] | None = None) -> AsyncIterator[Engine]:
+    """A fresh, started engine ``name`` reporting to ``events``; closed on exit."""
+    if name == "memory":
+        engine: Engine = MemoryEngine(events, clock=clock or time.time)
+    else:
+        from conftest import REDIS_URL, REDIS_URL_2, make_config  # tests/conftest.py
+
+        from livegate.node import make_engine
+
+        addresses = [REDIS_URL]
+        if name == "redis-sharded":
+            assert REDIS_URL_2, "REDIS_URL_2 is not set: `make test` (scripts/services.sh) starts a second Redis"
+            addresses.append(REDIS_URL_2)
+        engine = make_engine(make_config({"engine": {"type": "redis", "redis": {"address": addresses, "prefix": prefix}}}),
+                             events)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
 @dataclass
-class Engine:
+class Subject:
+    """An engine under test, with what it reported and its clock."""
+
     name: str
+    engine: Engine
     broker: Broker
     presence: PresenceManager
     events: Events
@@ -140,10 +155,9 @@ def clock(engine_name: str) -> Clock:
 
 
 @pytest.fixture
-async def engine(engine_name: str, clock: Clock) -> AsyncIterator[Engine]:
+async def engine(engine_name: str, clock: Clock) -> AsyncIterator[Subject]:
     from conftest import unique_prefix  # tests/conftest.py
 
-    async with make_engine(engine_name, unique_prefix(), clock=clock.now) as (broker, presence):
-        events = Events()
-        await broker.start(events)
-        yield Engine(engine_name, broker, presence, events, clock)
+    events = Events()
+    async with open_engine(engine_name, unique_prefix(), events, clock=clock.now) as opened:
+        yield Subject(engine_name, opened, opened.broker, opened.presence, events, clock)

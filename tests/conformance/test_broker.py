@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from livegate.channels.broker import HistoryOptions, PresenceStats, PublishOptions
+from livegate.protocol.json_codec import JSON
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
 HIST = PublishOptions(history_size=10, history_ttl=60)
@@ -37,7 +38,7 @@ def offs(result) -> list[int]:
 
 def wire(pub: Publication) -> dict:
     """A publication as a client sees it (``info`` may come back as a ClientInfo or as its wire JSON)."""
-    return orjson.loads(orjson.dumps(pub.to_wire()))
+    return orjson.loads(JSON.encode_publication("c", pub))["push"]["pub"]
 
 
 # -- offsets and epochs ------------------------------------------------------------------

@@ -242,7 +242,7 @@ async def test_server_side_publication_reaches_js_subscriber(start_server, js):
 
 
 async def test_connect_and_subscribes_batched_in_one_frame(start_server, js, monkeypatch):
-    from livegate.handlers.client import Client
+    from livegate.session.core import SessionCore as Client
 
     frames: list[tuple[str, str]] = []
     original = Client.handle_frame
@@ -572,7 +572,7 @@ async def test_server_publish_of_pretty_printed_json_reaches_sdk(start_server, j
 
 
 async def test_recover_request_on_channel_without_recovery_is_echoed(start_server, js, monkeypatch):
-    from livegate.handlers.client import Client
+    from livegate.session.core import SessionCore as Client
 
     frames: list[str] = []
     original = Client.handle_frame

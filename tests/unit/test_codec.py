@@ -1,5 +1,5 @@
-"""livegate.protocol.codec: frame decoding and the exact wire shapes of replies and pushes
-(protocol.md 1.2, 1.3, 2.2)."""
+"""The JSON codec (livegate.protocol.json_codec): frame decoding into typed commands and the
+exact wire shapes of replies and pushes (protocol.md 1.2, 1.3, 2.2)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,30 @@ import pytest
 
 from livegate.errors import ClientError
 from livegate.protocol import codes
-from livegate.protocol.codec import (
-    PING,
-    Command,
-    FrameError,
-    decode_frame,
-    encode_error,
-    encode_join_push,
-    encode_leave_push,
-    encode_message_push,
-    encode_pub_push,
-    encode_reply,
-    encode_subscribe_push,
-    encode_unsubscribe_push,
+from livegate.protocol import commands as c
+from livegate.protocol.codec import Command, FrameError
+from livegate.protocol.json_codec import JSON
+from livegate.protocol.replies import (
+    EMPTY,
+    ConnectResult,
+    HistoryResult,
+    PresenceResult,
+    PresenceStatsResult,
+    RefreshResult,
+    RPCResult,
+    SubscribeResult,
 )
-from livegate.protocol.types import ClientInfo, Fragment, Publication
+from livegate.protocol.types import ClientInfo, Publication
+
+decode_frame = JSON.decode_frame
+encode_reply = JSON.encode_reply
+encode_error = JSON.encode_error
+encode_pub_push = JSON.encode_publication
+encode_join_push = JSON.encode_join
+encode_leave_push = JSON.encode_leave
+encode_unsubscribe_push = JSON.encode_unsubscribe
+encode_subscribe_push = JSON.encode_subscribe
+PING = JSON.ping
 
 
 def one_line(raw: bytes) -> dict:
@@ -38,19 +47,20 @@ def one_line(raw: bytes) -> dict:
 
 def test_single_command():
     assert decode_frame('{"id":1,"connect":{"token":"t","name":"js"}}') == [
-        Command(1, "connect", {"token": "t", "name": "js"}),
+        Command(1, "connect", c.ConnectRequest(token="t", name="js")),
     ]
 
 
 def test_bytes_frame_is_accepted_too():
-    assert decode_frame(b'{"id":7,"subscribe":{"channel":"a"}}') == [Command(7, "subscribe", {"channel": "a"})]
+    assert decode_frame(b'{"id":7,"subscribe":{"channel":"a"}}') == [
+        Command(7, "subscribe", c.SubscribeRequest(channel="a"))]
 
 
 def test_several_commands_in_order():
     frame = '{"connect":{"name":"js"},"id":1}\n{"subscribe":{"channel":"a"},"id":2}\n{"id":3,"publish":{"channel":"a","data":1}}'
     cmds = decode_frame(frame)
     assert [(c.id, c.method) for c in cmds] == [(1, "connect"), (2, "subscribe"), (3, "publish")]
-    assert cmds[2].params == {"channel": "a", "data": 1}
+    assert cmds[2].request == c.PublishRequest(channel="a", data=b"1")
 
 
 def test_blank_lines_and_surrounding_whitespace_are_skipped():
@@ -98,9 +108,27 @@ def test_two_methods():
 
 
 def test_unknown_fields_next_to_the_method_are_ignored():
-    assert decode_frame('{"id":4,"publish":{"channel":"a","data":1},"extra":true}') == [
-        Command(4, "publish", {"channel": "a", "data": 1}),
+    assert decode_frame('{"id":4,"publish":{"channel":"a","data":1,"newer_field":2},"extra":true}') == [
+        Command(4, "publish", c.PublishRequest(channel="a", data=b"1")),
     ]
+
+
+def test_payloads_become_opaque_json_bytes():
+    (cmd,) = decode_frame('{"id":1,"rpc":{"method":"m","data":{"a": [1, 2.5, "x"]}}}')
+    assert cmd.request == c.RPCRequest(method="m", data=b'{"a":[1,2.5,"x"]}')
+    (cmd,) = decode_frame('{"id":1,"rpc":{"method":"m","data":null}}')
+    assert cmd.request == c.RPCRequest(method="m", data=None)
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"id":1,"subscribe":{"channel":5}}', "subscribe.channel"),
+    ('{"id":1,"history":{"channel":"a","limit":"5"}}', "history.limit"),
+    ('{"id":1,"subscribe":{"channel":"a","offset":-1}}', "subscribe.offset"),
+])
+def test_invalid_params_come_back_as_a_problem_in_order(line, problem):
+    cmds = decode_frame('{"id":9,"ping":{}}\n' + line)
+    assert cmds[0].request == c.PingRequest()
+    assert cmds[1].request is None and cmds[1].problem.startswith(problem)
 
 
 @pytest.mark.parametrize("cid", ["-1", str(1 << 32), '"1"', "1.5", "true", "[1]", "{}"])
@@ -115,7 +143,7 @@ def test_id_bounds_accepted():
 
 
 def test_pong_is_the_empty_object():
-    assert decode_frame("{}") == [Command(0, "", {})]
+    assert decode_frame("{}") == [Command(0, "", None)]
 
 
 def test_pong_between_commands():
@@ -132,11 +160,11 @@ def test_missing_or_zero_id_on_a_command_with_reply(method):
 
 
 def test_send_needs_no_id():
-    assert decode_frame('{"send":{"data":{"a":1}}}') == [Command(0, "send", {"data": {"a": 1}})]
+    assert decode_frame('{"send":{"data":{"a":1}}}') == [Command(0, "send", c.SendRequest(data=b'{"a":1}'))]
 
 
 def test_null_params_become_empty_and_non_object_params_fail():
-    assert decode_frame('{"id":1,"ping":null}') == [Command(1, "ping", {})]
+    assert decode_frame('{"id":1,"ping":null}') == [Command(1, "ping", c.PingRequest())]
     with pytest.raises(FrameError, match="object"):
         decode_frame('{"id":1,"subscribe":"chat"}')
     with pytest.raises(FrameError, match="object"):
@@ -152,13 +180,13 @@ def test_bad_line_fails_the_whole_frame():
 
 
 def test_reply_shape_keeps_empty_result():
-    raw = encode_reply(3, "publish", {})
+    raw = encode_reply(3, "publish", EMPTY)
     assert raw == b'{"id":3,"publish":{}}'
 
 
 def test_reply_with_result_is_one_compact_line():
-    raw = encode_reply(1, "connect", {"client": "c1", "version": "0.1.0", "ping": 25, "pong": True,
-                                      "data": Fragment(b'{"welcome":true}')})
+    raw = encode_reply(1, "connect", ConnectResult(client="c1", version="0.1.0", ping=25, pong=True,
+                                                   data=b'{"welcome":true}'))
     assert one_line(raw) == {"id": 1, "connect": {"client": "c1", "version": "0.1.0", "ping": 25, "pong": True,
                                                  "data": {"welcome": True}}}
 
@@ -231,12 +259,11 @@ def test_unsubscribe_push_keeps_given_reason():
 
 
 def test_subscribe_push_shape():
-    msg = one_line(encode_subscribe_push("feed:1", {"recoverable": True, "epoch": "e", "offset": 4}))
-    assert msg == {"push": {"channel": "feed:1", "subscribe": {"recoverable": True, "epoch": "e", "offset": 4}}}
-
-
-def test_message_push_has_no_channel_and_raw_data():
-    assert encode_message_push(b'{"x":[1]}') == b'{"push":{"message":{"data":{"x":[1]}}}}'
+    result = SubscribeResult(positioned=True, recoverable=True, epoch="e", offset=4, recovered=True,
+                             publications=[Publication(b"1", 4)], was_recovering=True)
+    msg = one_line(encode_subscribe_push("feed:1", result))
+    assert msg == {"push": {"channel": "feed:1", "subscribe": {
+        "positioned": True, "recoverable": True, "epoch": "e", "offset": 4}}}  # no recovery fields in a push
 
 
 def test_ping_is_the_empty_object():
@@ -244,7 +271,50 @@ def test_ping_is_the_empty_object():
 
 
 def test_encoded_messages_join_into_a_decodable_frame():
-    parts = [encode_reply(1, "connect", {"client": "c"}), encode_pub_push("a", Publication(b"1", 1)), PING]
-    lines = b"\n".join(parts).split(b"\n")
+    parts = [encode_reply(1, "publish", EMPTY), encode_pub_push("a", Publication(b"1", 1)), PING]
+    lines = JSON.join(parts).split(b"\n")
     assert [orjson.loads(line) for line in lines] == [
-        {"id": 1, "connect": {"client": "c"}}, {"push": {"channel": "a", "pub": {"data": 1, "offset": 1}}}, {}]
+        {"id": 1, "publish": {}}, {"push": {"channel": "a", "pub": {"data": 1, "offset": 1}}}, {}]
+    assert JSON.join([PING]) is PING
+
+
+# -- typed results --------------------------------------------------------------------------
+
+
+def test_subscribe_result_fields():
+    assert one_line(encode_reply(1, "subscribe", SubscribeResult()))["subscribe"] == {}
+    positioned = SubscribeResult(positioned=True, epoch="e", offset=0, was_recovering=True)
+    assert one_line(encode_reply(1, "subscribe", positioned))["subscribe"] == {
+        "positioned": True, "epoch": "e", "offset": 0, "was_recovering": True}
+    full = SubscribeResult(positioned=True, recoverable=True, epoch="e", offset=2, recovered=True,
+                           publications=[Publication(b"1", 1), Publication(b"2", 2)], expires=True, ttl=5,
+                           data=b'{"d":1}')
+    assert one_line(encode_reply(1, "subscribe", full))["subscribe"] == {
+        "positioned": True, "recoverable": True, "epoch": "e", "offset": 2, "recovered": True,
+        "publications": [{"data": 1, "offset": 1}, {"data": 2, "offset": 2}], "expires": True, "ttl": 5,
+        "data": {"d": 1}}
+
+
+def test_connect_result_with_subs_and_expiry():
+    result = ConnectResult(client="c", version="v", ping=25, pong=True, expires=True, ttl=60,
+                           subs={"s": SubscribeResult(positioned=True, epoch="e", offset=3)})
+    assert one_line(encode_reply(1, "connect", result))["connect"] == {
+        "client": "c", "version": "v", "ping": 25, "pong": True, "expires": True, "ttl": 60,
+        "subs": {"s": {"positioned": True, "epoch": "e", "offset": 3}}}
+
+
+def test_other_results():
+    info = ClientInfo("u", "c1", conn_info=b"[1]")
+    assert one_line(encode_reply(1, "presence", PresenceResult({"c1": info})))["presence"] == {
+        "presence": {"c1": {"user": "u", "client": "c1", "conn_info": [1]}}}
+    assert one_line(encode_reply(1, "presence_stats", PresenceStatsResult(2, 1)))["presence_stats"] == {
+        "num_clients": 2, "num_users": 1}
+    assert one_line(encode_reply(1, "history", HistoryResult([], "e", 0)))["history"] == {
+        "publications": [], "epoch": "e", "offset": 0}
+    assert one_line(encode_reply(1, "rpc", RPCResult(b'"x"')))["rpc"] == {"data": "x"}
+    assert one_line(encode_reply(1, "rpc", RPCResult()))["rpc"] == {}
+    assert one_line(encode_reply(1, "refresh", RefreshResult()))["refresh"] == {}
+    assert one_line(encode_reply(1, "refresh", RefreshResult(expires=True, ttl=9)))["refresh"] == {
+        "expires": True, "ttl": 9}
+    with pytest.raises(TypeError):
+        encode_reply(1, "x", object())  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
-"""Client command handlers, driven through Client.handle_frame with a recording transport.
+"""Client command handlers, driven through Session.handle_frame with a recording transport.
 
-No sockets: a Node from build_node(), its memory broker started on its hub, and Client
-subclasses whose ``_send``/``_close`` record what would go on the wire.
+No sockets: a Node from build_node() on the memory engine, and sessions whose Transport
+records what would go on the wire (the JSON codec, framing left out).
 """
 
 from __future__ import annotations
@@ -19,37 +19,68 @@ from conftest import BASE_CONFIG, SECRET, make_config, token
 
 from livegate.app import App
 from livegate.errors import BrokerError, ClientError, DisconnectRequested
-from livegate.handlers.client import Client, State
-from livegate.node import Node
+from livegate.channels.memory import MemoryEngine
+from livegate.handlers import HANDLERS
+from livegate.node import Node, build_node
+from livegate.protocol.codec import Wire
 from livegate.protocol.codes import Disconnect
-from livegate.server.lifecycle import build_node, release_client
+from livegate.protocol.json_codec import JSON
+from livegate.session import Session, State
+
+#: JSON with no framing: what the session emits is what the transport records.
+TEST_WIRE = Wire("test/json", JSON, lambda payload: payload)
 
 
-class Recorder(Client):
-    """A Client whose transport records payloads and the close."""
+class RecordingTransport:
+    """A Transport that records what would go on the wire, and the close."""
 
-    def __init__(self, node: Node) -> None:
-        super().__init__(node)
+    wire = TEST_WIRE
+    remote = "test"
+
+    def __init__(self) -> None:
         self.payloads: list[bytes] = []
-        self.frames: list[bytes | None] = []
         self.disconnect: Disconnect | None = None
         self.inbox: list[dict[str, Any]] = []  # decoded messages not taken yet
-        self._next_id = 0
+        self.buffered_bytes = 0
 
-    def _send(self, payload: bytes, frame: bytes | None) -> None:
+    def write(self, frame: bytes) -> None:
         assert self.disconnect is None, "wrote after close"
-        self.payloads.append(payload)
-        self.frames.append(frame)
-        for line in payload.split(b"\n"):
+        self.payloads.append(frame)
+        for line in frame.split(b"\n"):
             assert line.strip(), "blank line in a frame"
             self.inbox.append(orjson.loads(line))
 
-    def _close(self, disconnect: Disconnect) -> None:
-        assert self.disconnect is None, "closed twice"
-        self.disconnect = disconnect
-
     def buffered(self) -> int:
-        return 0
+        return self.buffered_bytes
+
+    def close(self, code: int, reason: str) -> None:
+        assert self.disconnect is None, "closed twice"
+        self.disconnect = Disconnect(code, reason)
+
+
+class Recorder(Session):
+    """A Session on a RecordingTransport, with helpers to drive it."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node, RecordingTransport(), HANDLERS)
+        self.recorded: RecordingTransport = self.transport  # type: ignore[assignment]
+        self._next_id = 0
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return self.recorded.payloads
+
+    @property
+    def disconnect(self) -> Disconnect | None:
+        return self.recorded.disconnect
+
+    @property
+    def inbox(self) -> list[dict[str, Any]]:
+        return self.recorded.inbox
+
+    @inbox.setter
+    def inbox(self, value: list[dict[str, Any]]) -> None:
+        self.recorded.inbox = value
 
     # -- driving -------------------------------------------------------------------------
 
@@ -117,19 +148,17 @@ NodeFactory = Callable[..., Awaitable[Node]]
 async def make_node() -> AsyncIterator[NodeFactory]:
     nodes: list[Node] = []
 
-    async def make(override: dict[str, Any] | None = None, app: App | None = None) -> Node:
-        node = build_node(make_config(override), app)
+    async def make(override: dict[str, Any] | None = None, app: App | None = None, *, batch: bool = False) -> Node:
         # Handler tests read what a command wrote right after it: fan out inside publish.
         # (Batched fan-out is covered by the conformance suite and the integration tests.)
-        node.broker.batch = False
-        await node.broker.start(node.hub)
+        node = build_node(make_config(override), app, engine_factory=lambda c, events: MemoryEngine(events, batch=batch))
+        await node.start()
         nodes.append(node)
         return node
 
     yield make
     for node in nodes:
-        await node.broker.close()
-        await node.presence.close()
+        await node.close()
 
 
 @pytest.fixture
@@ -906,7 +935,7 @@ async def test_release_client_cleans_up(node):
     await alice.result("subscribe", {"channel": "chat:1"})
     await bob.result("subscribe", {"channel": "chat:1"})
     alice.take()
-    await release_client(bob)
+    await bob.release()
     assert node.hub.connection(bob.client_id) is None
     assert node.hub.num_subscribers("chat:1") == 1
     assert set(await node.presence.presence("chat:1")) == {alice.client_id}
@@ -1344,7 +1373,7 @@ async def test_buffered_bytes_count_towards_the_queue_limit(make_node):
     node = await make_node({"client": {"queue_max_size": 1000}})
     client = await connected(node)
     await client.result("subscribe", {"channel": "news"})
-    client.buffered = lambda: 990  # type: ignore[method-assign]
+    client.recorded.buffered_bytes = 990
     await client.send({"id": 5, "publish": {"channel": "news", "data": "0123456789"}})
     assert client.disconnect is not None and client.disconnect.code == 3008
 
@@ -1388,8 +1417,7 @@ async def test_token_for_cli_secret_roundtrip(node):
 async def test_batched_fan_out_is_merged_into_a_subscribe_in_flight(make_node):
     """With batched fan-out (the default), publications still waiting for their batch when a
     subscribe reads history are neither lost nor pushed again after the reply."""
-    node = await make_node()
-    node.broker.batch = True
+    node = await make_node(batch=True)
     client = await connected(node)
     first = (await node.publish("chat:batched", b"1")).position
     await asyncio.sleep(0)
@@ -1407,8 +1435,6 @@ async def test_batched_fan_out_is_merged_into_a_subscribe_in_flight(make_node):
 async def test_subscribe_removed_while_in_flight_leaves_no_ghost(node, monkeypatch):
     """A server API unsubscribe that lands while the subscribe waits on the engine wins: the
     subscribe is answered with an error and nothing stays in the hub."""
-    from livegate.handlers.server_ops import unsubscribe_local
-
     client = await connected(node)
     gate = asyncio.Event()
     real_history = node.broker.history
@@ -1420,7 +1446,7 @@ async def test_subscribe_removed_while_in_flight_leaves_no_ghost(node, monkeypat
     monkeypatch.setattr(node.broker, "history", slow_history)
     task = asyncio.create_task(client.send({"id": 5, "subscribe": {"channel": "chat:ghost"}}))
     await asyncio.sleep(0.01)
-    await unsubscribe_local(node, client.user, "chat:ghost", None)
+    await node.cluster.send({"t": "unsubscribe", "user": client.user, "channel": "chat:ghost"})
     gate.set()
     await task
     reply = next(m for m in client.take() if m.get("id") == 5)

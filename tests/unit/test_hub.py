@@ -1,5 +1,5 @@
-"""livegate.channels.hub: the subscription registry and the fan-out (encode once, batch joining,
-in-flight subscribers, join/leave flags)."""
+"""livegate.channels.hub: the subscription registry and the fan-out (encode once per codec,
+frame once per Wire, batch joining, in-flight subscribers, join/leave flags)."""
 
 from __future__ import annotations
 
@@ -9,31 +9,55 @@ import orjson
 import pytest
 
 from livegate.channels.hub import JOIN_LEAVE, Hub
-from livegate.protocol.codec import encode_pub_push
+from livegate.metrics import NodeMetrics
+from livegate.protocol.codec import Wire
+from livegate.protocol.json_codec import JSON, JsonCodec
 from livegate.protocol.types import ClientInfo, Publication
-from livegate.server.websocket import text_frame
+from livegate.server.websocket import WS_JSON
+
+encode_pub_push = JSON.encode_publication
+
+
+class CountingCodec(JsonCodec):
+    """The JSON codec, counting publication encodings; ``mark`` tells its output apart."""
+
+    def __init__(self, mark: bytes = b"") -> None:
+        self.mark = mark
+        self.encoded: list[str] = []
+
+    def encode_publication(self, channel: str, pub: Publication) -> bytes:
+        self.encoded.append(channel)
+        raw = super().encode_publication(channel, pub)
+        return raw[:-1] + b',"codec":"' + self.mark + b'"}' if self.mark else raw
+
+
+class CountingFramer:
+    def __init__(self, tag: bytes = b"F") -> None:
+        self.tag = tag
+        self.calls: list[bytes] = []
+
+    def __call__(self, payload: bytes) -> bytes:
+        self.calls.append(payload)
+        return self.tag + b"[" + payload + b"]"
 
 
 @dataclass(eq=False)
 class Sub:
     client_id: str
     user: str = "u"
+    wire: Wire = None  # type: ignore[assignment]  # default: Sub.default_wire
     writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    default_wire = WS_JSON
+
+    def __post_init__(self) -> None:
+        if self.wire is None:
+            self.wire = type(self).default_wire
 
     def write(self, payload: bytes, frame: bytes | None = None) -> None:
         self.writes.append((payload, frame))
 
     def messages(self) -> list[dict]:
         return [orjson.loads(line) for payload, _ in self.writes for line in payload.split(b"\n")]
-
-
-class CountingFramer:
-    def __init__(self) -> None:
-        self.calls: list[bytes] = []
-
-    def __call__(self, payload: bytes) -> bytes:
-        self.calls.append(payload)
-        return b"F[" + payload + b"]"
 
 
 def pub(n: int, offset: int = 0) -> Publication:
@@ -51,8 +75,19 @@ def framer() -> CountingFramer:
 
 
 @pytest.fixture
-def hub(framer: CountingFramer) -> Hub:
-    return Hub(framer)
+def codec() -> CountingCodec:
+    return CountingCodec()
+
+
+@pytest.fixture
+def wire(codec: CountingCodec, framer: CountingFramer) -> Wire:
+    return Wire("test", codec, framer)
+
+
+@pytest.fixture
+def hub(wire: Wire, monkeypatch: pytest.MonkeyPatch) -> Hub:
+    monkeypatch.setattr(Sub, "default_wire", wire)  # every Sub() of the test uses the counting wire
+    return Hub(NodeMetrics())
 
 
 # -- registry ----------------------------------------------------------------------------
@@ -118,8 +153,8 @@ def test_single_publication_encoded_once_and_frame_shared(hub, framer):
 
 
 def test_real_framer_builds_a_websocket_text_frame():
-    hub = Hub(text_frame)
-    a, b = Sub("a"), Sub("b")
+    hub = Hub(NodeMetrics())
+    a, b = Sub("a", wire=WS_JSON), Sub("b", wire=WS_JSON)
     live(hub, "ch", a)
     live(hub, "ch", b)
     hub.handle_publications([("ch", pub(1))])
@@ -184,23 +219,86 @@ def test_batch_single_messages_share_the_frame(hub, framer):
     assert sorted(framer.calls) == sorted([px, py, px + b"\n" + py])  # one frame per distinct payload set
 
 
-def test_batch_encodes_each_publication_once(hub, monkeypatch):
-    import livegate.channels.hub as hub_module
-
-    calls: list[str] = []
-    real = hub_module.encode_pub_push
-
-    def counting(channel, p):
-        calls.append(channel)
-        return real(channel, p)
-
-    monkeypatch.setattr(hub_module, "encode_pub_push", counting)
+def test_batch_encodes_each_publication_once(hub, codec):
     subs = [Sub(str(i)) for i in range(4)]
     for s in subs:
         live(hub, "x", s)
     hub.handle_publications([("x", pub(1)), ("x", pub(2))])
     hub.handle_publications([("x", pub(3))])
-    assert calls == ["x", "x", "x"]
+    assert codec.encoded == ["x", "x", "x"]
+
+
+def test_metrics_count_publications_and_pushes(hub):
+    a, b = Sub("a"), Sub("b")
+    live(hub, "x", a)
+    live(hub, "x", b)
+    hub.handle_publications([("x", pub(1))])
+    hub.handle_publications([("x", pub(2)), ("y", pub(3))])
+    assert (hub.metrics.publications, hub.metrics.pushes) == (3, 4)
+
+
+# -- several codecs and wires -------------------------------------------------------------
+
+
+def test_one_encoding_per_codec_and_one_frame_per_wire(hub, codec, framer):
+    other_codec = CountingCodec(b"other")
+    other_framer = CountingFramer(b"G")
+    same_codec_other_framing = Wire("sse-ish", codec, other_framer)
+    other = Wire("other", other_codec, other_framer)
+    a, b = Sub("a"), Sub("b")
+    c, d = Sub("c", wire=same_codec_other_framing), Sub("d", wire=other)
+    for s in (a, b, c, d):
+        live(hub, "ch", s)
+    hub.handle_publications([("ch", pub(1, 1))])
+    assert codec.encoded == ["ch"] and other_codec.encoded == ["ch"]  # once per codec
+    plain = encode_pub_push("ch", pub(1, 1))
+    assert a.writes == b.writes == [(plain, b"F[" + plain + b"]")]
+    assert a.writes[0][1] is b.writes[0][1]
+    assert c.writes == [(plain, b"G[" + plain + b"]")]
+    assert orjson.loads(d.writes[0][0])["codec"] == "other"
+    assert d.writes[0][1] == b"G[" + d.writes[0][0] + b"]"
+    assert len(framer.calls) == 1 and len(other_framer.calls) == 2  # once per wire
+
+
+def test_batch_with_several_codecs(hub, codec):
+    other_codec = CountingCodec(b"other")
+    other = Wire("other", other_codec, CountingFramer(b"G"))
+    a, b, d1, d2 = Sub("a"), Sub("b"), Sub("d1", wire=other), Sub("d2", wire=other)
+    for s in (a, b, d1, d2):
+        live(hub, "x", s)
+    pending = Sub("p", wire=other)
+    hub.subscribe("x", pending)
+    hub.handle_publications([("x", pub(1, 1)), ("x", pub(2, 2)), ("y", pub(3, 3))])
+    assert codec.encoded == ["x", "x"] and other_codec.encoded == ["x", "x"]
+    assert a.writes[0] == b.writes[0] and a.writes[0][1] is b.writes[0][1]
+    assert d1.writes[0][1] is d2.writes[0][1]
+    assert [json["codec"] for json in (orjson.loads(line) for line in d1.writes[0][0].split(b"\n"))] == [
+        "other", "other"]
+    # The subscriber in flight buffered the payloads of its own codec.
+    assert [orjson.loads(p)["codec"] for _, p in hub.activate("x", pending, 0)] == ["other", "other"]
+
+
+def test_join_leave_encoded_per_codec(hub):
+    other = Wire("other", CountingCodec(b"other"), CountingFramer(b"G"))
+    a, d = Sub("a"), Sub("d", wire=other)
+    live(hub, "ch", a, JOIN_LEAVE)
+    live(hub, "ch", d, JOIN_LEAVE)
+    hub.handle_join("ch", ClientInfo("bob", "c9"))
+    assert a.messages()[0]["push"]["join"]["info"]["user"] == "bob"
+    assert d.writes[0][1].startswith(b"G[")
+
+
+def test_the_fast_path_follows_the_wires_in_use(hub, wire):
+    other = Wire("other", CountingCodec(b"other"), CountingFramer(b"G"))
+    a, d = Sub("a"), Sub("d", wire=other)
+    live(hub, "x", a)
+    assert hub._only_wire is wire
+    live(hub, "x", d)
+    assert hub._only_wire is None
+    hub.unsubscribe("x", d)
+    assert hub._only_wire is wire
+    hub.unsubscribe("x", a)
+    assert hub._only_wire is None and hub._wires == {}
 
 
 # -- subscribes in flight ----------------------------------------------------------------
@@ -269,18 +367,6 @@ def test_join_leave_only_to_flagged(hub, framer):
     assert len(framer.calls) == 2
 
 
-def test_set_flags(hub):
-    a = Sub("a")
-    live(hub, "ch", a)
-    hub.handle_join("ch", ClientInfo("x", "y"))
-    assert a.writes == []
-    hub.set_flags("ch", a, JOIN_LEAVE)
-    hub.handle_join("ch", ClientInfo("x", "y"))
-    assert len(a.writes) == 1
-    hub.set_flags("other", a, JOIN_LEAVE)  # not subscribed there: ignored
-    assert hub.channels() == {"ch": 1}
-
-
 def test_join_without_subscribers_encodes_nothing(hub, framer):
     plain = Sub("p")
     live(hub, "ch", plain)
@@ -288,9 +374,3 @@ def test_join_without_subscribers_encodes_nothing(hub, framer):
     hub.handle_join("nobody", ClientInfo("x", "y"))
     hub.handle_leave("nobody", ClientInfo("x", "y"))
     assert framer.calls == []
-
-
-def test_broadcast_to(hub, framer):
-    a, b = Sub("a"), Sub("b")
-    hub.broadcast_to([a, b], b'{"push":{"channel":"c","unsubscribe":{"code":2000,"reason":"server unsubscribe"}}}')
-    assert a.writes[0][1] is b.writes[0][1] and len(framer.calls) == 1

@@ -8,9 +8,26 @@
 --   <prefix>.history.{ch}   stream: id "<offset>-0", fields t = publish time (ms), p = envelope
 --   <prefix>.idem.{ch}.<k>  string "<offset>:<epoch>" for idempotent publishes
 --   <prefix>.config         hash written by livegate at start: namespace history settings
--- Envelopes are msgpack arrays: {"p", offset, epoch, data, info_json, tags_json, time_ms}.
+-- Envelopes are msgpack arrays (see livegate/channels/redis/envelope.py):
+--   version 1: {"p", offset, epoch, data, info_json, tags_json, time_ms}
+--   version 2: {2, "p", offset, epoch, data, info_json, tags_json, time_ms}
+-- Publishes write the version livegate asks for (option "envelope", negotiated between the
+-- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
+-- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 7
+local VERSION = 8
+
+local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
+  if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
+  return cmsgpack.pack({'p', offset, epoch, data, info, tags_json, ms})
+end
+
+-- A stored envelope as a version 1 reader expects it (exactly seven fields, no version).
+local function as_version1(envelope)
+  if string.byte(envelope, 2) ~= 2 then return envelope end  -- fixarray header, then the version
+  local t = cmsgpack.unpack(envelope)
+  return cmsgpack.pack({t[2], t[3], t[4], t[5], t[6], t[7], t[8]})
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -60,7 +77,7 @@ local function namespace_of(channel, private_prefix, boundary)
 end
 
 -- FCALL livegate_publish 1 <channel> <data> [<options-json>] [<info-json>]
--- options: prefix, idempotency_key, idempotent_ttl (s), tags {str:str},
+-- options: prefix, idempotency_key, idempotent_ttl (s), tags {str:str}, envelope (version to write),
 --          history_size, history_ttl (s), history_meta_ttl (s) (default: from <prefix>.config),
 --          trusted (livegate's own publishes: data is known to be one-line JSON, not checked again)
 -- Returns {offset, epoch}: 0 and "" when the channel keeps no history; {offset, epoch, 1} when
@@ -93,9 +110,11 @@ local function publish(keys, args)
   if size ~= nil and (ttl == nil or size < 0 or ttl < 0) then
     return redis.error_reply('ERR livegate_publish: history_size needs history_ttl (both >= 0)')
   end
+  local ev = tonumber(opts['envelope'])
   if size == nil then
     local config_key = prefix .. '.config'
-    local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl')
+    local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl', 'envelope')
+    if ev == nil then ev = tonumber(conf[4]) end
     if not conf[2] then
       return redis.error_reply('ERR livegate_publish: no livegate config under prefix "' .. prefix .. '"')
     end
@@ -109,6 +128,7 @@ local function publish(keys, args)
   end
   ttl = ttl or 0
   meta_ttl = meta_ttl or 0
+  if ev == nil then ev = tonumber(redis.call('HGET', prefix .. '.config', 'envelope')) or 1 end
   local tag = '{' .. channel .. '}'
   local idem_key = nil
   if opts['idempotency_key'] and opts['idempotency_key'] ~= '' then
@@ -139,7 +159,7 @@ local function publish(keys, args)
     if meta_ttl > 0 then redis.call('PEXPIRE', meta_key, math.floor(meta_ttl * 1000)) end
     local tags_json = ''
     if type(opts['tags']) == 'table' and next(opts['tags']) ~= nil then tags_json = cjson.encode(opts['tags']) end
-    local envelope = cmsgpack.pack({'p', offset, epoch, data, info, tags_json, ms})
+    local envelope = pack_publication(ev, offset, epoch, data, info, tags_json, ms)
     -- Approximate trimming is much cheaper than exact; reads keep only the newest
     -- history_size entries and drop those past history_ttl, so clients see exact limits.
     redis.call('XADD', hist_key, 'MAXLEN', '~', size, offset .. '-0', 't', ms, 'p', envelope)
@@ -148,7 +168,7 @@ local function publish(keys, args)
   else
     local tags_json = ''
     if type(opts['tags']) == 'table' and next(opts['tags']) ~= nil then tags_json = cjson.encode(opts['tags']) end
-    redis.call('PUBLISH', prefix .. '.client.' .. channel, cmsgpack.pack({'p', 0, '', data, info, tags_json, ms}))
+    redis.call('PUBLISH', prefix .. '.client.' .. channel, pack_publication(ev, 0, '', data, info, tags_json, ms))
   end
   if idem_key then
     local idem_ttl = tonumber(opts['idempotent_ttl']) or 300
@@ -157,13 +177,14 @@ local function publish(keys, args)
   return {offset, epoch}
 end
 
--- FCALL livegate_history 1 <channel> <prefix> <limit> <since-offset or ""> <reverse 0|1> <meta-ttl s>
+-- FCALL livegate_history 1 <channel> <prefix> <limit> <since-offset or ""> <reverse 0|1> <meta-ttl s> [<envelope version read>]
 -- Returns {top, epoch, envelope...}, read atomically; creates the position when missing.
 -- Only the newest history_size publications younger than history_ttl (as of the latest
 -- publish, kept in the meta hash as n and t) are returned.
 local function history(keys, args)
   local channel = keys[1]
   local prefix, limit, since, reverse, meta_ttl = args[1], tonumber(args[2]), args[3], args[4] == '1', tonumber(args[5]) or 0
+  local reads = tonumber(args[6]) or 1
   local tag = '{' .. channel .. '}'
   local meta_key = prefix .. '.meta.' .. tag
   local hist_key = prefix .. '.history.' .. tag
@@ -197,7 +218,9 @@ local function history(keys, args)
     entries = redis.call('XRANGE', hist_key, low .. '-0', high .. '-0', unpack(count))
   end
   for _, entry in ipairs(entries) do
-    table.insert(out, entry[2][4])
+    local envelope = entry[2][4]
+    if reads < 2 then envelope = as_version1(envelope) end
+    table.insert(out, envelope)
   end
   return out
 end

@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from livegate.channels.names import ResolvedChannel
 from livegate.protocol.codes import ErrPermissionDenied
-
-if TYPE_CHECKING:
-    from livegate.handlers.client import Client
+from livegate.session.core import SessionCore
 
 __all__ = ["require", "allowed"]
 
 Action = Literal["publish", "presence", "history"]
 
 
-def allowed(client: Client, resolved: ResolvedChannel, action: Action) -> bool:
+def allowed(session: SessionCore, resolved: ResolvedChannel, action: Action) -> bool:
     """``allow_<action>_for_client`` (anonymous users also need ``..._for_anonymous``), then
     ``allow_<action>_for_subscriber`` (must be subscribed), then ``client.insecure``."""
     opts = resolved.options
-    if getattr(opts, f"allow_{action}_for_client") and (client.user or getattr(opts, f"allow_{action}_for_anonymous")):
+    if getattr(opts, f"allow_{action}_for_client") and (session.user or getattr(opts, f"allow_{action}_for_anonymous")):
         return True
     if getattr(opts, f"allow_{action}_for_subscriber"):
-        sub = client.subs.get(resolved.name)
+        sub = session.subs.get(resolved.name)
         if sub is not None and sub.live:
             return True
-    return client.node.config.client.insecure
+    return session.node.config.client.insecure
 
 
-def require(client: Client, resolved: ResolvedChannel, action: Action) -> None:
-    if not allowed(client, resolved, action):
+def require(session: SessionCore, resolved: ResolvedChannel, action: Action) -> None:
+    if not allowed(session, resolved, action):
         raise ErrPermissionDenied()

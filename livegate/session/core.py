@@ -1,8 +1,15 @@
-"""Client: the protocol state of one connection, transport-independent.
+"""Session: the protocol state of one client connection, whatever carries its bytes.
 
-The transport (``livegate.server``) subclasses it and supplies ``_send`` (write framed bytes,
-never await), ``_close`` and ``buffered``. Everything else here is protocol: decoding frames,
-dispatching commands to handlers in order, coalescing replies and pushes, timers.
+A session talks to an injected ``Transport`` (write framed bytes, close with a code and a
+reason, say how much is still buffered) and to the ``Codec`` of the transport's ``Wire``.
+Everything else here is protocol: decoding frames, dispatching commands to the handlers in
+order, coalescing replies and pushes into one frame, the output buffer and its slow-consumer
+rule, timers. A transport shell (WebSocket, SSE, HTTP-streaming) feeds frames to
+``handle_frame`` and calls ``Session.release`` when the connection ends.
+
+Output has one path: ``write`` (coalesced while a frame is processed) and ``_emit``, the only
+place bytes reach the transport. One rule bounds what a connection may hold: bytes collected
+plus bytes buffered by the transport over ``client.queue_max_size`` close it with 3008.
 """
 
 from __future__ import annotations
@@ -12,28 +19,51 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-from pydantic import ValidationError
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from livegate.errors import ClientError, DisconnectRequested
-from livegate.handlers.context import Context, Subscription
-from livegate.metrics import METRICS
+from livegate.node import Node
 from livegate.protocol import codes
-from livegate.protocol.codec import PING, Command, FrameError, decode_frame, encode_error, encode_reply
+from livegate.protocol.codec import Command, FrameError, Wire
 from livegate.protocol.codes import Disconnect, ErrInternal
 from livegate.protocol.types import ClientInfo
+from livegate.session.context import Context, Subscription
 
-if TYPE_CHECKING:
-    from livegate.node import Node
-
-__all__ = ["Client", "State", "Followup"]
+__all__ = ["SessionCore", "State", "Transport", "Followup", "Handler"]
 
 log = logging.getLogger("livegate.client")
 
-#: Something a handler wants done right after its reply was queued (no await before it).
-Followup = Callable[[], Awaitable[None] | None]
+
+class Transport(Protocol):
+    """What carries one connection's bytes. Every method returns at once (never awaits)."""
+
+    #: The codec and framing of this connection: shared by all connections of its kind.
+    wire: Wire
+    #: Peer address for logs ("host:port").
+    remote: str
+
+    def write(self, frame: bytes) -> None:
+        """Send framed bytes (``wire.frame`` output); dropped once the transport is closing."""
+        ...
+
+    def buffered(self) -> int:
+        """Bytes written but not yet sent."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing with a disconnect code and a reason (called once)."""
+        ...
+
+
+class Followup(Protocol):
+    """Work a handler wants done right after its reply was queued (no await before it)."""
+
+    def complete(self) -> Awaitable[None] | None: ...
+
+
+#: ``handler(session, request)`` returns a result, ``(result, followup)``, or None (no reply).
+Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
 class State(enum.Enum):
@@ -42,15 +72,20 @@ class State(enum.Enum):
     CLOSED = 2
 
 
-class Client:
+class SessionCore:
     __slots__ = (
-        "node", "client_id", "user", "conn_info", "name", "version", "state", "subs",
-        "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry", "reply_sent",
-        "_collect", "_collect_size", "_queue_max", "closing", "__weakref__",
+        "node", "transport", "wire", "codec", "handlers", "metrics", "client_id", "user", "conn_info", "name",
+        "version", "state", "subs", "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry",
+        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "__weakref__",
     )
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, transport: Transport, handlers: Mapping[str, Handler]) -> None:
         self.node = node
+        self.transport = transport
+        self.wire = transport.wire
+        self.codec = transport.wire.codec
+        self.handlers = handlers
+        self.metrics = node.metrics
         self.client_id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None
@@ -71,31 +106,37 @@ class Client:
         self._queue_max = node.config.client.queue_max_size
         self.closing: Disconnect | None = None
 
-    # -- transport hooks (overridden by the server) ----------------------------------
-
-    def _send(self, payload: bytes, frame: bytes | None) -> None:
-        raise NotImplementedError
-
-    def _close(self, disconnect: Disconnect) -> None:
-        raise NotImplementedError
-
-    def buffered(self) -> int:
-        """Bytes written but not yet sent."""
-        return 0
-
     # -- output ------------------------------------------------------------------------
 
     def write(self, payload: bytes, frame: bytes | None = None) -> None:
-        """Queue messages for the client; never awaits. Used by the hub's fan-out."""
+        """Queue encoded messages for the client; never awaits. While a frame is processed
+        they are collected and go out joined into one frame; otherwise at once.
+
+        ``frame`` is ``payload`` already framed by ``self.wire`` (the hub shares one frame
+        between subscribers)."""
         collect = self._collect
         if collect is not None:
             collect.append(payload)
             self._collect_size += len(payload)
-            if self._collect_size + self.buffered() > self._queue_max:
+            if self._overflows(0):
                 self.close(codes.SLOW)
             return
         if self.closing is None:
-            self._send(payload, frame)
+            self._emit(payload, frame)
+
+    def _overflows(self, extra: int) -> bool:
+        """The slow-consumer rule: what this connection holds may not exceed the queue bound."""
+        return self._collect_size + self.transport.buffered() + extra > self._queue_max
+
+    def _emit(self, payload: bytes, frame: bytes | None) -> None:
+        """The only place bytes go to the transport."""
+        if frame is None:
+            frame = self.wire.frame(payload)
+        if self._overflows(len(frame)):
+            self.close(codes.SLOW)
+            return
+        self.transport.write(frame)
+        self.metrics.bytes_out += len(frame)
 
     def flush(self) -> None:
         """Send what was collected while a frame was processed, joined into one frame."""
@@ -103,8 +144,8 @@ class Client:
         if collect:
             self._collect = []
             self._collect_size = 0
-            if self.closing is None or self.closing is not codes.SLOW:
-                self._send(collect[0] if len(collect) == 1 else b"\n".join(collect), None)
+            if self.closing is not codes.SLOW:
+                self._emit(self.codec.join(collect), None)
                 self.reply_sent = True
 
     def close(self, disconnect: Disconnect) -> None:
@@ -115,10 +156,10 @@ class Client:
             self.flush()
         self.closing = disconnect
         self._collect = None
-        METRICS.disconnects.labels_inc((str(disconnect.code),))
+        self.metrics.count(self.metrics.disconnects, str(disconnect.code))
         log.info("disconnect", extra={"client": self.client_id, "user": self.user,
                                       "code": disconnect.code, "reason": disconnect.reason})
-        self._close(disconnect)
+        self.transport.close(disconnect.code, disconnect.reason)
 
     def info(self, chan_info: bytes | None = None) -> ClientInfo:
         return ClientInfo(self.user, self.client_id, self.conn_info, chan_info)
@@ -144,9 +185,9 @@ class Client:
         """Process one inbound frame: every command in order, replies coalesced into one frame."""
         if self.closing is not None:
             return
-        METRICS.bytes_in.value += len(frame)
+        self.metrics.bytes_in += len(frame)
         try:
-            commands = decode_frame(frame)
+            commands = self.codec.decode_frame(frame)
         except FrameError as exc:
             log.info("bad frame: %s", exc, extra={"client": self.client_id, "user": self.user})
             self.close(codes.BAD_REQUEST)
@@ -164,8 +205,6 @@ class Client:
 
     async def _dispatch(self, cmd: Command) -> bool:
         """Run one command. Returns False when the rest of the frame must be skipped."""
-        from livegate.handlers import HANDLERS  # the table imports handler modules that import Client
-
         method = cmd.method
         if method == "":
             self.pong_deadline = 0.0  # a pong; an unsolicited one is harmless
@@ -177,25 +216,21 @@ class Client:
         elif method == "connect":
             self._bad_request("second connect")
             return False
-        request_type, handler = HANDLERS[method]
-        try:
-            request = request_type.model_validate(cmd.params)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or method
-            self._bad_request(f"{method}.{where}: {first['msg']}")
+        if cmd.request is None:
+            self._bad_request(cmd.problem)
             return False
+        handler = self.handlers[method]
         started = time.perf_counter()
         outcome = "error"
         try:
-            result = await handler(self, request)
+            result = await handler(self, cmd.request)
             outcome = "ok"
         except ClientError as err:
             if err.code == ErrInternal.code:
                 log.warning("command failed: %s", err.__cause__ or err.message,
                             extra={"client": self.client_id, "user": self.user, "method": method})
             if cmd.id:
-                self.write(encode_error(cmd.id, err))
+                self.write(self.codec.encode_error(cmd.id, err))
             # After a failed connect the client closes; the rest of its frame is not for us.
             return method != "connect"
         except DisconnectRequested as req:
@@ -204,19 +239,19 @@ class Client:
         except Exception:
             log.exception("command failed", extra={"client": self.client_id, "user": self.user, "method": method})
             if cmd.id:
-                self.write(encode_error(cmd.id, ErrInternal()))
+                self.write(self.codec.encode_error(cmd.id, ErrInternal()))
             return True
         finally:
-            elapsed = time.perf_counter() - started
-            METRICS.commands.labels_inc((method, outcome))
-            METRICS.command_duration.observe((method,), elapsed)
-        followup = None
+            metrics = self.metrics
+            metrics.count(metrics.commands, f"{method}|{outcome}")
+            metrics.command_duration.observe(method, time.perf_counter() - started)
+        followup: Followup | None = None
         if isinstance(result, tuple):
             result, followup = result
         if cmd.id and result is not None and self.closing is None:
-            self.write(encode_reply(cmd.id, method, result))
+            self.write(self.codec.encode_reply(cmd.id, method, result))
         if followup is not None:
-            pending = followup()
+            pending = followup.complete()
             if pending is not None:
                 await pending
         return True
@@ -228,7 +263,7 @@ class Client:
     # -- timers (driven by the server's sweep) ----------------------------------------
 
     def tick(self, now_mono: float, now_wall: float) -> None:
-        """Pings, pong deadline, stale and expired connections, expired subscriptions."""
+        """Pings, pong deadline, stale and expired connections."""
         if self.closing is not None:
             return
         cfg = self.node.config.client
@@ -250,7 +285,7 @@ class Client:
             self.next_ping_at = now_mono + cfg.ping_interval
             if not self.pong_deadline:
                 self.pong_deadline = now_mono + cfg.pong_timeout
-            self._send(PING, None)  # not held back behind a frame being processed
+            self._emit(self.codec.ping, None)  # not held back behind a frame being processed
 
     def recompute_sub_expiry(self) -> None:
         self.sub_expiry = min((sub.expire_at for sub in self.subs.values() if sub.expire_at), default=0.0)

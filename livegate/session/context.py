@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from livegate.channels.names import ResolvedChannel
+from livegate.node import Node
 from livegate.protocol.types import ClientInfo
-
-if TYPE_CHECKING:
-    from livegate.node import Node
 
 __all__ = ["Context", "Subscription"]
 

@@ -1,0 +1,107 @@
+"""The redis engine's Broker: publish (through the Redis function, atomically with history),
+join/leave, subscriptions and history reads, each routed to the channel's shard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from livegate.channels.broker import HistoryOptions, HistoryResult, PublishOptions, PublishResult
+from livegate.channels.redis.envelope import ENVELOPE_VERSION, EnvelopeError, decode_envelope, encode_presence_event
+from livegate.channels.redis.shard import UNAVAILABLE, Shard
+from livegate.errors import BrokerError, BrokerUnavailable
+from livegate.protocol.types import ClientInfo, Publication, StreamPosition
+
+__all__ = ["RedisBroker"]
+
+
+class RedisBroker:
+    def __init__(self, prefix: str, shard_for: Callable[[str], Shard]) -> None:
+        self.prefix = prefix
+        self.client_prefix = f"{prefix}.client.".encode()
+        self._shard_for = shard_for
+        #: The envelope version written (negotiated with the other nodes; see cluster.py).
+        self.write_version = 1
+
+    def _checked(self, channel: str) -> Shard:
+        shard = self._shard_for(channel)
+        shard.check()
+        return shard
+
+    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        shard = self._checked(channel)
+        options: dict[str, Any] = {
+            "prefix": self.prefix,
+            "trusted": True,  # orjson output: valid JSON on one line
+            "envelope": self.write_version,
+            "history_size": opts.history_size if opts.history_ttl > 0 else 0,
+            "history_ttl": opts.history_ttl,
+            "history_meta_ttl": opts.history_meta_ttl,
+        }
+        if opts.idempotency_key:
+            options["idempotency_key"] = opts.idempotency_key
+            options["idempotent_ttl"] = opts.idempotent_result_ttl
+        if opts.tags:
+            options["tags"] = opts.tags
+        info = opts.info.to_json() if opts.info is not None else b""
+        try:
+            reply = await shard.client.fcall("livegate_publish", 1, channel, data, orjson.dumps(options), info)
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from None
+        except RedisError as exc:
+            raise BrokerError(f"redis: {exc}") from None
+        offset, epoch = reply[0], reply[1]
+        return PublishResult(StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch),
+                             suppressed=len(reply) > 2)
+
+    async def _publish_event(self, channel: str, envelope: bytes) -> None:
+        shard = self._checked(channel)
+        try:
+            await shard.client.publish(self.client_prefix + channel.encode(), envelope)
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from None
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_event(channel, encode_presence_event("j", info, self.write_version))
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_event(channel, encode_presence_event("l", info, self.write_version))
+
+    async def subscribe(self, channel: str) -> None:
+        await self._shard_for(channel).subscribe(self.client_prefix + channel.encode())
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._shard_for(channel).unsubscribe(self.client_prefix + channel.encode())
+
+    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
+        shard = self._checked(channel)
+        since = "" if opts.since is None else str(opts.since.offset)
+        try:
+            reply = await shard.client.fcall(
+                "livegate_history", 1, channel, self.prefix, opts.limit, since,
+                "1" if opts.reverse else "0", f"{opts.meta_ttl:g}", ENVELOPE_VERSION)
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from None
+        except RedisError as exc:
+            raise BrokerError(f"redis: {exc}") from None
+        top, epoch, *envelopes = reply
+        position = StreamPosition(int(top), epoch.decode() if isinstance(epoch, bytes) else epoch)
+        pubs: list[Publication] = []
+        for raw in envelopes:
+            try:
+                kind, pub = decode_envelope(raw)
+            except EnvelopeError as exc:
+                raise BrokerError(f"redis: history of {channel!r}: {exc}") from None
+            if kind == "p":
+                pubs.append(pub)  # type: ignore[arg-type]
+        return HistoryResult(pubs, position)
+
+    async def remove_history(self, channel: str) -> None:
+        shard = self._checked(channel)
+        try:
+            await shard.client.delete(f"{self.prefix}.history.{{{channel}}}")
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from None

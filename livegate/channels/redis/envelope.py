@@ -1,0 +1,89 @@
+"""The envelope: how publications, joins and leaves travel between nodes over Redis pub/sub
+(and how publications sit in a channel's history stream). msgpack arrays:
+
+version 1 (no version field; what livegate wrote before envelopes were versioned)::
+
+    ["p", offset, epoch, data, info_json, tags_json, time_ms]
+    ["j", info_json]        ["l", info_json]
+
+version 2::
+
+    [2, "p", offset, epoch, data, info_json, tags_json, time_ms, ...]
+    [2, "j", info_json, ...]        [2, "l", info_json, ...]
+
+Rules that keep rolling upgrades safe: a reader of version N reads every version up to N and
+ignores fields appended after the ones it knows; it refuses (never guesses at) a newer
+version. Writers write the newest version every live node reads (negotiated by the cluster,
+see livegate/cluster.py), so an old and a new instance on one prefix understand each other.
+The Redis functions (livegate.lua) write publication envelopes in the version they are told.
+``decode_envelope`` is the only reader.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgpack
+import orjson
+
+from livegate.protocol.types import ClientInfo, Publication
+
+__all__ = ["ENVELOPE_VERSION", "EnvelopeError", "decode_envelope", "encode_presence_event", "Decoded"]
+
+#: The newest envelope version this build reads and writes.
+ENVELOPE_VERSION = 2
+
+Decoded = tuple[Literal["p"], Publication] | tuple[Literal["j", "l"], ClientInfo]
+
+
+class EnvelopeError(ValueError):
+    """Not an envelope this build can read (garbage, or a newer version)."""
+
+
+def _publication(fields: list[Any]) -> Publication:
+    offset, _epoch, data, info, tags, ms = fields[:6]
+    if type(offset) is not int or type(data) is not bytes or type(ms) is not int:
+        raise EnvelopeError("malformed publication envelope")
+    return Publication(data, offset, info or None, orjson.loads(tags) if tags else None, ms)
+
+
+def decode_envelope(raw: bytes) -> Decoded:
+    """Read any envelope version up to ENVELOPE_VERSION.
+
+    Raises:
+        EnvelopeError: the bytes are not an envelope, or one of a newer version.
+    """
+    try:
+        message = msgpack.unpackb(raw, raw=True, use_list=True)
+        if type(message) is not list or not message:
+            raise EnvelopeError("not an envelope")
+        head = message[0]
+        if type(head) is bytes:  # version 1: no version field
+            version, kind, fields = 1, head, message[1:]
+        elif type(head) is int:
+            if head > ENVELOPE_VERSION or head < 2:
+                raise EnvelopeError(f"envelope version {head} (this build reads up to {ENVELOPE_VERSION})")
+            if len(message) < 2 or type(message[1]) is not bytes:
+                raise EnvelopeError("envelope without a kind")
+            version, kind, fields = head, message[1], message[2:]
+        else:
+            raise EnvelopeError("not an envelope")
+        if kind == b"p":
+            if len(fields) < 6 or (version == 1 and len(fields) != 6):
+                raise EnvelopeError("malformed publication envelope")
+            return "p", _publication(fields)
+        if kind in (b"j", b"l") and fields and type(fields[0]) is bytes:
+            return ("j" if kind == b"j" else "l"), ClientInfo.from_json(fields[0])
+        raise EnvelopeError(f"unknown envelope kind {kind!r}")
+    except EnvelopeError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+            orjson.JSONDecodeError, AttributeError) as exc:
+        raise EnvelopeError(f"undecodable envelope: {exc}") from None
+
+
+def encode_presence_event(kind: Literal["j", "l"], info: ClientInfo, version: int) -> bytes:
+    """A join or leave envelope of ``version``."""
+    if version >= 2:
+        return msgpack.packb([2, kind, info.to_json()])
+    return msgpack.packb([kind, info.to_json()])

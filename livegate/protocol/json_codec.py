@@ -1,0 +1,206 @@
+"""The JSON codec of protocol v2.
+
+A frame holds one or more JSON objects joined by ``\\n``. Everything the server writes is
+compact JSON on one line, so messages join into one frame the same way. Payloads (``data``,
+``info``) are raw JSON bytes and are embedded as they are, never re-encoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from livegate.errors import ClientError
+from livegate.protocol.codec import Command, FrameError
+from livegate.protocol.commands import PAYLOAD_FIELD, REQUESTS
+from livegate.protocol.replies import (
+    ConnectResult,
+    EmptyResult,
+    HistoryResult,
+    PresenceResult,
+    PresenceStatsResult,
+    RefreshResult,
+    Result,
+    RPCResult,
+    SubscribeResult,
+)
+from livegate.protocol.types import ClientInfo, Publication
+
+__all__ = ["JsonCodec", "JSON", "publication_fields", "info_fields"]
+
+Fragment = orjson.Fragment
+_MAX_ID = (1 << 32) - 1
+_PONG = Command(0, "", None)
+
+
+def info_fields(info: ClientInfo) -> dict[str, Any]:
+    out: dict[str, Any] = {"user": info.user, "client": info.client}
+    if info.conn_info is not None:
+        out["conn_info"] = Fragment(info.conn_info)
+    if info.chan_info is not None:
+        out["chan_info"] = Fragment(info.chan_info)
+    return out
+
+
+def publication_fields(pub: Publication) -> dict[str, Any]:
+    out: dict[str, Any] = {"data": Fragment(pub.data)}
+    if pub.offset:
+        out["offset"] = pub.offset
+    info = pub.info
+    if info is not None:
+        # bytes: the wire form already (as another node stored it)
+        out["info"] = info_fields(info) if isinstance(info, ClientInfo) else Fragment(info)
+    if pub.tags:
+        out["tags"] = pub.tags
+    return out
+
+
+def _subscribe_fields(r: SubscribeResult, *, push: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if r.positioned:
+        out["positioned"] = True
+    if r.recoverable:
+        out["recoverable"] = True
+    if r.positioned:
+        out["epoch"] = r.epoch
+        out["offset"] = r.offset
+    if not push:
+        if r.recovered:
+            out["recovered"] = True
+            if r.publications:
+                out["publications"] = [publication_fields(p) for p in r.publications]
+        if r.was_recovering:
+            out["was_recovering"] = True
+    if r.expires:
+        out["expires"] = True
+        out["ttl"] = r.ttl
+    if r.data is not None:
+        out["data"] = Fragment(r.data)
+    return out
+
+
+def _result_fields(result: Result) -> dict[str, Any]:
+    if type(result) is EmptyResult:
+        return {}
+    if isinstance(result, SubscribeResult):
+        return _subscribe_fields(result)
+    if isinstance(result, ConnectResult):
+        out: dict[str, Any] = {"client": result.client, "version": result.version, "ping": result.ping,
+                               "pong": result.pong}
+        if result.expires:
+            out["expires"] = True
+            out["ttl"] = result.ttl
+        if result.data is not None:
+            out["data"] = Fragment(result.data)
+        if result.subs is not None:
+            out["subs"] = {ch: _subscribe_fields(r) for ch, r in result.subs.items()}
+        return out
+    if isinstance(result, HistoryResult):
+        return {"publications": [publication_fields(p) for p in result.publications],
+                "epoch": result.epoch, "offset": result.offset}
+    if isinstance(result, PresenceResult):
+        return {"presence": {cid: info_fields(info) for cid, info in result.presence.items()}}
+    if isinstance(result, PresenceStatsResult):
+        return {"num_clients": result.num_clients, "num_users": result.num_users}
+    if isinstance(result, RPCResult):
+        return {} if result.data is None else {"data": Fragment(result.data)}
+    if isinstance(result, RefreshResult):
+        return {"expires": True, "ttl": result.ttl} if result.expires else {}
+    raise TypeError(f"not a result: {result!r}")
+
+
+class JsonCodec:
+    """Protocol v2 as newline-delimited JSON in text frames."""
+
+    name = "json"
+    binary = False
+    ping = b"{}"
+
+    def decode_frame(self, frame: bytes | str) -> list[Command]:
+        """Raises FrameError when the frame is empty, a line is not a JSON object, a command
+        has no known method or more than one, or ``id`` is not a uint32. A command whose
+        params do not validate comes back with ``request=None`` and the problem."""
+        commands: list[Command] = []
+        lines = frame.split("\n" if isinstance(frame, str) else b"\n")  # type: ignore[arg-type]
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise FrameError(f"invalid JSON: {exc.msg}") from None
+            if not isinstance(obj, dict):
+                raise FrameError("a command must be a JSON object")
+            commands.append(_command(obj))
+        if not commands:
+            raise FrameError("empty frame")
+        return commands
+
+    def encode_reply(self, cid: int, method: str, result: Result) -> bytes:
+        return orjson.dumps({"id": cid, method: _result_fields(result)})
+
+    def encode_error(self, cid: int, err: ClientError) -> bytes:
+        body: dict[str, Any] = {"code": err.code, "message": err.message or "error"}
+        if err.temporary:
+            body["temporary"] = True
+        return orjson.dumps({"id": cid, "error": body})
+
+    def encode_publication(self, channel: str, pub: Publication) -> bytes:
+        return orjson.dumps({"push": {"channel": channel, "pub": publication_fields(pub)}})
+
+    def encode_join(self, channel: str, info: ClientInfo) -> bytes:
+        return orjson.dumps({"push": {"channel": channel, "join": {"info": info_fields(info)}}})
+
+    def encode_leave(self, channel: str, info: ClientInfo) -> bytes:
+        return orjson.dumps({"push": {"channel": channel, "leave": {"info": info_fields(info)}}})
+
+    def encode_unsubscribe(self, channel: str, code: int, reason: str) -> bytes:
+        return orjson.dumps({"push": {"channel": channel, "unsubscribe": {"code": code,
+                                                                          "reason": reason or "unsubscribed"}}})
+
+    def encode_subscribe(self, channel: str, result: SubscribeResult) -> bytes:
+        return orjson.dumps({"push": {"channel": channel, "subscribe": _subscribe_fields(result, push=True)}})
+
+    def join(self, messages: Sequence[bytes]) -> bytes:
+        return messages[0] if len(messages) == 1 else b"\n".join(messages)
+
+
+def _command(obj: dict[str, Any]) -> Command:
+    cid = obj.pop("id", 0)
+    if cid is None:
+        cid = 0
+    if type(cid) is not int or not 0 <= cid <= _MAX_ID:
+        raise FrameError("id must be an unsigned 32-bit integer")
+    methods = [key for key in obj if key in REQUESTS]
+    if not methods:
+        if not obj and cid == 0:
+            return _PONG
+        raise FrameError("command has no known method")
+    if len(methods) > 1:
+        raise FrameError("command has more than one method")
+    method = methods[0]
+    params = obj[method]
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise FrameError(f"{method}: request must be a JSON object")
+    if cid == 0 and method != "send":
+        raise FrameError(f"{method}: command needs an id")
+    request_type = REQUESTS[method]
+    if PAYLOAD_FIELD in request_type.model_fields:
+        payload = params.get(PAYLOAD_FIELD)
+        if payload is not None:
+            params[PAYLOAD_FIELD] = orjson.dumps(payload)  # opaque bytes from here on
+    try:
+        return Command(cid, method, request_type.model_validate(params))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or method
+        return Command(cid, method, None, f"{method}.{where}: {first['msg']}")
+
+
+#: The one JSON codec instance every JSON connection shares.
+JSON = JsonCodec()

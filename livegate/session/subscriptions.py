@@ -1,0 +1,244 @@
+"""Subscribing a session to a channel and removing it again.
+
+Three parts, so that each can be read and tested alone:
+
+* ``resolve_options``: which features a subscription gets (recovery, positioning, presence,
+  join/leave pushes) from the namespace options, the grant and the request. Pure.
+* ``decide_recovery``: whether the publications read from history recover the client's
+  position exactly. Pure.
+* ``InFlight``: a subscribe between the moment the hub starts buffering live publications for
+  it and the moment its reply is queued. ``complete()`` makes it live and sends what arrived
+  meanwhile and the reply did not already contain (nothing lost, nothing twice).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from livegate.channels.broker import HistoryOptions
+from livegate.channels.hub import JOIN_LEAVE
+from livegate.channels.names import ResolvedChannel
+from livegate.config import ChannelOptions
+from livegate.errors import BrokerError, ClientError, DisconnectRequested
+from livegate.node import PRESENCE_TTL
+from livegate.protocol.codes import ErrInternal, ErrPermissionDenied, ErrUnrecoverablePosition
+from livegate.protocol.commands import SubscribeRequest
+from livegate.protocol.replies import SubscribeResult
+from livegate.protocol.types import Publication, StreamPosition
+from livegate.session.access import allowed
+from livegate.session.context import Subscription
+from livegate.session.core import SessionCore
+
+__all__ = [
+    "Grant", "Features", "resolve_options", "decide_recovery", "InFlight", "subscribe_channel",
+    "remove_subscription", "FLAG_REJECT_UNRECOVERED",
+]
+
+#: subscribe ``flag`` bit: answer 112 instead of ``recovered: false``.
+FLAG_REJECT_UNRECOVERED = 2
+
+
+class Grant:
+    """What authorised a subscription, and what it brings along."""
+
+    __slots__ = ("chan_info", "data", "expire_at", "override")
+
+    def __init__(self, chan_info: bytes | None = None, data: bytes | None = None,
+                 expire_at: float = 0.0, override: dict[str, Any] | None = None) -> None:
+        self.chan_info = chan_info
+        self.data = data
+        self.expire_at = expire_at
+        self.override = override or {}
+
+    def forced(self, name: str, default: bool) -> bool:
+        """An ``override`` from a subscription token or the server API wins over the namespace."""
+        value = self.override.get(name)
+        if isinstance(value, dict) and isinstance(value.get("value"), bool):
+            return value["value"]
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    recoverable: bool
+    positioned: bool
+    presence: bool
+    join_leave: bool        # joins and leaves of this subscriber are published
+    push_join_leave: bool   # this subscriber receives join/leave pushes
+
+
+def resolve_options(opts: ChannelOptions, grant: Grant, req: SubscribeRequest, *,
+                    history_access: bool, presence_access: bool) -> Features:
+    """``history_access``/``presence_access``: the client may call history/presence on the channel."""
+    history = opts.history_enabled
+    recoverable = history and grant.forced("force_recovery", opts.force_recovery or (
+        req.recoverable and (opts.allow_recovery or history_access)))
+    positioned = history and (recoverable or grant.forced("force_positioning", opts.force_positioning or (
+        req.positioned and (opts.allow_positioning or history_access))))
+    join_leave = grant.forced("join_leave", opts.join_leave)
+    push_join_leave = grant.forced("force_push_join_leave", opts.force_push_join_leave) or (
+        join_leave and req.join_leave and (presence_access or opts.allow_presence_for_subscriber))
+    return Features(recoverable=recoverable, positioned=positioned, presence=grant.forced("presence", opts.presence),
+                    join_leave=join_leave, push_join_leave=push_join_leave)
+
+
+def decide_recovery(since: StreamPosition, top: StreamPosition, pubs: list[Publication], limit: int) -> bool:
+    """True when ``pubs`` are exactly the publications after ``since`` up to ``top``: same
+    epoch (or the client sent none), at most ``limit`` of them, consecutive, ending at the top."""
+    if since.epoch not in ("", top.epoch) or len(pubs) > limit:
+        return False
+    if not pubs:
+        return since.offset == top.offset
+    return pubs[-1].offset == top.offset and all(p.offset == since.offset + 1 + i for i, p in enumerate(pubs))
+
+
+class InFlight:
+    """A subscribe whose live publications wait in the hub until its reply is queued."""
+
+    __slots__ = ("session", "channel", "sub", "sent_up_to")
+
+    def __init__(self, session: SessionCore, channel: str, sub: Subscription) -> None:
+        self.session = session
+        self.channel = channel
+        self.sub = sub
+        self.sent_up_to = 0  # offsets at or below this are in the reply already
+
+    @property
+    def current(self) -> bool:
+        """Still the session's subscription of the channel (not removed or replaced meanwhile)."""
+        return self.session.subs.get(self.channel) is self.sub
+
+    def complete(self) -> Awaitable[None] | None:
+        """Make the subscription live and send what was buffered meanwhile; then announce it."""
+        session, channel, sub = self.session, self.channel, self.sub
+        # Identity first: the hub keys pending entries by session, so activating on behalf of a
+        # subscribe that was replaced meanwhile would make the newer one live too early.
+        if not self.current:
+            return self.abandon()
+        buffered = session.node.hub.activate(channel, session, sub.flags)  # type: ignore[arg-type]
+        if buffered is None:
+            return self.abandon()
+        sub.live = True
+        if sub.expire_at:
+            session.recompute_sub_expiry()
+        for offset, payload in buffered:
+            if offset == 0 or offset > self.sent_up_to:
+                session.write(payload)
+        if sub.presence or sub.join_leave:
+            return _announce(session, channel, sub)
+        return None
+
+    async def abandon(self) -> None:
+        """Forget this subscribe, unless a newer one for the channel replaced it."""
+        session, channel = self.session, self.channel
+        if self.current:
+            del session.subs[channel]
+        node = session.node
+        if session.subs.get(channel) is None and node.hub.unsubscribe(channel, session):  # type: ignore[arg-type]
+            try:
+                await node.broker.unsubscribe(channel)
+            except BrokerError:
+                pass
+
+
+async def subscribe_channel(
+    session: SessionCore, resolved: ResolvedChannel, req: SubscribeRequest, grant: Grant, *, server_side: bool = False,
+) -> tuple[SubscribeResult, InFlight]:
+    """Register the subscription, read the stream position (and recover), build the result.
+
+    Live publications that arrive meanwhile wait in the hub; ``InFlight.complete()``, run
+    right after the reply is queued, sends those the result did not already contain.
+    """
+    node = session.node
+    channel = resolved.name
+    features = resolve_options(resolved.options, grant, req, history_access=allowed(session, resolved, "history"),
+                               presence_access=allowed(session, resolved, "presence"))
+    sub = Subscription(
+        resolved=resolved, info=session.info(grant.chan_info), flags=JOIN_LEAVE if features.push_join_leave else 0,
+        recoverable=features.recoverable, positioned=features.positioned, presence=features.presence,
+        join_leave=features.join_leave, expire_at=grant.expire_at, server_side=server_side,
+    )
+    session.subs[channel] = sub
+    node.hub.subscribe(channel, session)  # type: ignore[arg-type]
+    flight = InFlight(session, channel, sub)
+    result = SubscribeResult(was_recovering=req.recover)  # echoed even when recovery is off (protocol.md 5.3)
+    try:
+        await node.broker.subscribe(channel)
+        if features.positioned:
+            flight.sent_up_to = await _position(session, resolved, req, features.recoverable, result)
+    except BaseException as exc:
+        await flight.abandon()  # only this subscribe: a newer one for the channel stays
+        if isinstance(exc, ClientError | DisconnectRequested):
+            raise
+        if isinstance(exc, BrokerError):
+            raise ErrInternal() from exc
+        raise
+    if grant.expire_at:
+        result.expires = True
+        result.ttl = max(1, int(grant.expire_at - time.time()))
+    result.data = grant.data
+    if not flight.current or session.closing is not None:
+        # Removed while we waited (server API unsubscribe, connection closed): no reply.
+        await flight.abandon()
+        if session.closing is not None:
+            raise DisconnectRequested(session.closing.code, session.closing.reason)
+        raise ErrPermissionDenied(message="subscription removed by the server")
+    return result, flight
+
+
+async def _position(session: SessionCore, resolved: ResolvedChannel, req: SubscribeRequest, recoverable: bool,
+                    result: SubscribeResult) -> int:
+    """Fill in the stream position, and the recovered publications when the client recovers.
+    Returns the top offset: the reply covers every publication up to it."""
+    node = session.node
+    limit = node.config.client.recovery_max_publication_limit
+    recovering = req.recover and recoverable
+    since = StreamPosition(req.offset, req.epoch)
+    hist = await node.history(resolved, HistoryOptions(
+        limit=limit + 1 if recovering else 0, since=since if recovering else None, meta_ttl=node.meta_ttl(resolved)))
+    top = hist.position
+    result.positioned = True
+    result.recoverable = recoverable
+    result.epoch = top.epoch
+    result.offset = top.offset
+    if not recovering:
+        return top.offset
+    if decide_recovery(since, top, hist.publications, limit):
+        result.recovered = True
+        result.offset = req.offset
+        result.publications = hist.publications
+    elif req.flag & FLAG_REJECT_UNRECOVERED:
+        raise ErrUnrecoverablePosition()
+    return top.offset
+
+
+async def _announce(session: SessionCore, channel: str, sub: Subscription) -> None:
+    node = session.node
+    try:
+        if sub.presence:
+            await node.presence.add_presence(channel, sub.info, PRESENCE_TTL)
+        if sub.join_leave:
+            await node.broker.publish_join(channel, sub.info)
+    except BrokerError:
+        pass  # presence is refreshed on the next sweep; a lost join is not fatal
+
+
+async def remove_subscription(session: SessionCore, channel: str) -> None:
+    """Forget the subscription locally and in the engine; announce the leave."""
+    sub = session.subs.pop(channel, None)
+    if sub is None:
+        return
+    node = session.node
+    last = node.hub.unsubscribe(channel, session)  # type: ignore[arg-type]
+    try:
+        if last:
+            await node.broker.unsubscribe(channel)
+        if sub.live and sub.presence:
+            await node.presence.remove_presence(channel, session.client_id, session.user)
+        if sub.live and sub.join_leave:
+            await node.broker.publish_leave(channel, sub.info)
+    except BrokerError:
+        pass  # presence entries expire on their own; the subscription is gone locally
