@@ -23,8 +23,16 @@ $(JS): tests/js/package.json
 run: venv
 	$(BIN)/livegate serve --config config.toml
 
+# The suite under coverage (the `livegate serve` processes it starts included); fails when a test
+# fails or when line coverage is under the floor (fail_under in pyproject.toml); prints the total.
 test: venv js
-	eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && rm -rf .tmp/coverage && mkdir -p .tmp/coverage && \
+	$(BIN)/python -m coverage run -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m coverage combine -q; \
+	$(BIN)/python -m coverage report > .tmp/coverage/report.txt; floor=$$?; \
+	echo "line coverage: $$($(BIN)/python -m coverage report --format=total --fail-under=0)% (per file: .tmp/coverage/report.txt)"; \
+	[ $$rc -eq 0 ] || exit $$rc; \
+	[ $$floor -eq 0 ] || { echo "line coverage is under the floor (fail_under in pyproject.toml)"; exit 1; }
 
 test-unit: venv
 	$(BIN)/python -m pytest -q tests/unit
@@ -34,6 +42,7 @@ bench: venv
 
 lint: venv
 	$(BIN)/ruff check livegate tests bench
+	$(BIN)/mypy livegate
 
 clean-services:
 	-test -f .tmp/redis.pid && kill $$(cat .tmp/redis.pid)

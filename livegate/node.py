@@ -34,6 +34,7 @@ from livegate.channels.hub import Hub
 from livegate.channels.memory import MemoryEngine
 from livegate.channels.names import ChannelRules, ResolvedChannel
 from livegate.channels.redis import RedisEngine
+from livegate.clock import SYSTEM_CLOCK, Clock
 from livegate.cluster import Cluster, Connection
 from livegate.config import Config
 from livegate.metrics import NodeMetrics
@@ -77,8 +78,10 @@ class PersistenceView(Protocol):
 
 
 class Node:
-    def __init__(self, config: Config, app: App | None = None, *, engine_factory: EngineFactory = make_engine) -> None:
+    def __init__(self, config: Config, app: App | None = None, *, engine_factory: EngineFactory = make_engine,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
+        self.clock = clock
         self.app = app or App()
         self.verifier = TokenVerifier(config.client.token)  # raises ConfigError naming a bad key
         self.rules = ChannelRules(config.channel)
@@ -202,6 +205,7 @@ class Node:
         return result
 
 
-def build_node(config: Config, app: App | None = None, *, engine_factory: EngineFactory = make_engine) -> Node:
+def build_node(config: Config, app: App | None = None, *, engine_factory: EngineFactory = make_engine,
+               clock: Clock = SYSTEM_CLOCK) -> Node:
     """A complete Node (not started: ``await node.start()``), without the transport layer."""
-    return Node(config, app, engine_factory=engine_factory)
+    return Node(config, app, engine_factory=engine_factory, clock=clock)

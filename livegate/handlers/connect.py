@@ -78,7 +78,7 @@ async def handle_connect(session: Session, req: ConnectRequest) -> tuple[Connect
     resolved = {channel: node.rules.resolve(channel) for channel in channels}
     if session.closing is not None:
         raise DisconnectRequested(session.closing.code, session.closing.reason)
-    now = time.monotonic()
+    now = node.clock.monotonic()
     expiry = expiry_result(expire_at)
     result = ConnectResult(client=session.client_id, version=node.version, ping=int(cfg.ping_interval), pong=True,
                            expires=expiry.expires, ttl=expiry.ttl, data=_json_or_none(data))

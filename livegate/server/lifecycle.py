@@ -8,7 +8,6 @@ import logging
 import os
 import random
 import signal
-import time
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from livegate.api.stream import ApiStreamConsumer
 from livegate.app import App
+from livegate.clock import SYSTEM_CLOCK, Clock
 from livegate.config import Config
 from livegate.errors import BrokerError
 from livegate.handlers import HANDLERS
@@ -44,9 +44,10 @@ def sweep_interval(config: Config) -> float:
 class Server:
     """One livegate instance: the WebSocket listener, the engine and the timers."""
 
-    def __init__(self, config: Config, app: App | None = None) -> None:
+    def __init__(self, config: Config, app: App | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
-        self.node = build_node(config, app)
+        self.node = build_node(config, app, clock=clock)
+        self.clock = clock
         self.clients: set[Session] = set()
         self.api_stream: ApiStreamConsumer | None = None
         self.persistence: Persistence | None = None
@@ -59,6 +60,8 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._next_presence = clock.monotonic() + PRESENCE_REFRESH
+        self._next_metrics = 0.0
 
     @property
     def port(self) -> int:
@@ -138,31 +141,35 @@ class Server:
         return self.metrics_files.collect(self.local_metrics())
 
     async def _sweep_forever(self) -> None:
-        next_presence = time.monotonic() + PRESENCE_REFRESH
-        next_metrics = 0.0
         interval = sweep_interval(self.config)
         while True:
             await asyncio.sleep(interval)
             try:
-                if self.metrics_files.mine is not None and time.monotonic() >= next_metrics:
-                    next_metrics = time.monotonic() + 1.0
-                    self.metrics_files.write(self.local_metrics())
-                now_mono, now_wall = time.monotonic(), time.time()
-                expired: list[tuple[Session, str]] = []
-                for client in list(self.clients):
-                    client.tick(now_mono, now_wall)
-                    if client.sub_expiry and client.closing is None:
-                        expired.extend((client, ch) for ch in client.expired_subscriptions(now_wall))
-                for client, channel in expired:
-                    await client.expire_subscription(channel)
-                if now_mono >= next_presence and (self._presence_task is None or self._presence_task.done()):
-                    # Its own task: Redis round trips never delay pings and deadlines.
-                    next_presence = now_mono + PRESENCE_REFRESH
-                    self._presence_task = asyncio.get_running_loop().create_task(self._refresh_presence())
+                await self.sweep()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("sweep failed")
+
+    async def sweep(self) -> None:
+        """One pass of the timers at ``self.clock``'s now: pings, pong deadlines, stale and
+        expired connections, expired subscriptions, the presence refresh and (with workers)
+        the metrics snapshot. The sweep loop calls it; tests call it with a moved clock."""
+        now_mono, now_wall = self.clock.monotonic(), self.clock.time()
+        if self.metrics_files.mine is not None and now_mono >= self._next_metrics:
+            self._next_metrics = now_mono + 1.0
+            self.metrics_files.write(self.local_metrics())
+        expired: list[tuple[Session, str]] = []
+        for client in list(self.clients):
+            client.tick(now_mono, now_wall)
+            if client.sub_expiry and client.closing is None:
+                expired.extend((client, ch) for ch in client.expired_subscriptions(now_wall))
+        for client, channel in expired:
+            await client.expire_subscription(channel)
+        if now_mono >= self._next_presence and (self._presence_task is None or self._presence_task.done()):
+            # Its own task: Redis round trips never delay pings and deadlines.
+            self._next_presence = now_mono + PRESENCE_REFRESH
+            self._presence_task = asyncio.get_running_loop().create_task(self._refresh_presence())
 
     async def _refresh_presence(self) -> None:
         """Refresh this node's presence entries, 32 at a time; an error skips one entry only."""

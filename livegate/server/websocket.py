@@ -53,23 +53,25 @@ WS_JSON = Wire("websocket/json", JSON, text_frame)
 class WebSocketTransport:
     """The session's Transport over one ``websockets`` server connection."""
 
-    __slots__ = ("ws", "wire", "remote", "_proto", "_transport", "_write_timeout")
+    __slots__ = ("ws", "wire", "buffered", "_proto", "_transport", "_write_timeout")
 
     def __init__(self, ws: ServerConnection, wire: Wire, write_timeout: float) -> None:
         self.ws = ws
         self.wire = wire
-        peer = ws.remote_address
-        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
         self._proto = ws.protocol
         self._transport = ws.transport
         self._write_timeout = write_timeout
+        #: Bytes written but not yet sent: the asyncio transport's own counter, called directly.
+        self.buffered: Callable[[], int] = ws.transport.get_write_buffer_size
+
+    @property
+    def remote(self) -> str:
+        peer = self.ws.remote_address
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
     def write(self, frame: bytes) -> None:
         if self._proto.state is _OPEN:
             self._transport.write(frame)
-
-    def buffered(self) -> int:
-        return self._transport.get_write_buffer_size()
 
     def close(self, code: int, reason: str) -> None:
         if self._proto.state is _OPEN:

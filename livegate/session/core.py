@@ -76,7 +76,7 @@ class SessionCore:
     __slots__ = (
         "node", "transport", "wire", "codec", "handlers", "metrics", "client_id", "user", "conn_info", "name",
         "version", "state", "subs", "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry",
-        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "__weakref__",
+        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "_buffered", "_write", "__weakref__",
     )
 
     def __init__(self, node: Node, transport: Transport, handlers: Mapping[str, Handler]) -> None:
@@ -93,7 +93,7 @@ class SessionCore:
         self.version = ""
         self.state = State.CONNECTING
         self.subs: dict[str, Subscription] = {}
-        self.created_at = time.monotonic()
+        self.created_at = node.clock.monotonic()
         self.expire_at = 0.0  # unix s; 0 = never
         self.next_ping_at = 0.0
         self.pong_deadline = 0.0
@@ -105,6 +105,9 @@ class SessionCore:
         self._collect_size = 0
         self._queue_max = node.config.client.queue_max_size
         self.closing: Disconnect | None = None
+        # Bound once: the output path runs per message and subscriber.
+        self._buffered = transport.buffered
+        self._write = transport.write
 
     # -- output ------------------------------------------------------------------------
 
@@ -125,18 +128,20 @@ class SessionCore:
             self._emit(payload, frame)
 
     def _overflows(self, extra: int) -> bool:
-        """The slow-consumer rule: what this connection holds may not exceed the queue bound."""
-        return self._collect_size + self.transport.buffered() + extra > self._queue_max
+        """The slow-consumer rule: what this connection holds (collected, plus buffered by the
+        transport, plus ``extra`` about to be written) may not exceed the queue bound."""
+        return self._collect_size + self._buffered() + extra > self._queue_max
 
     def _emit(self, payload: bytes, frame: bytes | None) -> None:
         """The only place bytes go to the transport."""
         if frame is None:
             frame = self.wire.frame(payload)
-        if self._overflows(len(frame)):
+        size = len(frame)
+        if self._collect_size + self._buffered() + size > self._queue_max:  # _overflows(size), inlined: hot path
             self.close(codes.SLOW)
             return
-        self.transport.write(frame)
-        self.metrics.bytes_out += len(frame)
+        self._write(frame)
+        self.metrics.bytes_out += size
 
     def flush(self) -> None:
         """Send what was collected while a frame was processed, joined into one frame."""

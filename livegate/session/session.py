@@ -6,7 +6,6 @@ when the connection ends."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from livegate.channels.names import ResolvedChannel
@@ -80,7 +79,7 @@ class Session(SessionCore):
         """The subscription token of ``channel`` expired and was not refreshed in time."""
         sub = self.subs.get(channel)
         grace = self.node.config.client.expired_close_delay
-        if sub is None or not sub.expire_at or time.time() <= sub.expire_at + grace:
+        if sub is None or not sub.expire_at or self.node.clock.time() <= sub.expire_at + grace:
             return  # refreshed or replaced while earlier expiries were being removed
         await remove_subscription(self, channel)
         self.write(self.codec.encode_unsubscribe(channel, codes.UNSUB_EXPIRED.code, codes.UNSUB_EXPIRED.reason))

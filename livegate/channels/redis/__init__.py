@@ -114,10 +114,9 @@ class RedisEngine:
             return
         self.broker.write_version = version
         # Backends' FCALLs write what the config hash says: keep it in step.
-        loop = asyncio.get_running_loop()
         for shard in self.shards:
             if shard.healthy:
-                task = loop.create_task(self._write_envelope_field(shard.client, version))
+                task = asyncio.get_running_loop().create_task(self._write_envelope_field(shard.client, version))
                 self._config_writes.add(task)
                 task.add_done_callback(self._config_writes.discard)
 
