@@ -45,8 +45,7 @@ lint: venv
 	$(BIN)/mypy livegate
 
 clean-services:
-	-test -f .tmp/redis.pid && kill $$(cat .tmp/redis.pid)
-	-test -f .tmp/redis2.pid && kill $$(cat .tmp/redis2.pid); rm -f .tmp/redis2.port
+	-for r in redis redis2; do test -f .tmp/$$r.pid && kill $$(cat .tmp/$$r.pid); rm -f .tmp/$$r.port; done; true
 	-for b in /usr/lib/postgresql/*/bin; do test -d .tmp/pgdata && runuser -u postgres -- $$b/pg_ctl -D .tmp/pgdata stop 2>/dev/null; done; true
 
 clean: clean-services

@@ -128,14 +128,10 @@ class TokenVerifier:
         self._jwks_refreshed = float("-inf")
         self._jwks = jwt.PyJWKClient(cfg.jwks_public_endpoint, cache_keys=True, lifespan=300, timeout=5) if cfg.jwks_public_endpoint else None
 
-    @property
-    def configured(self) -> bool:
-        return bool(self._keys) or self._jwks is not None
-
-    def _decode_hmac(self, token: str, header_b64: str, payload_b64: str, signature_b64: str, alg: str) -> dict[str, Any]:
+    def _decode_hmac(self, secret: bytes, header_b64: str, payload_b64: str, signature_b64: str,
+                     alg: str) -> dict[str, Any]:
         """HS256/384/512 without PyJWT's per-call key preparation: this is on every connect.
         Same checks as PyJWT: signature (constant time), exp, nbf, aud and iss when configured."""
-        secret = self._hmac_secret
         try:
             signature = _b64url(signature_b64)
             claims = orjson.loads(_b64url(payload_b64))
@@ -184,7 +180,8 @@ class TokenVerifier:
         return found.key
 
     async def _decode(self, token: str) -> dict[str, Any]:
-        if self._hmac_secret is not None and token.count(".") == 2:
+        secret = self._hmac_secret
+        if secret is not None and token.count(".") == 2:
             header_b64, payload_b64, signature_b64 = token.split(".")
             try:
                 header = orjson.loads(_b64url(header_b64))
@@ -194,13 +191,15 @@ class TokenVerifier:
             if alg in _HS_DIGEST:
                 if "crit" in header or header.get("b64") is False:
                     raise TokenInvalid("unsupported critical header extension")
-                return self._decode_hmac(token, header_b64, payload_b64, signature_b64, alg)
+                return self._decode_hmac(secret, header_b64, payload_b64, signature_b64, alg)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise TokenInvalid("malformed token") from None
         alg = header.get("alg")
-        key = self._keys.get(alg) if isinstance(alg, str) else None
+        if not isinstance(alg, str):
+            raise TokenInvalid(f"algorithm {alg!r} not allowed by the configured keys")
+        key = self._keys.get(alg)
         if key is None and self._jwks is not None and alg in _JWKS:
             key = await self._jwks_key(header.get("kid"))
         if key is None:
@@ -208,11 +207,11 @@ class TokenVerifier:
         cfg = self._cfg
         # iat is not checked (as Centrifugo): an issuer whose clock runs ahead must not make
         # every token look "not yet valid".
-        options = {"verify_aud": bool(cfg.audience), "verify_iss": bool(cfg.issuer), "verify_iat": False,
-                   "require": []}
         try:
             claims = jwt.decode(
-                token, key, algorithms=[alg], options=options,
+                token, key, algorithms=[alg],
+                options={"verify_aud": bool(cfg.audience), "verify_iss": bool(cfg.issuer), "verify_iat": False,
+                         "require": []},
                 audience=cfg.audience or None, issuer=cfg.issuer or None,
             )
         except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError):

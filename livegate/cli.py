@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from livegate.config import Config, load_config
@@ -54,7 +55,7 @@ def _import_app(spec: str) -> Any:
     return app
 
 
-def _run(coro_factory: Any) -> None:
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
     if os.environ.get("LIVEGATE_LOOP", "uvloop") == "uvloop":
         try:
             import uvloop

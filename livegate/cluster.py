@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import msgpack
@@ -75,6 +75,13 @@ class Identity(Protocol):
     started_at: float
 
 
+def _reads(info: dict[str, Any]) -> int:
+    """The newest envelope version a node announced it reads; 1 when it announced none (a
+    release before versioned envelopes) or something unreadable."""
+    value = info.get("envelope")
+    return value if type(value) is int and value >= 1 else 1
+
+
 class Cluster:
     def __init__(self, me: Identity, engine: Engine, hub: Hub[Connection], rules: ChannelRules, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -126,14 +133,18 @@ class Cluster:
         return [self.local_info(), *sorted(others, key=lambda i: i["name"])]
 
     def negotiate(self) -> int:
-        """The envelope version to write: the newest every live node reads, 1 until this node
-        has listened to a full heartbeat window (it may not have heard an old node yet)."""
+        """The envelope version to write: the newest every live node reads; 1 until this node
+        has listened to a full heartbeat window (it may not have heard an old node yet), and
+        again while the engine is unreachable and for a full window after (heartbeats were
+        lost meanwhile, so the nodes this one knows are not all there are)."""
         engine = self.engine
-        if self._clock() - self._listening_since < NODE_TTL:
+        now = self._clock()
+        if not engine.healthy:
+            self._listening_since = now
+        if now - self._listening_since < NODE_TTL:
             version = 1
         else:
-            readable = [int(info.get("envelope") or 1) for info in self._live_nodes().values()]
-            version = min([engine.envelope_version, *readable])
+            version = min([engine.envelope_version, *(_reads(info) for info in self._live_nodes().values())])
         if version != self.envelope_version:
             log.info("engine envelope version", extra={"version": version, "previous": self.envelope_version})
             self.envelope_version = version
@@ -142,8 +153,8 @@ class Cluster:
 
     async def _beat_forever(self) -> None:
         while True:
-            self.negotiate()
             try:
+                self.negotiate()
                 info = {**self.local_info(), "envelope": self.engine.envelope_version}
                 await self._send_remote({"t": "info", "info": info})
             except Exception as exc:  # engine down: the next beat will tell the others
@@ -162,7 +173,7 @@ class Cluster:
         await self._apply(message)
         await self._send_remote(message)
 
-    def _targets(self, user: str, client_id: str | None) -> list[Any]:
+    def _targets(self, user: str, client_id: str | None) -> list[Connection]:
         conns = self.hub.user_connections(user)
         return [c for c in conns if c.client_id == client_id] if client_id else conns
 
@@ -198,7 +209,12 @@ class Cluster:
                 return
             kind = m.get("t")
             if kind == "info":
-                self.nodes[m["from"]] = (self._clock() + NODE_TTL, m["info"])
+                info = m.get("info")
+                if not isinstance(info, dict) or not isinstance(m.get("from"), str):
+                    return
+                self.nodes[m["from"]] = (self._clock() + NODE_TTL, info)
+                if _reads(info) < self.envelope_version:
+                    self.negotiate()  # a node that reads less: write what it reads from now on
             elif kind == "survey":
                 self._spawn(self._answer(m))
             elif kind == "survey_reply":
@@ -218,7 +234,7 @@ class Cluster:
         except Exception:
             log.exception("control message failed", extra={"type": m.get("t")})
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -256,12 +256,6 @@ class Channel(_Section):
             seen.add(ns.name)
         return self
 
-    def namespace(self, name: str) -> ChannelOptions | None:
-        for ns in self.namespaces:
-            if ns.name == name:
-                return ns
-        return None
-
 
 class Config(_Section):
     http_server: HttpServer = Field(default_factory=HttpServer)

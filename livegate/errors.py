@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 __all__ = [
     "LivegateError",
     "ClientError",
@@ -40,18 +38,18 @@ class ClientError(LivegateError):
     their own codes (400-1999). Built-in errors are subclasses with class-level codes.
     """
 
-    code: ClassVar[int] = 100
-    message: ClassVar[str] = "internal server error"
-    temporary: ClassVar[bool] = False
+    code: int = 100
+    message: str = "internal server error"
+    temporary: bool = False
 
     def __init__(self, code: int | None = None, message: str | None = None, *, temporary: bool | None = None) -> None:
         # Instance attributes shadow the class defaults only when given.
         if code is not None:
-            self.code = code  # type: ignore[misc]
+            self.code = code
         if message is not None:
-            self.message = message  # type: ignore[misc]
+            self.message = message
         if temporary is not None:
-            self.temporary = temporary  # type: ignore[misc]
+            self.temporary = temporary
         super().__init__(f"{self.code}: {self.message}")
 
 
@@ -78,7 +76,6 @@ class ConfigError(LivegateError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key}: {problem}" if key else problem)
         self.key = key
-        self.problem = problem
 
 
 class TokenError(LivegateError):

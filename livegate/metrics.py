@@ -125,6 +125,13 @@ _GAUGES = (
 )
 
 
+def _bound(value: float) -> str:
+    """A bucket's ``le`` label as livegate has always written it: "+Inf", "1", "0.25"."""
+    if value == float("inf"):
+        return "+Inf"
+    return str(int(value)) if value == int(value) else repr(value)
+
+
 class NodeCollector(Collector):
     """Exports what ``snapshot()`` returns: a node's counters plus its gauges (and, with
     several workers, the other workers' snapshots added up)."""
@@ -149,7 +156,7 @@ class NodeCollector(Collector):
                 cumulative, buckets = 0.0, []
                 for bound, count in zip((*LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
                     cumulative += count
-                    buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+                    buckets.append((_bound(bound), cumulative))
                 hist.add_metric([label_value], buckets, row[-1])
             yield hist
         for key, name, help_text in _GAUGES:

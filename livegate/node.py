@@ -96,7 +96,7 @@ class Node:
         self.engine = engine_factory(config, self)
         self.broker: Broker = self.engine.broker
         self.presence: PresenceManager = self.engine.presence
-        self.cluster = Cluster(self, self.engine, self.hub, self.rules)
+        self.cluster = Cluster(self, self.engine, self.hub, self.rules, clock=clock.monotonic)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -113,10 +113,6 @@ class Node:
 
     def attach_persistence(self, persistence: PersistenceView) -> None:
         self.persistence = persistence
-
-    @property
-    def engine_healthy(self) -> bool:
-        return self.engine.healthy
 
     @property
     def ready(self) -> bool:

@@ -38,33 +38,32 @@ debian_install() {
 }
 free_port() { "${PYTHON:-.venv/bin/python}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-if ! redis_ok "$REDIS_URL"; then
-  if ! command -v redis-server >/dev/null; then debian_install redis-server || { say "no Redis at $REDIS_URL and no redis-server binary; install Redis or set REDIS_URL"; exit 1; }; fi
+# A throwaway redis-server under .tmp/ named $1 (kept across runs: reused while it answers);
+# prints its URL.
+throwaway_redis() {
+  local name=$1 port
+  if [ -f "$TMP/$name.port" ] && redis_ok "redis://127.0.0.1:$(cat "$TMP/$name.port")/0"; then
+    echo "redis://127.0.0.1:$(cat "$TMP/$name.port")/0"; return 0
+  fi
+  if ! command -v redis-server >/dev/null; then
+    debian_install redis-server || { say "no redis-server binary for $name; install Redis or set REDIS_URL / REDIS_URL_2"; return 1; }
+  fi
   port=$(free_port)
   redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-    --dir "$TMP" --pidfile "$TMP/redis.pid" --logfile "$TMP/redis.log" >&2
-  REDIS_URL="redis://127.0.0.1:$port/0"
-  for _ in $(seq 50); do redis_ok "$REDIS_URL" && break; sleep 0.1; done
-  redis_ok "$REDIS_URL" || { say "started redis-server but cannot reach it (see $TMP/redis.log)"; exit 1; }
-  say "started throwaway Redis at $REDIS_URL"
-fi
+    --dir "$TMP" --pidfile "$TMP/$name.pid" --logfile "$TMP/$name.log" >&2
+  for _ in $(seq 50); do redis_ok "redis://127.0.0.1:$port/0" && break; sleep 0.1; done
+  redis_ok "redis://127.0.0.1:$port/0" || { say "started redis-server but cannot reach it (see $TMP/$name.log)"; return 1; }
+  echo "$port" > "$TMP/$name.port"
+  say "started throwaway Redis ($name) at redis://127.0.0.1:$port/0"
+  echo "redis://127.0.0.1:$port/0"
+}
 
-# The second Redis (sharding tests): $REDIS_URL_2 when it answers, else ours under .tmp/ (kept
-# across runs: reused while it answers), started from the same local binary.
+if ! redis_ok "$REDIS_URL"; then
+  REDIS_URL=$(throwaway_redis redis) || exit 1
+fi
+# The second Redis, for the sharding tests: $REDIS_URL_2 when it answers, else a throwaway one.
 if [ -z "${REDIS_URL_2:-}" ] || ! redis_ok "$REDIS_URL_2"; then
-  if [ -f "$TMP/redis2.port" ] && redis_ok "redis://127.0.0.1:$(cat "$TMP/redis2.port")/0"; then
-    REDIS_URL_2="redis://127.0.0.1:$(cat "$TMP/redis2.port")/0"
-  else
-    if ! command -v redis-server >/dev/null; then debian_install redis-server || { say "no second Redis for the sharding tests and no redis-server binary; install Redis or set REDIS_URL_2"; exit 1; }; fi
-    port=$(free_port)
-    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-      --dir "$TMP" --pidfile "$TMP/redis2.pid" --logfile "$TMP/redis2.log" >&2
-    REDIS_URL_2="redis://127.0.0.1:$port/0"
-    for _ in $(seq 50); do redis_ok "$REDIS_URL_2" && break; sleep 0.1; done
-    redis_ok "$REDIS_URL_2" || { say "started a second redis-server but cannot reach it (see $TMP/redis2.log)"; exit 1; }
-    echo "$port" > "$TMP/redis2.port"
-    say "started a second throwaway Redis at $REDIS_URL_2 (sharding tests)"
-  fi
+  REDIS_URL_2=$(throwaway_redis redis2) || exit 1
 fi
 
 if ! pg_ok "$DATABASE_URL"; then

@@ -2,13 +2,32 @@
 
 Redis and PostgreSQL are real servers (``make test`` makes sure they run). A test that
 needs one and cannot reach it fails; it never skips.
+
+Time. Every timeout a test waits with, every sleep and every short duration in a test
+config is multiplied by the environment variable ``LIVEGATE_TEST_TIME_SCALE`` (a number > 0,
+default 1): on a loaded machine, ``LIVEGATE_TEST_TIME_SCALE=3 make test`` gives every timing
+test three times as long. Write them with ``scaled(seconds)`` (a float, for asyncio.timeout,
+wait_for and sleep) and ``dur(seconds)`` (a duration string such as "0.5s", for configs).
+The test helpers take their timeouts in test seconds and scale them themselves: RawPeer,
+``wait_until``, sdk.Events.wait, procs.wait_http and Instance.stop, the JS scripts' waits
+(test_js_sdk.py, tests/js/common.mjs) and the conformance Events.wait_for.
+
+Timers that a test only wants to fire (pings, pong deadlines, stale and expired connections,
+expired subscriptions) are driven without waiting at all: ``start_server(clock=FakeClock())``,
+then ``running.advance(seconds)`` moves the clock and runs one ``Server.sweep()``.
+
+That something did *not* happen is never checked by sleeping and looking: the test sends a
+marker that shares the ordering of what must not arrive (a publication on the same channel,
+a command on the same connection), waits for the marker, then looks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -21,8 +40,77 @@ from websockets.asyncio.client import ClientConnection
 
 from livegate.app import App
 from livegate.auth import make_hmac_token
+from livegate.clock import Clock
 from livegate.config import Config, parse_config
 from livegate.server.lifecycle import Server
+
+
+def _time_scale() -> float:
+    raw = os.environ.get("LIVEGATE_TEST_TIME_SCALE", "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise pytest.UsageError(f"LIVEGATE_TEST_TIME_SCALE must be a number > 0 (e.g. 1, 2.5), not {raw!r}")
+    return value
+
+
+#: How much longer than nominal every timing in the tests may take (LIVEGATE_TEST_TIME_SCALE).
+TIME_SCALE = _time_scale()
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` of test time in seconds of wall-clock time (times LIVEGATE_TEST_TIME_SCALE)."""
+    return seconds * TIME_SCALE
+
+
+def dur(seconds: float, *, minimum: float = 0.0) -> str:
+    """A config duration string for ``scaled(seconds)``, e.g. ``dur(0.5) == "0.5s"`` at scale 1;
+    never under ``minimum`` seconds (for settings with a lower bound, such as ping_interval)."""
+    value = max(scaled(seconds), minimum)
+    return f"{value:.6f}".rstrip("0").rstrip(".") + "s"
+
+
+def exp_in(seconds: float) -> int:
+    """A token ``exp`` claim (whole Unix seconds) at least ``scaled(seconds)`` and less than
+    ``scaled(seconds) + 1`` from now: ``token(user, exp=exp_in(1))`` stays valid for at least a
+    second, unlike ``ttl=1``, which may leave it a millisecond."""
+    return math.ceil(time.time() + scaled(seconds))
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 2.0, what: str = "condition") -> None:
+    """Poll ``condition()`` until it holds; fails after ``scaled(within)`` seconds."""
+    try:
+        async with asyncio.timeout(scaled(within)):
+            while not condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"{what} did not hold within {scaled(within):g}s") from None
+
+
+class FakeClock:
+    """A ``livegate.clock.Clock`` that starts at the real monotonic and wall-clock time and
+    only moves when a test calls ``advance``. The server's timers (its sweep) see this time;
+    token verification keeps using the real ``time.time()``."""
+
+    def __init__(self) -> None:
+        self._mono = time.monotonic()
+        self._wall = time.time()
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def time(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0, "time does not go back"
+        self._mono += seconds
+        self._wall += seconds
+
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -32,10 +120,10 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5
 
 #: The namespaces most tests use. "chat" is the demo namespace of config.toml.
 BASE_CONFIG: dict[str, Any] = {
-    "http_server": {"address": "127.0.0.1", "port": 0, "shutdown_drain": "0.2s"},
+    "http_server": {"address": "127.0.0.1", "port": 0, "shutdown_drain": dur(0.2)},
     "http_api": {"address": "127.0.0.1", "port": 0, "key": "test-api-key"},
     "client": {"token": {"hmac_secret_key": SECRET}, "ping_interval": "25s", "pong_timeout": "8s"},
-    "websocket": {"write_timeout": "0.5s"},
+    "websocket": {"write_timeout": dur(0.5)},
     "log": {"level": "warning"},
     "channel": {
         "without_namespace": {"allow_subscribe_for_client": True, "allow_publish_for_client": True},
@@ -82,23 +170,32 @@ class Running:
     server: Server
     url: str
     config: Config
+    clock: Clock | None = None  # the clock given to start_server, if any
 
     @property
     def node(self):  # noqa: ANN201
         return self.server.node
 
+    async def advance(self, seconds: float) -> None:
+        """Move the server's FakeClock ``seconds`` on and run one pass of its timers there."""
+        assert isinstance(self.clock, FakeClock), "start_server(clock=FakeClock()) to move time"
+        self.clock.advance(seconds)
+        await self.server.sweep()
+
 
 @pytest.fixture
 async def start_server() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    """Start real servers on free ports in this event loop; all stop at teardown."""
+    """Start real servers on free ports in this event loop; all stop at teardown. With
+    ``clock`` (e.g. a FakeClock) the server's timers run on that clock."""
     running: list[Server] = []
 
-    async def start(override: dict[str, Any] | None = None, app: App | None = None) -> Running:
+    async def start(override: dict[str, Any] | None = None, app: App | None = None, *,
+                    clock: Clock | None = None) -> Running:
         config = make_config(override)
-        server = Server(config, app)
+        server = Server(config, app) if clock is None else Server(config, app, clock=clock)
         await server.start()
         running.append(server)
-        return Running(server, f"ws://127.0.0.1:{server.port}{config.websocket.handler_prefix}", config)
+        return Running(server, f"ws://127.0.0.1:{server.port}{config.websocket.handler_prefix}", config, clock)
 
     yield start
     for server in running:
@@ -112,7 +209,8 @@ async def server(start_server: Callable[..., Awaitable[Running]]) -> Running:
 
 
 class RawPeer:
-    """A hand-driven WebSocket peer that speaks raw protocol frames."""
+    """A hand-driven WebSocket peer that speaks raw protocol frames. Its timeouts are in test
+    seconds (scaled here)."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
@@ -122,6 +220,8 @@ class RawPeer:
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> RawPeer:
+        kwargs.setdefault("open_timeout", scaled(10))
+        kwargs.setdefault("close_timeout", scaled(10))
         return cls(await websockets.connect(url, **kwargs))
 
     def next_id(self) -> int:
@@ -135,7 +235,7 @@ class RawPeer:
         await self.ws.send("\n".join(orjson.dumps(c).decode() for c in commands))
 
     async def recv_messages(self, timeout: float = 2.0) -> list[dict[str, Any]]:
-        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        frame = await asyncio.wait_for(self.ws.recv(), scaled(timeout))
         assert isinstance(frame, str), "server frames must be text"
         return [orjson.loads(line) for line in frame.split("\n")]
 
@@ -158,6 +258,12 @@ class RawPeer:
         await self.send({"id": cid, method: params})
         return await self.reply(cid, timeout)
 
+    async def sync(self) -> None:
+        """A marker: a command whose reply must come back on this connection. Once it did,
+        everything the server sent before it is in ``pushes`` (the connection's messages are
+        ordered), and the connection was not closed before it."""
+        assert await self.call("ping", {}) == {"id": self._next_id, "ping": {}}
+
     async def connect(self, user: str | None = "alice", **params: Any) -> dict[str, Any]:
         if user is not None and "token" not in params:
             params["token"] = token(user)
@@ -166,7 +272,7 @@ class RawPeer:
     async def closed(self, timeout: float = 3.0) -> tuple[int | None, str | None]:
         """Wait for the server to close; returns (code, reason)."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(scaled(timeout)):
                 while True:
                     await self.ws.recv()
         except websockets.ConnectionClosed:

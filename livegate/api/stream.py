@@ -49,8 +49,6 @@ class ApiStreamConsumer:
         self.stream = f"{prefix}.api.stream"
         self.dead = f"{prefix}.api.dead"
         self.consumer = node.uid
-        self.processed = 0
-        self.dead_lettered = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -128,7 +126,6 @@ class ApiStreamConsumer:
                 await self._dead(entry_id, fields, f"internal error: {exc}")
             return
         await self.client.xack(self.stream, GROUP, entry_id)
-        self.processed += 1
 
     async def _dead(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
         log.warning("api stream entry dead-lettered", extra={"entry": entry_id.decode(), "error": error})
@@ -137,4 +134,3 @@ class ApiStreamConsumer:
             pipe.xadd(self.dead, record, maxlen=DEAD_MAXLEN, approximate=True)
             pipe.xack(self.stream, GROUP, entry_id)
             await pipe.execute()
-        self.dead_lettered += 1

@@ -11,8 +11,8 @@ the same conformance suite (tests/conformance/).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
@@ -152,13 +152,25 @@ class Shard(Protocol):
 
 
 class Engine(Protocol):
-    name: str
-    broker: Broker
-    presence: PresenceManager
-    nodes: NodeChannel | None  # None: one process, nothing to tell other nodes
-    shards: Sequence[Shard]    # empty when the engine has no servers
-    #: The newest inter-node envelope version this build reads (announced to other nodes).
-    envelope_version: int
+    # Read-only members: an engine may hold its concrete broker, presence, ... types.
+    @property
+    def name(self) -> str: ...
+    @property
+    def broker(self) -> Broker: ...
+    @property
+    def presence(self) -> PresenceManager: ...
+    @property
+    def nodes(self) -> NodeChannel | None:
+        """None: one process, nothing to tell other nodes."""
+        ...
+    @property
+    def shards(self) -> Sequence[Shard]:
+        """Empty when the engine has no servers."""
+        ...
+    @property
+    def envelope_version(self) -> int:
+        """The newest inter-node envelope version this build reads (announced to other nodes)."""
+        ...
 
     @property
     def healthy(self) -> bool: ...

@@ -65,6 +65,10 @@ class _Encoded:
         return shared
 
 
+def _publication_encoder(channel: str, pub: Publication) -> Callable[[Codec], bytes]:
+    return lambda codec: codec.encode_publication(channel, pub)
+
+
 class Hub(Generic[S]):
     def __init__(self, metrics: NodeMetrics) -> None:
         self.metrics = metrics
@@ -144,7 +148,7 @@ class Hub(Generic[S]):
         """Remove a live or pending subscription. Returns True when no local subscriber is left."""
         removed = False
         for table in (self._subs, self._pending):
-            entries: dict[S, Any] | None = table.get(channel)  # type: ignore[assignment]
+            entries: dict[S, Any] | None = table.get(channel)
             if entries is not None and sub in entries:
                 del entries[sub]
                 removed = True
@@ -193,9 +197,45 @@ class Hub(Generic[S]):
 
     def _deliver_batch(self, batch: list[tuple[str, Publication]]) -> None:
         wire = self._only_wire
-        codec = wire.codec if wire is not None else None
-        # Per subscriber, the publications it gets; a publication is encoded at most once per codec.
-        encoded: list[Any] = []  # the payload (one Wire) or an _Encoded (several)
+        if wire is None:
+            self._deliver_batch_wires(batch)
+            return
+        codec = wire.codec
+        # One Wire: per subscriber, the payloads it gets, each encoded once.
+        per_sub: dict[S, list[bytes]] = {}
+        pushes = 0
+        for channel, pub in batch:
+            subs = self._subs.get(channel)
+            pending = self._pending.get(channel)
+            if not subs and not pending:
+                continue
+            payload = codec.encode_publication(channel, pub)
+            if pending:
+                for waiting in pending.values():
+                    waiting.append((pub.offset, payload))
+            if subs:
+                pushes += len(subs)
+                for sub in subs:
+                    queued = per_sub.get(sub)
+                    if queued is None:
+                        per_sub[sub] = [payload]
+                    else:
+                        queued.append(payload)
+        self.metrics.pushes += pushes
+        # Subscribers that got the same payloads (one, or several joined) share one frame.
+        frames: dict[Any, tuple[bytes, bytes]] = {}
+        for sub, payloads in per_sub.items():
+            key = id(payloads[0]) if len(payloads) == 1 else tuple(map(id, payloads))
+            shared = frames.get(key)
+            if shared is None:
+                joined = payloads[0] if len(payloads) == 1 else codec.join(payloads)
+                shared = frames[key] = (joined, wire.frame(joined))
+            sub.write(shared[0], shared[1])
+
+    def _deliver_batch_wires(self, batch: list[tuple[str, Publication]]) -> None:
+        """Several Wires in use: each publication encoded at most once per codec, each joined
+        payload framed once per Wire."""
+        encoded: list[_Encoded] = []
         per_sub: dict[S, list[int]] = {}
         pushes = 0
         for channel, pub in batch:
@@ -204,17 +244,11 @@ class Hub(Generic[S]):
             if not subs and not pending:
                 continue
             index = len(encoded)
-            if codec is not None:
-                item: Any = codec.encode_publication(channel, pub)
-                if pending:
-                    for waiting in pending.values():
-                        waiting.append((pub.offset, item))
-            else:
-                item = _Encoded(lambda c, channel=channel, pub=pub: c.encode_publication(channel, pub))
-                if pending:
-                    for waiting_sub, waiting in pending.items():
-                        waiting.append((pub.offset, item.payload(waiting_sub.wire.codec)))
+            item = _Encoded(_publication_encoder(channel, pub))
             encoded.append(item)
+            if pending:
+                for waiting_sub, waiting in pending.items():
+                    waiting.append((pub.offset, item.payload(waiting_sub.wire.codec)))
             if subs:
                 pushes += len(subs)
                 for sub in subs:
@@ -224,20 +258,13 @@ class Hub(Generic[S]):
                     else:
                         queued.append(index)
         self.metrics.pushes += pushes
-        if not per_sub:
-            return
-        # Subscribers that got the same publications over the same Wire share one frame.
         frames: dict[Any, tuple[bytes, bytes]] = {}
         for sub, indexes in per_sub.items():
-            sub_wire = wire if wire is not None else sub.wire
-            key = (sub_wire, indexes[0]) if len(indexes) == 1 else (sub_wire, *indexes)
+            sub_wire = sub.wire
+            key = (sub_wire, *indexes)
             shared = frames.get(key)
             if shared is None:
-                if wire is not None:
-                    payloads = [encoded[i] for i in indexes]
-                else:
-                    payloads = [encoded[i].payload(sub_wire.codec) for i in indexes]
-                joined = sub_wire.codec.join(payloads)
+                joined = sub_wire.codec.join([encoded[i].payload(sub_wire.codec) for i in indexes])
                 shared = frames[key] = (joined, sub_wire.frame(joined))
             sub.write(shared[0], shared[1])
 

@@ -15,7 +15,6 @@ __all__ = ["ChannelRules", "ResolvedChannel"]
 @dataclass(frozen=True, slots=True)
 class ResolvedChannel:
     name: str
-    namespace: str  # "" for channels without namespace
     options: ChannelOptions
     private: bool
     allowed_users: tuple[str, ...] | None  # users of a "#" channel, or None
@@ -61,4 +60,4 @@ class ChannelRules:
         if cfg.user_boundary and cfg.user_boundary in local:
             users = local.rsplit(cfg.user_boundary, 1)[1]
             allowed_users = tuple(u for u in users.split(cfg.user_separator) if u)
-        return ResolvedChannel(channel, ns_name, options, private, allowed_users)
+        return ResolvedChannel(channel, options, private, allowed_users)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
 from livegate.protocol import codes
 from livegate.protocol.codes import ErrBadRequest, ErrPermissionDenied, ErrTokenExpired

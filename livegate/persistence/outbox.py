@@ -42,7 +42,6 @@ class OutboxConsumer:
         self.node = node
         self.pool = pool
         self.dsn = dsn
-        self.schema = schema
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.connect_timeout = connect_timeout

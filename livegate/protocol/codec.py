@@ -4,7 +4,7 @@ transport's framing meet (a ``Wire``).
 A codec turns one inbound frame into typed commands and typed results and pushes into
 encoded messages; several messages join into one frame. Nothing here does I/O. The
 session, the handlers and the hub only ever talk to this protocol, so a second codec
-(Protobuf) is one new module plus an entry in ``CODECS``.
+(Protobuf) is one new module plus an entry in ``livegate.protocol.codecs.CODECS``.
 """
 
 from __future__ import annotations

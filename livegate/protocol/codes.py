@@ -88,10 +88,6 @@ class Disconnect:
     code: int
     reason: str
 
-    @property
-    def reconnect(self) -> bool:
-        return 3000 <= self.code < 3500 or 4000 <= self.code < 4500 or self.code >= 5000 or self.code < 3000
-
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
@@ -99,10 +95,6 @@ class Unsubscribe:
 
     code: int
     reason: str
-
-    @property
-    def resubscribe(self) -> bool:
-        return self.code >= 2500
 
 
 # Reconnect range.

@@ -124,7 +124,7 @@ class JsonCodec:
         has no known method or more than one, or ``id`` is not a uint32. A command whose
         params do not validate comes back with ``request=None`` and the problem."""
         commands: list[Command] = []
-        lines = frame.split("\n" if isinstance(frame, str) else b"\n")  # type: ignore[arg-type]
+        lines: list[str] | list[bytes] = frame.split("\n") if isinstance(frame, str) else frame.split(b"\n")
         for line in lines:
             if not line.strip():
                 continue

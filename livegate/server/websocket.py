@@ -14,7 +14,7 @@ import http
 import logging
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, NegotiationError
@@ -25,29 +25,43 @@ from websockets.typing import Subprotocol
 from livegate.node import Node
 from livegate.protocol import codes
 from livegate.protocol.codec import Wire
-from livegate.protocol.json_codec import JSON
+from livegate.protocol.codecs import CODECS, DEFAULT_CODEC
 from livegate.session import Handler, Session
 
-__all__ = ["WebSocketTransport", "WS_JSON", "text_frame", "origin_allowed", "select_subprotocol",
-           "make_process_request", "serve_connection"]
+__all__ = ["WebSocketTransport", "WIRES", "WS_JSON", "text_frame", "origin_allowed", "select_subprotocol",
+           "requested_format", "make_process_request", "serve_connection"]
 
 log = logging.getLogger("livegate.websocket")
 _OPEN = WsState.OPEN
 _CLOSED = WsState.CLOSED
 
 
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final text frame (RFC 6455 5.2) carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+def _framer(first_byte: int) -> Callable[[bytes], bytes]:
+    """Unmasked, final frames (RFC 6455 5.2) of one opcode: 0x81 text, 0x82 binary."""
+
+    def frame(payload: bytes) -> bytes:
+        n = len(payload)
+        if n < 126:
+            return bytes((first_byte, n)) + payload
+        if n < 65536:
+            return struct.pack("!BBH", first_byte, 126, n) + payload
+        return struct.pack("!BBQ", first_byte, 127, n) + payload
+
+    return frame
 
 
-#: JSON over WebSocket text frames.
-WS_JSON = Wire("websocket/json", JSON, text_frame)
+text_frame = _framer(0x81)
+
+#: One Wire per codec the server speaks: text frames, or binary frames for a binary codec.
+WIRES: dict[str, Wire] = {
+    name: Wire(f"websocket/{name}", codec, _framer(0x82) if codec.binary else text_frame)
+    for name, codec in CODECS.items()
+}
+WS_JSON = WIRES["json"]
+_SUBPROTOCOL = "centrifuge-"
+#: The formats the client protocol defines. Asking for one the server does not speak is refused;
+#: anything else is ignored and gets the default codec, as with Centrifugo.
+_KNOWN_FORMATS = frozenset({"json", "protobuf"})
 
 
 class WebSocketTransport:
@@ -69,9 +83,14 @@ class WebSocketTransport:
         peer = self.ws.remote_address
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
-    def write(self, frame: bytes) -> None:
+    def write(self, frame: bytes) -> bool:
         if self._proto.state is _OPEN:
             self._transport.write(frame)
+            return True
+        return False
+
+    def is_open(self) -> bool:
+        return self._proto.state is _OPEN
 
     def close(self, code: int, reason: str) -> None:
         if self._proto.state is _OPEN:
@@ -105,14 +124,35 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
 
 
 def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """JSON only: accept no subprotocol or centrifuge-json; refuse a protobuf-only client."""
-    if not offered:
-        return None
-    if "centrifuge-json" in offered:
-        return Subprotocol("centrifuge-json")
-    if "centrifuge-protobuf" in offered:
-        raise NegotiationError("this server speaks the JSON protocol only")
+    """The first ``centrifuge-<codec>`` the client offers that the server speaks; no subprotocol
+    when it offers none (the codec may come from the URL); a client that offers protocol
+    formats, none of which the server speaks, is refused (HTTP 400)."""
+    for sub in offered:
+        if sub.startswith(_SUBPROTOCOL) and sub[len(_SUBPROTOCOL):] in WIRES:
+            return sub
+    wanted = [sub for sub in offered if sub.startswith(_SUBPROTOCOL) and sub[len(_SUBPROTOCOL):] in _KNOWN_FORMATS]
+    if wanted:
+        raise NegotiationError(f"{', '.join(wanted)} not supported: this server speaks "
+                               f"{', '.join(_SUBPROTOCOL + name for name in WIRES)}")
     return None
+
+
+def requested_format(query: str) -> str | None:
+    """The codec a URL asks for (``?format=`` or Centrifugo's ``?cf_protocol=``), if any."""
+    params = parse_qs(query)
+    for key in ("format", "cf_protocol"):
+        if params.get(key):
+            return params[key][0]
+    return None
+
+
+def wire_for(ws: ServerConnection) -> Wire:
+    """The negotiated codec's Wire: the subprotocol, else the URL, else the default codec."""
+    sub = ws.subprotocol
+    if sub is not None and sub.startswith(_SUBPROTOCOL):
+        return WIRES[sub[len(_SUBPROTOCOL):]]
+    fmt = requested_format(ws.request.path.partition("?")[2]) if ws.request is not None else None
+    return WIRES.get(fmt or DEFAULT_CODEC.name, WIRES[DEFAULT_CODEC.name])
 
 
 def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Response | None]:
@@ -132,8 +172,10 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         if node.draining:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
-        if "format=protobuf" in query or "cf_protocol=protobuf" in query:
-            return connection.respond(http.HTTPStatus.BAD_REQUEST, "this server speaks the JSON protocol only\n")
+        fmt = requested_format(query)
+        if fmt in _KNOWN_FORMATS and fmt not in WIRES:
+            return connection.respond(http.HTTPStatus.BAD_REQUEST,
+                                      f"format {fmt!r} not supported: this server speaks {', '.join(WIRES)}\n")
         if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host"), origins):
             log.info("origin rejected", extra={"origin": request.headers.get("Origin")})
             return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
@@ -145,7 +187,7 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
 async def serve_connection(node: Node, ws: ServerConnection, handlers: Mapping[str, Handler],
                            registry: set[Session]) -> None:
     """The read loop of one connection: the only task a connection has."""
-    session = Session(node, WebSocketTransport(ws, WS_JSON, node.config.websocket.write_timeout), handlers)
+    session = Session(node, WebSocketTransport(ws, wire_for(ws), node.config.websocket.write_timeout), handlers)
     registry.add(session)
     try:
         async for message in ws:

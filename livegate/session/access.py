@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Literal, Protocol
 
 from livegate.channels.names import ResolvedChannel
+from livegate.node import Node
 from livegate.protocol.codes import ErrPermissionDenied
-from livegate.session.core import SessionCore
+from livegate.session.context import Subscription
 
-__all__ = ["require", "allowed"]
+__all__ = ["require", "allowed", "Caller"]
 
 Action = Literal["publish", "presence", "history"]
 
 
-def allowed(session: SessionCore, resolved: ResolvedChannel, action: Action) -> bool:
+class Caller(Protocol):
+    """What the rules look at: who is asking, what it is subscribed to, and the node's config."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def subs(self) -> Mapping[str, Subscription]: ...
+    @property
+    def node(self) -> Node: ...
+
+
+def allowed(session: Caller, resolved: ResolvedChannel, action: Action) -> bool:
     """``allow_<action>_for_client`` (anonymous users also need ``..._for_anonymous``), then
     ``allow_<action>_for_subscriber`` (must be subscribed), then ``client.insecure``."""
     opts = resolved.options
@@ -26,6 +39,6 @@ def allowed(session: SessionCore, resolved: ResolvedChannel, action: Action) -> 
     return session.node.config.client.insecure
 
 
-def require(session: SessionCore, resolved: ResolvedChannel, action: Action) -> None:
+def require(session: Caller, resolved: ResolvedChannel, action: Action) -> None:
     if not allowed(session, resolved, action):
         raise ErrPermissionDenied()

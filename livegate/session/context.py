@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 
-from livegate.channels.names import ResolvedChannel
 from livegate.node import Node
 from livegate.protocol.types import ClientInfo
 
@@ -35,7 +34,6 @@ class Context:
 class Subscription:
     """One channel a connection is subscribed to (or is subscribing to, while ``live`` is False)."""
 
-    resolved: ResolvedChannel
     info: ClientInfo                 # with chan_info: what join/leave and presence show
     flags: int = 0                   # hub flags (JOIN_LEAVE)
     recoverable: bool = False

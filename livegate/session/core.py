@@ -40,11 +40,19 @@ class Transport(Protocol):
 
     #: The codec and framing of this connection: shared by all connections of its kind.
     wire: Wire
-    #: Peer address for logs ("host:port").
-    remote: str
 
-    def write(self, frame: bytes) -> None:
-        """Send framed bytes (``wire.frame`` output); dropped once the transport is closing."""
+    @property
+    def remote(self) -> str:
+        """Peer address for logs ("host:port")."""
+        ...
+
+    def write(self, frame: bytes) -> bool:
+        """Send framed bytes (``wire.frame`` output). False when the transport is closing
+        (or closed) and dropped them."""
+        ...
+
+    def is_open(self) -> bool:
+        """Still taking frames (not closing or closed)."""
         ...
 
     def buffered(self) -> int:
@@ -138,10 +146,11 @@ class SessionCore:
             frame = self.wire.frame(payload)
         size = len(frame)
         if self._collect_size + self._buffered() + size > self._queue_max:  # _overflows(size), inlined: hot path
-            self.close(codes.SLOW)
+            if self.transport.is_open():  # a transport already closing is not a slow consumer
+                self.close(codes.SLOW)
             return
-        self._write(frame)
-        self.metrics.bytes_out += size
+        if self._write(frame):
+            self.metrics.bytes_out += size
 
     def flush(self) -> None:
         """Send what was collected while a frame was processed, joined into one frame."""
@@ -159,6 +168,8 @@ class SessionCore:
             return
         if disconnect is not codes.SLOW:
             self.flush()
+            if self.closing is not None:
+                return  # flushing found the connection over its queue bound: closed as slow
         self.closing = disconnect
         self._collect = None
         self.metrics.count(self.metrics.disconnects, str(disconnect.code))

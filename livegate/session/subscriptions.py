@@ -16,29 +16,41 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from livegate.channels.broker import HistoryOptions
 from livegate.channels.hub import JOIN_LEAVE
 from livegate.channels.names import ResolvedChannel
+from livegate.cluster import Connection
 from livegate.config import ChannelOptions
 from livegate.errors import BrokerError, ClientError, DisconnectRequested
-from livegate.node import PRESENCE_TTL
+from livegate.node import PRESENCE_TTL, Node
 from livegate.protocol.codes import ErrInternal, ErrPermissionDenied, ErrUnrecoverablePosition
 from livegate.protocol.commands import SubscribeRequest
 from livegate.protocol.replies import SubscribeResult
-from livegate.protocol.types import Publication, StreamPosition
+from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 from livegate.session.access import allowed
 from livegate.session.context import Subscription
-from livegate.session.core import SessionCore
 
 __all__ = [
     "Grant", "Features", "resolve_options", "decide_recovery", "InFlight", "subscribe_channel",
-    "remove_subscription", "FLAG_REJECT_UNRECOVERED",
+    "remove_subscription", "SubscribingSession", "FLAG_REJECT_UNRECOVERED",
 ]
 
 #: subscribe ``flag`` bit: answer 112 instead of ``recovered: false``.
 FLAG_REJECT_UNRECOVERED = 2
+
+
+class SubscribingSession(Connection, Protocol):
+    """What subscribing needs of a session: its subscription state and node, and being a
+    ``Connection`` that the node's hub holds. ``Session`` is one (``SessionCore`` alone is not:
+    the hub's connections also take the node's and the cluster's operations)."""
+
+    node: Node
+    subs: dict[str, Subscription]
+
+    def info(self, chan_info: bytes | None = None) -> ClientInfo: ...
+    def recompute_sub_expiry(self) -> None: ...
 
 
 class Grant:
@@ -100,7 +112,7 @@ class InFlight:
 
     __slots__ = ("session", "channel", "sub", "sent_up_to")
 
-    def __init__(self, session: SessionCore, channel: str, sub: Subscription) -> None:
+    def __init__(self, session: SubscribingSession, channel: str, sub: Subscription) -> None:
         self.session = session
         self.channel = channel
         self.sub = sub
@@ -118,7 +130,7 @@ class InFlight:
         # subscribe that was replaced meanwhile would make the newer one live too early.
         if not self.current:
             return self.abandon()
-        buffered = session.node.hub.activate(channel, session, sub.flags)  # type: ignore[arg-type]
+        buffered = session.node.hub.activate(channel, session, sub.flags)
         if buffered is None:
             return self.abandon()
         sub.live = True
@@ -137,7 +149,7 @@ class InFlight:
         if self.current:
             del session.subs[channel]
         node = session.node
-        if session.subs.get(channel) is None and node.hub.unsubscribe(channel, session):  # type: ignore[arg-type]
+        if session.subs.get(channel) is None and node.hub.unsubscribe(channel, session):
             try:
                 await node.broker.unsubscribe(channel)
             except BrokerError:
@@ -145,7 +157,8 @@ class InFlight:
 
 
 async def subscribe_channel(
-    session: SessionCore, resolved: ResolvedChannel, req: SubscribeRequest, grant: Grant, *, server_side: bool = False,
+    session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest, grant: Grant, *,
+    server_side: bool = False,
 ) -> tuple[SubscribeResult, InFlight]:
     """Register the subscription, read the stream position (and recover), build the result.
 
@@ -157,12 +170,12 @@ async def subscribe_channel(
     features = resolve_options(resolved.options, grant, req, history_access=allowed(session, resolved, "history"),
                                presence_access=allowed(session, resolved, "presence"))
     sub = Subscription(
-        resolved=resolved, info=session.info(grant.chan_info), flags=JOIN_LEAVE if features.push_join_leave else 0,
+        info=session.info(grant.chan_info), flags=JOIN_LEAVE if features.push_join_leave else 0,
         recoverable=features.recoverable, positioned=features.positioned, presence=features.presence,
         join_leave=features.join_leave, expire_at=grant.expire_at, server_side=server_side,
     )
     session.subs[channel] = sub
-    node.hub.subscribe(channel, session)  # type: ignore[arg-type]
+    node.hub.subscribe(channel, session)
     flight = InFlight(session, channel, sub)
     result = SubscribeResult(was_recovering=req.recover)  # echoed even when recovery is off (protocol.md 5.3)
     try:
@@ -189,8 +202,8 @@ async def subscribe_channel(
     return result, flight
 
 
-async def _position(session: SessionCore, resolved: ResolvedChannel, req: SubscribeRequest, recoverable: bool,
-                    result: SubscribeResult) -> int:
+async def _position(session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest,
+                    recoverable: bool, result: SubscribeResult) -> int:
     """Fill in the stream position, and the recovered publications when the client recovers.
     Returns the top offset: the reply covers every publication up to it."""
     node = session.node
@@ -215,7 +228,7 @@ async def _position(session: SessionCore, resolved: ResolvedChannel, req: Subscr
     return top.offset
 
 
-async def _announce(session: SessionCore, channel: str, sub: Subscription) -> None:
+async def _announce(session: SubscribingSession, channel: str, sub: Subscription) -> None:
     node = session.node
     try:
         if sub.presence:
@@ -226,13 +239,13 @@ async def _announce(session: SessionCore, channel: str, sub: Subscription) -> No
         pass  # presence is refreshed on the next sweep; a lost join is not fatal
 
 
-async def remove_subscription(session: SessionCore, channel: str) -> None:
+async def remove_subscription(session: SubscribingSession, channel: str) -> None:
     """Forget the subscription locally and in the engine; announce the leave."""
     sub = session.subs.pop(channel, None)
     if sub is None:
         return
     node = session.node
-    last = node.hub.unsubscribe(channel, session)  # type: ignore[arg-type]
+    last = node.hub.unsubscribe(channel, session)
     try:
         if last:
             await node.broker.unsubscribe(channel)

@@ -10,7 +10,12 @@ skips (STYLE.md habit 3).
 
 Time: the memory engine runs on a ``FakeClock`` that the tests advance, so TTL tests do not
 sleep; any other engine runs on ``RealClock`` (``advance`` sleeps), which is why the suite
-uses TTLs of a fraction of a second.
+uses TTLs of a fraction of a second, and why they and the advances are ``scaled``
+(LIVEGATE_TEST_TIME_SCALE, tests/conftest.py).
+
+That an engine did *not* deliver something is checked with a marker: a publication made
+afterwards on the same channel (delivery is ordered per channel); once it arrived, anything
+unwanted would have arrived before it.
 
 This directory is a package (``__init__.py``) on purpose: pytest imports a conftest.py that
 is not in a package under the module name ``conftest``, which would shadow tests/conftest.py
@@ -97,15 +102,14 @@ class Events:
         return [p for c, p in self.pubs if c == channel]
 
     async def wait_for(self, condition: Callable[[], bool], within: float = 3.0) -> None:
-        """Until ``condition()`` holds (engines may deliver asynchronously)."""
-        async with asyncio.timeout(within):
+        """Until ``condition()`` holds (engines may deliver asynchronously); ``within`` is in
+        test seconds (scaled)."""
+        from conftest import scaled  # tests/conftest.py
+
+        async with asyncio.timeout(scaled(within)):
             while not condition():
                 self.changed.clear()
                 await self.changed.wait()
-
-    async def settle(self, seconds: float = 0.05) -> None:
-        """Give an asynchronous engine time to deliver anything (still) in flight."""
-        await asyncio.sleep(seconds)
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ import uuid
 
 import orjson
 import pytest
+from conftest import scaled  # tests/conftest.py (this directory's conftest is conformance.conftest)
 
 from livegate.channels.broker import HistoryOptions, PresenceStats, PublishOptions
 from livegate.protocol.json_codec import JSON
@@ -34,6 +35,15 @@ async def history(engine, channel: str, **kw):
 
 def offs(result) -> list[int]:
     return [p.offset for p in result.publications]
+
+
+async def through_marker(engine, channel: str, opts: PublishOptions = NO_HIST) -> bytes:
+    """Publish a marker on ``channel`` and wait until it is delivered: whatever the engine
+    delivers on ``channel`` for what was published before is in ``engine.events`` by then."""
+    marker = b'"marker-%s"' % uuid.uuid4().hex[:8].encode()
+    await engine.broker.publish(channel, marker, opts)
+    await engine.events.wait_for(lambda: any(p.data == marker for p in engine.events.of(channel)))
+    return marker
 
 
 def wire(pub: Publication) -> dict:
@@ -112,15 +122,15 @@ async def test_history_size_trimming(engine):
 
 async def test_history_ttl_trimming(engine):
     ch = chan()
-    opts = PublishOptions(history_size=10, history_ttl=0.4)
+    opts = PublishOptions(history_size=10, history_ttl=scaled(0.4))
     await publish_n(engine, ch, 2, opts)
-    await engine.clock.advance(0.25)
+    await engine.clock.advance(scaled(0.25))
     last = (await publish_n(engine, ch, 1, opts, start=3))[0]
-    await engine.clock.advance(0.25)                   # first two are 0.5 s old, the third 0.25 s
+    await engine.clock.advance(scaled(0.25))           # first two are 0.5 s old, the third 0.25 s
     res = await history(engine, ch, limit=-1)
     assert offs(res) == [3]
     assert res.position == last                         # trimming never moves the position
-    await engine.clock.advance(0.25)
+    await engine.clock.advance(scaled(0.25))
     res = await history(engine, ch, limit=-1)
     assert res.publications == [] and res.position == last
     assert (await engine.broker.publish(ch, b"4", opts)).position == StreamPosition(4, last.epoch)
@@ -225,10 +235,9 @@ async def test_idempotency_key_suppresses_repeats(engine):
     assert again.suppressed is True and again.position == first.position
     other = await engine.broker.publish(ch, b"2", PublishOptions(history_size=10, history_ttl=60, idempotency_key="k2"))
     assert other.position.offset == 2 and not other.suppressed
-    await engine.events.wait_for(lambda: len(engine.events.of(ch)) == 2)
-    await engine.events.settle()
-    assert [p.data for p in engine.events.of(ch)] == [b"1", b"2"]
     assert [p.data for p in (await history(engine, ch, limit=-1)).publications] == [b"1", b"2"]
+    marker = await through_marker(engine, ch, HIST)
+    assert [p.data for p in engine.events.of(ch)] == [b"1", b"2", marker]
 
 
 async def test_idempotency_key_is_per_channel(engine):
@@ -240,9 +249,9 @@ async def test_idempotency_key_is_per_channel(engine):
 
 async def test_idempotency_key_expires(engine):
     ch = chan()
-    opts = PublishOptions(history_size=10, history_ttl=60, idempotency_key="k", idempotent_result_ttl=0.3)
+    opts = PublishOptions(history_size=10, history_ttl=60, idempotency_key="k", idempotent_result_ttl=scaled(0.3))
     await engine.broker.publish(ch, b"1", opts)
-    await engine.clock.advance(0.5)
+    await engine.clock.advance(scaled(0.5))
     later = await engine.broker.publish(ch, b"1", opts)
     assert later.suppressed is False and later.position.offset == 2
 
@@ -253,9 +262,8 @@ async def test_idempotency_without_history(engine):
     opts = PublishOptions(idempotency_key="k")
     assert (await engine.broker.publish(ch, b"1", opts)).suppressed is False
     assert (await engine.broker.publish(ch, b"1", opts)).suppressed is True
-    await engine.events.wait_for(lambda: engine.events.of(ch))
-    await engine.events.settle()
-    assert len(engine.events.of(ch)) == 1
+    marker = await through_marker(engine, ch)
+    assert [p.data for p in engine.events.of(ch)] == [b"1", marker]
 
 
 # -- remove_history and meta TTL ---------------------------------------------------------
@@ -279,9 +287,9 @@ async def test_remove_history_of_unknown_channel(engine):
 
 async def test_meta_ttl_expiry_gives_a_new_epoch(engine):
     ch = chan()
-    opts = PublishOptions(history_size=10, history_ttl=0.3, history_meta_ttl=0.6)
+    opts = PublishOptions(history_size=10, history_ttl=scaled(0.3), history_meta_ttl=scaled(0.6))
     old = (await publish_n(engine, ch, 2, opts))[-1]
-    await engine.clock.advance(0.9)
+    await engine.clock.advance(scaled(0.9))
     res = await history(engine, ch, limit=-1)
     assert res.publications == []
     assert res.position.epoch != old.epoch and res.position.offset == 0
@@ -291,11 +299,11 @@ async def test_meta_ttl_expiry_gives_a_new_epoch(engine):
 
 async def test_publishing_refreshes_the_meta_ttl(engine):
     ch = chan()
-    opts = PublishOptions(history_size=10, history_ttl=5, history_meta_ttl=0.6)
+    opts = PublishOptions(history_size=10, history_ttl=scaled(5), history_meta_ttl=scaled(0.6))
     first = (await engine.broker.publish(ch, b"1", opts)).position
-    await engine.clock.advance(0.4)
+    await engine.clock.advance(scaled(0.4))
     await engine.broker.publish(ch, b"2", opts)
-    await engine.clock.advance(0.4)                    # 0.8 s after the first publish, 0.4 s after the last
+    await engine.clock.advance(scaled(0.4))            # 0.8 s after the first publish, 0.4 s after the last
     res = await history(engine, ch, limit=-1)
     assert res.position == StreamPosition(2, first.epoch)
     assert offs(res) == [1, 2]
@@ -303,18 +311,18 @@ async def test_publishing_refreshes_the_meta_ttl(engine):
 
 async def test_history_with_meta_ttl_refreshes_the_position(engine):
     ch = chan()
-    first = (await engine.broker.publish(ch, b"1", PublishOptions(history_size=10, history_ttl=5,
-                                                                 history_meta_ttl=0.6))).position
-    await engine.clock.advance(0.4)
-    assert (await history(engine, ch, meta_ttl=0.6)).position == first
-    await engine.clock.advance(0.4)
+    first = (await engine.broker.publish(ch, b"1", PublishOptions(history_size=10, history_ttl=scaled(5),
+                                                                 history_meta_ttl=scaled(0.6)))).position
+    await engine.clock.advance(scaled(0.4))
+    assert (await history(engine, ch, meta_ttl=scaled(0.6))).position == first
+    await engine.clock.advance(scaled(0.4))
     assert (await history(engine, ch)).position == first
 
 
 async def test_no_meta_ttl_keeps_the_position(engine):
     ch = chan()
-    first = (await engine.broker.publish(ch, b"1", PublishOptions(history_size=10, history_ttl=0.2))).position
-    await engine.clock.advance(0.5)
+    first = (await engine.broker.publish(ch, b"1", PublishOptions(history_size=10, history_ttl=scaled(0.2)))).position
+    await engine.clock.advance(scaled(0.5))
     res = await history(engine, ch, limit=-1)
     assert res.publications == [] and res.position == first
 
@@ -400,14 +408,14 @@ async def test_presence_refresh_replaces_the_entry(engine):
 
 async def test_presence_expiry_and_refresh(engine):
     ch = chan()
-    await engine.presence.add_presence(ch, ClientInfo("alice", "c1"), 0.4)
-    await engine.presence.add_presence(ch, ClientInfo("bob", "c2"), 0.4)
-    await engine.clock.advance(0.25)
-    await engine.presence.add_presence(ch, ClientInfo("bob", "c2"), 0.4)   # bob refreshes
-    await engine.clock.advance(0.25)
+    await engine.presence.add_presence(ch, ClientInfo("alice", "c1"), scaled(0.4))
+    await engine.presence.add_presence(ch, ClientInfo("bob", "c2"), scaled(0.4))
+    await engine.clock.advance(scaled(0.25))
+    await engine.presence.add_presence(ch, ClientInfo("bob", "c2"), scaled(0.4))   # bob refreshes
+    await engine.clock.advance(scaled(0.25))
     assert set(await engine.presence.presence(ch)) == {"c2"}
     assert await engine.presence.presence_stats(ch) == PresenceStats(1, 1)
-    await engine.clock.advance(0.25)
+    await engine.clock.advance(scaled(0.25))
     assert await engine.presence.presence(ch) == {}
     assert await engine.presence.presence_stats(ch) == PresenceStats(0, 0)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import BASE_CONFIG, merge
+from conftest import BASE_CONFIG, merge, scaled
 
 
 def free_port() -> int:
@@ -70,13 +70,15 @@ class Instance:
         return self.log_path.read_text(errors="replace")
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Signal the process and wait for its exit code (``timeout`` in test seconds, scaled)."""
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        return await asyncio.wait_for(self.proc.wait(), scaled(timeout))
 
 
 async def wait_http(port: int, path: str = "/health", timeout: float = 10.0, expect: int = 200) -> None:
-    async with asyncio.timeout(timeout):
+    """Until GET ``path`` answers ``expect`` (``timeout`` in test seconds, scaled)."""
+    async with asyncio.timeout(scaled(timeout)):
         while True:
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)

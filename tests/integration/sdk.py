@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from centrifuge import Client, ClientEventHandler, SubscriptionEventHandler
+from conftest import scaled
 
 
 class Events:
@@ -23,7 +24,8 @@ class Events:
         return [ctx for n, ctx in self.log if n == name]
 
     async def wait(self, name: str, count: int = 1, timeout: float = 5.0) -> list[Any]:
-        async with asyncio.timeout(timeout):
+        """Until ``count`` events ``name`` came; ``timeout`` is in test seconds (scaled)."""
+        async with asyncio.timeout(scaled(timeout)):
             while len(self.of(name)) < count:
                 self._changed.clear()
                 await self._changed.wait()
@@ -50,6 +52,9 @@ RecordingSubHandler = _recorder(SubscriptionEventHandler, [
 
 def sdk_client(url: str, token: str = "", **kwargs: Any) -> tuple[Client, Events]:
     events = Events()
+    # The SDK's own request timeout and its wait for server pings, scaled like the tests' waits.
+    kwargs.setdefault("timeout", scaled(5.0))
+    kwargs.setdefault("max_server_ping_delay", scaled(10.0))
     client = Client(url, events=RecordingClientHandler(events), token=token, **kwargs)
     return client, events
 

@@ -8,12 +8,16 @@ tells the script to go on with a JSON line on its stdin.
 
 The subprocess is driven with asyncio only: the server runs in this loop and must keep
 serving while the test waits for Node.
+
+Waits here are in test seconds (``scaled``); the scripts get LIVEGATE_TEST_TIME_SCALE in
+their environment and scale their own timeouts the same way (tests/js/common.mjs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET, Running, token
+from conftest import SECRET, TIME_SCALE, FakeClock, Running, exp_in, scaled, token, wait_until
 
 import livegate
 from livegate.auth import make_hmac_token
@@ -49,6 +53,7 @@ class NodeScript:
         proc = await asyncio.create_subprocess_exec(
             NODE, str(JS_DIR / script), json.dumps(params), cwd=str(JS_DIR),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "LIVEGATE_TEST_TIME_SCALE": repr(TIME_SCALE)},
         )
         return cls(script, proc)
 
@@ -84,17 +89,20 @@ class NodeScript:
         return True
 
     async def _settle(self) -> None:
+        """Let the process exit (killed if it does not) and its stderr be read."""
         try:
-            await asyncio.wait_for(self.proc.wait(), 3)
+            await asyncio.wait_for(self.proc.wait(), scaled(3))
         except TimeoutError:
             self.kill()
         try:
-            await asyncio.wait_for(asyncio.shield(self._stderr), 3)
+            await asyncio.wait_for(asyncio.shield(self._stderr), scaled(3))
         except TimeoutError:
             pass
 
     async def wait_for(self, ev: str, within: float = 6.0, **match: Any) -> dict[str, Any]:
-        """The next not yet consumed event ``ev`` whose fields equal ``match``."""
+        """The next not yet consumed event ``ev`` whose fields equal ``match`` (``within``
+        test seconds, scaled)."""
+        within = scaled(within)
         deadline = time.monotonic() + within
         i = 0
         while True:
@@ -118,7 +126,9 @@ class NodeScript:
         await self.proc.stdin.drain()
 
     async def finish(self, within: float = 10.0) -> list[dict[str, Any]]:
-        """Wait for the script to end successfully; returns all its events."""
+        """Wait for the script to end successfully; returns all its events (``within`` test
+        seconds, scaled)."""
+        within = scaled(within)
         deadline = time.monotonic() + within
         try:
             while await self._read_event(deadline):
@@ -221,13 +231,19 @@ async def test_server_side_publication_reaches_js_subscriber(start_server, js):
     first = await running.node.publish("chat:x", b'{"a":1}')
     await running.node.publish("news", b'[1,"two",null]')
     third = await running.node.publish("chat:x", b'"text"', tags={"kind": "note"})
-    for _ in range(3):
-        await script.wait_for("publication")
+    # Markers: once they arrived, anything else for these channels (a duplicate) would have too.
+    await running.node.publish("chat:x", b'"marker"')
+    await running.node.publish("news", b'"marker"')
+    await script.wait_for("publication", channel="chat:x", data="marker")
+    await script.wait_for("publication", channel="news", data="marker")
     await script.send(cmd="exit")
     await script.finish()
 
     assert (first.position.offset, third.position.offset) == (1, 2)
-    pubs = [{k: e[k] for k in ("channel", "data", "offset", "info", "tags")} for e in script.of("publication")]
+    pubs = [{k: e[k] for k in ("channel", "data", "offset", "info", "tags")} for e in script.of("publication")
+            if e["data"] != "marker"]
+    for channel in ("chat:x", "news"):  # each channel's marker came last
+        assert [e["data"] for e in script.of("publication", channel=channel)][-1] == "marker"
     assert pubs == [
         {"channel": "chat:x", "data": {"a": 1}, "offset": 1, "info": None, "tags": None},
         # "news" has no namespace and no history: no offset.
@@ -395,7 +411,7 @@ async def test_recovery_after_force_reconnect(start_server, js):
     running = await start_server()
     node = running.node
     script = await js("listen.mjs", url=running.url, token=token("carol"), channels=["chat:r"],
-                      clientOptions={"minReconnectDelay": 500, "maxReconnectDelay": 800})
+                      clientOptions={"minReconnectDelay": round(scaled(500)), "maxReconnectDelay": round(scaled(800))})
     await script.wait_for("ready")
     for n in range(1, 4):
         await node.publish("chat:r", json.dumps({"n": n}).encode())
@@ -405,11 +421,7 @@ async def test_recovery_after_force_reconnect(start_server, js):
     [conn] = node.hub.connections()
     first_id = conn.client_id
     conn.close(codes.FORCE_RECONNECT)
-    for _ in range(200):  # released within 2 s
-        if not node.hub.connections():
-            break
-        await asyncio.sleep(0.01)
-    assert node.hub.connections() == [], "the closed connection was not released"
+    await wait_until(lambda: not node.hub.connections(), within=2, what="the closed connection's release")
     # The client is away now (its reconnect backoff is at least 500 ms).
     for n in range(4, 8):
         await node.publish("chat:r", json.dumps({"n": n}).encode())
@@ -474,28 +486,34 @@ async def test_join_and_leave_between_two_clients(start_server, js):
 
 
 async def test_connection_token_refresh_keeps_connection(start_server, js):
-    # Pings every second on top: the connection also lives only if the SDK's pongs are taken
-    # (otherwise 3012 "no pong" within 2 s).
-    running = await start_server({"client": {"expired_close_delay": "1s", "ping_interval": "1s",
-                                              "pong_timeout": "800ms"}})
-    started = time.time()
+    # The server's timers run on a FakeClock (ping 25 s, pong 8 s, expired_close_delay 25 s),
+    # moved by the test; the SDK's refresh timer and the token checks run on real time.
+    clock = FakeClock()
+    running = await start_server(clock=clock)
+    first_exp = exp_in(1)  # the connect reply says: expires in a second or two
     script = await js("refresh.mjs", url=running.url, channel="chat:t",
-                      token=token("dave", ttl=3), freshToken=token("dave", ttl=3600))
+                      token=token("dave", exp=first_exp), freshToken=token("dave", ttl=3600))
     ready = await script.wait_for("ready")
     [conn] = running.node.hub.connections()
     assert conn.client_id == ready["client"]
-    assert conn.expire_at <= started + 3
-    # Without a refresh the server closes at expiry + 1 s (about 4 s from now): wait past it.
-    await asyncio.sleep(max(0.0, started + 5.2 - time.time()))
+    assert conn.expire_at == first_exp
+    await script.wait_for("get_token")
+    await wait_until(lambda: conn.expire_at > time.time() + 3000, what="the server taking the refreshed token")
+    # Pings on top: the connection also lives only if the SDK's pongs are taken (a sweep past
+    # the pong deadline of an unanswered ping closes with 3012 "no pong").
+    for _ in range(3):
+        await running.advance(25)  # a ping is due
+        await wait_until(lambda: conn.pong_deadline == 0.0, what="the SDK's pong")
+    # The first token expired and its grace is over: without the refresh the sweeps would have closed it.
+    assert clock.time() > first_exp + running.config.client.expired_close_delay
     assert [c.client_id for c in running.node.hub.connections()] == [ready["client"]]
-    assert conn.expire_at > time.time() + 3000, "the server did not take the refreshed token"
     await script.send(cmd="publish")
     await script.finish()
 
     [got] = script.of("get_token")
-    assert 1000 <= got["atMs"] <= 3500, got  # asked when the connect reply's ttl ran out
+    assert 1000 <= got["atMs"] <= scaled(3.5) * 1000, got  # asked when the connect reply's ttl ran out
     own = only(script.of("own_publication"))
-    assert own["state"] == "connected" and own["atMs"] >= 4000
+    assert own["state"] == "connected"
     assert (own["offset"], own["info"]["client"]) == (1, ready["client"])
     assert [e["code"] for e in script.of("connecting")] == [0]
     assert len(script.of("connected")) == 1

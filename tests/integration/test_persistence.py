@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 import pytest
 from centrifuge import StreamPosition
-from conftest import DATABASE_URL, REDIS_URL, token, unique_prefix
+from conftest import DATABASE_URL, REDIS_URL, dur, scaled, token, unique_prefix
 from procs import Balancer, free_port
 from sdk import sdk_client, sdk_subscription
 
@@ -95,7 +95,7 @@ async def test_archive_writes_idempotently(schema, db, start_server):
         await running.node.publish("ar:room", orjson.dumps({"n": n}), tags={"t": "1"})
     await running.node.publish("chat:not-archived", b'{"x":1}')
     archive = running.server.persistence.archive
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while archive.written < 12:
             await asyncio.sleep(0.02)
     rows = await db.fetch(f'SELECT channel, "offset", data, tags FROM {schema}.publications ORDER BY "offset"')
@@ -104,7 +104,7 @@ async def test_archive_writes_idempotently(schema, db, start_server):
     # the same (channel, epoch, offset) again is ignored, not an error
     epoch = (await db.fetchrow(f"SELECT epoch FROM {schema}.publications LIMIT 1"))["epoch"]
     archive.add("ar:room", epoch, 3, b'{"dup":true}', None, None)
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while archive.buffer:
             await asyncio.sleep(0.02)
     assert await db.fetchval(f"SELECT count(*) FROM {schema}.publications") == 12
@@ -132,7 +132,7 @@ async def test_recovery_reaches_into_the_archive(schema, start_server, engine):
     for n in range(3, 23):
         await running.node.publish("ar:long", orjson.dumps({"n": n}))
     archive = running.server.persistence.archive
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while archive.written < 23:
             await asyncio.sleep(0.02)
     engine_only = await running.node.broker.history("ar:long", HistoryOptions(limit=100, since=Position(3, "")))
@@ -178,11 +178,19 @@ async def test_outbox_with_two_instances(schema, db, start_server):
     for p, events in enumerate(subs):
         pubs = await events.wait("publication", 50, timeout=15)
         assert [x.pub.data["seq"] for x in pubs] == list(range(50)), f"partition {p} out of order or duplicated"
-    await asyncio.sleep(0.3)
-    assert all(len(e.of("publication")) == 50 for e in subs)  # none twice
-    assert await db.fetchval(f"SELECT count(*) FROM {schema}.outbox") == 0
+    # None twice: a row executed again would come before a row written after them all, in
+    # its partition (executed in order) and on its channel (delivered in order).
+    for p in range(4):
+        await db.execute(f"INSERT INTO {schema}.outbox (method, payload, partition) VALUES ($1, $2, $3)",
+                         "publish", orjson.dumps({"channel": f"chat:part{p}", "data": {"seq": "marker"}}).decode(), p)
+    for p, events in enumerate(subs):
+        pubs = await events.wait("publication", 51, timeout=15)
+        assert [x.pub.data["seq"] for x in pubs] == [*range(50), "marker"], f"partition {p} duplicated"
+    async with asyncio.timeout(scaled(5)):  # the batch's transaction (and its DELETE) commits after the publish
+        while await db.fetchval(f"SELECT count(*) FROM {schema}.outbox") != 0:
+            await asyncio.sleep(0.02)
     executed = [a.server.persistence.outbox.executed, b.server.persistence.outbox.executed]
-    assert sum(executed) == 200
+    assert sum(executed) == 204
     await client.disconnect()
 
 
@@ -202,7 +210,7 @@ async def test_outbox_dead_letters_invalid_rows(schema, db, start_server):
                      '{"channel": "chat:dl", "data": {"ok": true}}')
     (pub,) = await events.wait("publication", timeout=10)
     assert pub.pub.data == {"ok": True}
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while await db.fetchval(f"SELECT count(*) FROM {schema}.outbox_dead") < 4:
             await asyncio.sleep(0.05)
     errors = [r["error"] for r in await db.fetch(f"SELECT error FROM {schema}.outbox_dead ORDER BY id")]
@@ -219,8 +227,8 @@ async def test_postgres_unreachable_fan_out_unaffected_archive_bounded(schema, s
     proxy = Balancer([target.port or 5432])
     await proxy.start()
     dsn = DATABASE_URL.replace(f"{target.hostname}:{target.port or 5432}", f"127.0.0.1:{proxy.port}")
-    running = await start_server(persistence_config(schema, dsn=dsn, archive_buffer_size=30, command_timeout="1s",
-                                                    connect_timeout="1s"))
+    running = await start_server(persistence_config(schema, dsn=dsn, archive_buffer_size=30, command_timeout=dur(1),
+                                                    connect_timeout=dur(1)))
     client, _ = sdk_client(running.url, token("alice"))
     sub, events = sdk_subscription(client, "ar:down")
     await client.connect()
@@ -232,7 +240,7 @@ async def test_postgres_unreachable_fan_out_unaffected_archive_bounded(schema, s
         await running.node.publish("ar:down", orjson.dumps({"n": n}))
     pubs = await events.wait("publication", 60, timeout=5)  # fan-out does not wait for PostgreSQL
     assert [p.pub.data["n"] for p in pubs] == list(range(60))
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while archive.healthy:
             await asyncio.sleep(0.05)
     assert len(archive.buffer) <= 30 and archive.dropped >= 30
@@ -242,7 +250,7 @@ async def test_postgres_unreachable_fan_out_unaffected_archive_bounded(schema, s
     assert f"livegate_archive_dropped_total {archive.dropped}" in metrics
     assert "livegate_postgres_up 0" in metrics
     await proxy.start()
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(scaled(15)):
         while archive.buffer or not archive.healthy:
             await asyncio.sleep(0.05)
     assert archive.written >= 30
@@ -285,7 +293,7 @@ async def test_a_hole_in_the_archive_is_not_recovered_over(schema, db, start_ser
     for n in range(20):
         await running.node.publish("ar:hole", orjson.dumps({"n": n}))
     archive = running.server.persistence.archive
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while archive.written < 20:
             await asyncio.sleep(0.02)
     await db.execute(f'DELETE FROM {schema}.publications WHERE "offset" = 5')

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 
 import pytest
 from centrifuge import ClientState, SubscriptionState
 from centrifuge.exceptions import ReplyError
-from conftest import token
+from conftest import FakeClock, dur, exp_in, token, wait_until
 from sdk import sdk_subscription
 
 from livegate import App, ClientError
@@ -117,28 +117,38 @@ async def test_rpc_routed_to_app_handlers(start_server, clients):
 
 
 async def test_token_refresh_keeps_the_connection(start_server, clients):
-    running = await start_server({"client": {"expired_close_delay": "0.5s"}})
+    # The server's timers run on a FakeClock (expired_close_delay 25 s); the SDK's refresh timer
+    # and the token checks run on real time.
+    clock = FakeClock()
+    running = await start_server(clock=clock)
     refreshed = []
 
     async def get_token():
         refreshed.append(1)
         return token("alice", ttl=3600)
 
-    client, events = clients(running.url, token("alice", ttl=2), get_token=get_token)
+    first_exp = exp_in(0.5)  # the connect reply says: expires in 1 s
+    client, events = clients(running.url, token("alice", exp=first_exp), get_token=get_token)
     await client.connect()
-    await asyncio.sleep(3.5)
-    assert refreshed, "the SDK was told the connection expires and must have refreshed"
+    await wait_until(lambda: refreshed, within=4, what="the SDK's refresh")
+    (conn,) = running.node.hub.connections()
+    await wait_until(lambda: conn.expire_at > time.time() + 3000, what="the server taking the refreshed token")
+    # Well past the first token's expiry and its grace: the sweep keeps the connection.
+    await running.advance(first_exp - clock.time() + 60)
+    await client.publish("plain", {"still": "here"})  # a round trip: the connection was not closed before it
     assert client.state == ClientState.CONNECTED
     assert events.of("disconnected") == [] and len(events.of("connected")) == 1
-    (conn,) = running.node.hub.connections()
-    assert conn.expire_at > 3000
+    assert running.node.hub.connections() == [conn]
 
 
 async def test_connection_without_refresh_is_closed_as_expired(start_server, peer_factory):
-    running = await start_server({"client": {"expired_close_delay": "0.3s"}})
+    # The real clock and the server's sweep loop (test_timers.py drives the same on a FakeClock).
+    # A short pong timeout only to make the sweep loop run often (a quarter of it).
+    running = await start_server({"client": {"expired_close_delay": dur(0.3), "pong_timeout": dur(0.2)}})
     peer = await peer_factory(running.url)
-    reply = await peer.connect(token=token("alice", ttl=1))
-    assert reply["connect"]["expires"] is True and reply["connect"]["ttl"] == 1
+    started, exp = time.time(), exp_in(0.5)
+    reply = await peer.connect(token=token("alice", exp=exp))
+    assert reply["connect"]["expires"] is True and 1 <= reply["connect"]["ttl"] <= max(1, exp - started)
     code, reason = await peer.closed(timeout=4)
     assert (code, reason) == (3005, "connection expired")
 
@@ -164,8 +174,10 @@ async def test_recovery_after_forced_reconnect(server, clients):
     pubs = await events.wait("publication", 7)
     assert [p.pub.data["n"] for p in pubs] == list(range(7))
     assert [p.pub.offset for p in pubs] == list(range(1, 8))
-    await asyncio.sleep(0.2)
-    assert len(events.of("publication")) == 7  # nothing duplicated
+    # Nothing duplicated: a duplicate would come before a publication made after them all.
+    await server.node.publish("chat:rec", b'{"n":"marker"}')
+    pubs = await events.wait("publication", 8)
+    assert [p.pub.data["n"] for p in pubs] == [*range(7), "marker"]
 
 
 async def test_recovery_fails_when_history_was_trimmed(start_server, clients):
@@ -187,8 +199,10 @@ async def test_recovery_fails_when_history_was_trimmed(start_server, clients):
     again = (await events.wait("subscribed", 2))[1]
     assert again.was_recovering and not again.recovered
     assert again.stream_position.offset == 5
-    await asyncio.sleep(0.2)
-    assert len(events.of("publication")) == 1  # no partial recovery is delivered
+    # No partial recovery is delivered: it would come before a publication made after it.
+    await running.node.publish("small:x", b'{"n":"marker"}')
+    pubs = await events.wait("publication", 2)
+    assert [(p.pub.data["n"], p.pub.offset) for p in pubs] == [(0, 1), ("marker", 6)]
 
 
 async def test_permission_denied_unsubscribes_the_sdk_subscription(server, clients):

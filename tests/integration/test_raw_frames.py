@@ -132,6 +132,7 @@ async def test_failed_connect_skips_the_rest_of_the_frame(server, peer_factory):
     assert messages == [{"id": 1, "error": {"code": 109, "message": "token expired"}}]
     await peer.send({"id": 3, "connect": {"token": token("alice")}})
     assert "connect" in await peer.reply(3)
+    assert peer.pushes == []  # no reply to the skipped subscribe came before this one, in a frame of its own
 
 
 async def test_bad_token_closes_with_invalid_token(server, peer_factory):

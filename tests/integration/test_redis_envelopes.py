@@ -11,7 +11,7 @@ import msgpack
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REDIS_URL, make_config, unique_prefix
+from conftest import REDIS_URL, make_config, scaled, unique_prefix
 from legacy import old_reader
 
 from livegate.channels.broker import HistoryOptions, PublishOptions
@@ -46,7 +46,7 @@ class Events:
         pass
 
     async def wait_for(self, n: int) -> None:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(scaled(5)):
             while len(self.pubs) < n:
                 self.changed.clear()
                 await self.changed.wait()
@@ -82,7 +82,7 @@ async def raw_messages(client: aioredis.Redis, channel: str, n: int, publish: as
     await pubsub.get_message(timeout=1)  # the subscribe confirmation
     publish.set_result(None)
     out = []
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while len(out) < n:
             msg = await pubsub.get_message(timeout=1, ignore_subscribe_messages=True)
             if msg is not None:
@@ -125,10 +125,17 @@ async def test_backend_fcall_follows_the_recorded_version(prefix, redis_client):
 
         assert await stored_head() == "p"  # nothing negotiated yet: version 1
         engine.use_envelope_version(2)
-        await asyncio.sleep(0.05)  # the config field is written in the background
-        assert await redis_client.hget(f"{prefix}.config", "envelope") == b"2"
+        async with asyncio.timeout(scaled(5)):  # the config field is written in the background
+            while await redis_client.hget(f"{prefix}.config", "envelope") != b"2":
+                await asyncio.sleep(0.01)
         assert await stored_head() == 2
-        # An instance of the previous release rewrites the config hash without the field: safe again.
+        # An instance of the previous release publishes with its own options (trusted, no
+        # envelope): version 1, whatever the config says, since it reads nothing else.
+        old_opts = orjson.dumps({"prefix": prefix, "trusted": True, "history_size": 10, "history_ttl": 60})
+        await redis_client.fcall("livegate_publish", 1, "be", b"2", old_opts)
+        (_, fields), = await redis_client.xrevrange(f"{prefix}.history.{{be}}", count=1)
+        assert old_reader(fields[b"p"])[1].data == b"2"
+        # It also rewrites the config hash without the field at its start: version 1 again.
         await redis_client.hdel(f"{prefix}.config", "envelope")
         assert await stored_head() == "p"
     finally:
@@ -174,7 +181,7 @@ async def test_two_envelope_versions_on_one_prefix_lose_nothing(prefix):
             await events.wait_for(40)
             assert [p.offset for _, p in events.pubs] == list(range(1, 41))
             assert [p.data for _, p in events.pubs] == [b"%d" % i for i in range(40)]
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(scaled(5)):
             while len(old_events.joins) < 2 or len(new_events.joins) < 2:
                 await asyncio.sleep(0.01)
         assert old.undecodable == new.undecodable == 0

@@ -12,6 +12,15 @@ import WebSocket from 'ws';
 
 export const args = JSON.parse(process.argv[2] || '{}');
 
+/** LIVEGATE_TEST_TIME_SCALE (see tests/conftest.py; the Python side passes it on): every
+ * timeout in the scripts is multiplied by it, so a loaded machine gives them more time. */
+export const TIME_SCALE = Number(process.env.LIVEGATE_TEST_TIME_SCALE || '1') || 1;
+
+/** `ms` of test time in milliseconds of wall-clock time. */
+export function scaled(ms) {
+  return Math.round(ms * TIME_SCALE);
+}
+
 export function out(ev, fields = {}) {
   process.stdout.write(JSON.stringify({ ev, ...fields }) + '\n');
 }
@@ -41,7 +50,7 @@ function startStdin() {
   });
 }
 
-/** The next command the test sent on stdin (a parsed JSON object). */
+/** The next command the test sent on stdin (a parsed JSON object); the timeout is scaled. */
 export function nextCommand(timeoutMs = 8000) {
   startStdin();
   if (commands.length) return Promise.resolve(commands.shift());
@@ -54,7 +63,9 @@ export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** `promise`, or a rejection after `ms` of test time (scaled). */
 export function withTimeout(promise, ms, what) {
+  ms = scaled(ms);
   let timer;
   const timeout = new Promise((_, reject) => {
     timer = setTimeout(() => reject(new Error(`timeout after ${ms}ms waiting for ${what}`)), ms);
@@ -75,8 +86,9 @@ export function once(emitter, event, pred = () => true, timeoutMs = 5000) {
   }), timeoutMs, `${event} event`);
 }
 
-/** Resolves once `cond()` is true (polled). */
+/** Resolves once `cond()` is true (polled; the timeout is scaled). */
 export async function until(cond, what, timeoutMs = 5000) {
+  timeoutMs = scaled(timeoutMs);
   const deadline = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timeout after ${timeoutMs}ms waiting for ${what}`);
@@ -149,8 +161,10 @@ export function pubView(p) {
   return { data: p.data, offset: p.offset ?? null, info: clientInfo(p.info), tags: p.tags ?? null };
 }
 
-/** Runs the scenario; prints done/fatal and exits (the stdin reader would keep Node alive). */
+/** Runs the scenario; prints done/fatal and exits (the stdin reader would keep Node alive).
+ * The budget is scaled. */
 export async function main(fn, budgetMs = 15000) {
+  budgetMs = scaled(budgetMs);
   const guard = setTimeout(() => {
     out('fatal', { error: `script budget of ${budgetMs}ms exceeded` });
     process.exit(2);

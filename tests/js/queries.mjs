@@ -2,7 +2,7 @@
 // args.users: one client per entry, all subscribed to args.channel; the first one publishes
 // args.publish payloads, then runs args.queries ({name, op, channel, opts}) in order.
 // "$epoch" in opts.since.epoch stands for the channel's epoch from the subscribed event.
-import { args, main, newClient, newSub, once, out, errInfo, until, pubView } from './common.mjs';
+import { args, main, newClient, newSub, once, out, errInfo, until, pubView, scaled } from './common.mjs';
 
 function presenceView(clients) {
   const view = {};
@@ -59,7 +59,7 @@ await main(async () => {
   const last = clients[clients.length - 1];
   last.client.disconnect();
   let stats = null;
-  const deadline = Date.now() + 3000;
+  const deadline = Date.now() + scaled(3000);
   while (Date.now() < deadline) {
     stats = await first.sub.presenceStats();
     if (stats.numClients === clients.length - 1) break;

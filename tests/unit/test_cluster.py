@@ -35,6 +35,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.nodes = FakeNodes()
         self.used: list[int] = []
+        self.healthy = True
 
     def use_envelope_version(self, version: int) -> None:
         self.used.append(version)
@@ -118,3 +119,43 @@ async def test_heartbeat_announces_the_version_this_node_reads(cluster):
     await cluster.stop()
     (sent,) = cluster.engine.nodes.sent
     assert sent["info"]["envelope"] == 2 and sent["from"] == "me" and sent["v"] == CONTROL_VERSION
+
+
+def test_a_node_that_reads_less_lowers_the_version_at_once(cluster, clock):
+    clock.t += NODE_TTL
+    beat(cluster, "new", 2)
+    assert cluster.negotiate() == 2
+    beat(cluster, "old", None)  # an old instance starts (or comes back) after the upgrade
+    assert cluster.envelope_version == 1 and cluster.engine.used[-1] == 1  # before the next heartbeat
+
+
+def test_an_engine_outage_restarts_the_listening_window(cluster, clock):
+    clock.t += NODE_TTL
+    beat(cluster, "new", 2)
+    assert cluster.negotiate() == 2
+    cluster.engine.healthy = False  # heartbeats are lost meanwhile: nodes that are gone may not be
+    clock.t += NODE_TTL * 2
+    assert cluster.negotiate() == 1
+    cluster.engine.healthy = True
+    clock.t += NODE_TTL / 2
+    beat(cluster, "new", 2)
+    assert cluster.negotiate() == 1  # not a full window since the engine came back
+    clock.t += NODE_TTL / 2
+    beat(cluster, "new", 2)
+    assert cluster.negotiate() == 2
+
+
+@pytest.mark.parametrize("info", [{"uid": "x", "envelope": [1, 2]}, {"uid": "x", "envelope": "2"},
+                                  {"uid": "x", "envelope": -5}, ["not", "a", "dict"], None])
+async def test_malformed_heartbeats_never_stop_this_node(cluster, clock, info):
+    clock.t += NODE_TTL
+    cluster.handle(msgpack.packb({"t": "info", "info": info, "v": CONTROL_VERSION, "from": "x"}))
+    assert cluster.negotiate() == 1 if isinstance(info, dict) else cluster.negotiate() == 2
+    await cluster.start()
+    for _ in range(10):
+        if cluster.engine.nodes.sent:
+            break
+        await asyncio.sleep(0)
+    assert cluster._heartbeat is not None and not cluster._heartbeat.done()
+    await cluster.stop()
+    assert cluster.engine.nodes.sent  # the heartbeat went out

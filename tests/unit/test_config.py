@@ -67,7 +67,7 @@ def test_defaults():
 
 def test_repo_config_toml_loads():
     cfg = load_config(ROOT / "config.toml", environ={})
-    chat = cfg.channel.namespace("chat")
+    chat = next((ns for ns in cfg.channel.namespaces if ns.name == "chat"), None)
     assert chat is not None and chat.history_enabled and chat.history_ttl == 600.0
     assert cfg.client.token.hmac_secret_key
 
@@ -224,7 +224,7 @@ def test_invalid_namespace_name(name):
 
 @pytest.mark.parametrize("name", ["ab", "chat", "a-b_c.d", "NS9"])
 def test_valid_namespace_names(name):
-    assert parse({"channel": {"namespaces": [{"name": name}]}}).channel.namespace(name) is not None
+    assert [ns.name for ns in parse({"channel": {"namespaces": [{"name": name}]}}).channel.namespaces] == [name]
 
 
 def test_bad_channel_regex():
@@ -298,7 +298,7 @@ def test_env_json_lists():
     })
     assert cfg.client.allowed_origins == ["https://a.example", "https://b.example"]
     assert cfg.engine.redis.address == ["redis://r1:6379/0", "redis://r2:6379/0"]
-    assert cfg.channel.namespace("chat").presence is True
+    assert [(ns.name, ns.presence) for ns in cfg.channel.namespaces] == [("chat", True)]
 
 
 def test_env_alias_key():
@@ -347,7 +347,7 @@ def test_load_config_file(tmp_path):
     cfg = load_config(path, environ={"LIVEGATE_CLIENT_CHANNEL_LIMIT": "9"})
     assert cfg.client.ping_interval == 30.0
     assert cfg.client.channel_limit == 9
-    assert cfg.channel.namespace("chat").presence
+    assert [(ns.name, ns.presence) for ns in cfg.channel.namespaces] == [("chat", True)]
 
 
 def test_load_config_none_gives_defaults():

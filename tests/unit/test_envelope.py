@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import orjson
 import pytest
 from conftest import make_config
 from legacy import old_reader

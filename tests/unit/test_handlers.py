@@ -15,11 +15,11 @@ from typing import Any
 import jwt
 import orjson
 import pytest
-from conftest import BASE_CONFIG, SECRET, make_config, token
+from conftest import BASE_CONFIG, SECRET, dur, make_config, scaled, token, wait_until
 
 from livegate.app import App
-from livegate.errors import BrokerError, ClientError, DisconnectRequested
 from livegate.channels.memory import MemoryEngine
+from livegate.errors import BrokerError, ClientError, DisconnectRequested
 from livegate.handlers import HANDLERS
 from livegate.node import Node, build_node
 from livegate.protocol.codec import Wire
@@ -43,12 +43,16 @@ class RecordingTransport:
         self.inbox: list[dict[str, Any]] = []  # decoded messages not taken yet
         self.buffered_bytes = 0
 
-    def write(self, frame: bytes) -> None:
+    def write(self, frame: bytes) -> bool:
         assert self.disconnect is None, "wrote after close"
         self.payloads.append(frame)
         for line in frame.split(b"\n"):
             assert line.strip(), "blank line in a frame"
             self.inbox.append(orjson.loads(line))
+        return True
+
+    def is_open(self) -> bool:
+        return self.disconnect is None
 
     def buffered(self) -> int:
         return self.buffered_bytes
@@ -1378,6 +1382,38 @@ async def test_buffered_bytes_count_towards_the_queue_limit(make_node):
     assert client.disconnect is not None and client.disconnect.code == 3008
 
 
+async def test_a_transport_already_closing_is_not_a_slow_consumer(make_node):
+    node = await make_node({"client": {"queue_max_size": 1000}})
+    client = await connected(node)
+    await client.result("subscribe", {"channel": "news"})
+    client.recorded.is_open = lambda: False  # the peer is closing: the buffer drains no more
+    client.recorded.buffered_bytes = 990
+    await node.publish("news", b'"0123456789"')
+    assert client.disconnect is None and client.closing is None
+    assert node.metrics.disconnects == {}
+
+
+async def test_dropped_frames_are_not_counted_as_sent(node):
+    client = await connected(node)
+    await client.result("subscribe", {"channel": "news"})
+    sent = node.metrics.bytes_out
+    client._write = lambda frame: False  # the transport dropped it (the session binds write once)
+    await node.publish("news", b"1")
+    assert node.metrics.bytes_out == sent
+
+
+async def test_a_close_whose_flush_overflows_closes_once_as_slow(make_node):
+    node = await make_node({"client": {"queue_max_size": 1000}})
+    client = await connected(node)
+    client._collect = [b'"' + b"x" * 500 + b'"']  # replies collected while a frame is processed
+    client._collect_size = 502
+    client.recorded.buffered_bytes = 600
+    client.close(Disconnect(3001, "shutdown"))
+    assert client.disconnect == Disconnect(3008, "slow")  # RecordingTransport asserts a single close
+    assert client.closing == Disconnect(3008, "slow")
+    assert node.metrics.disconnects == {"3008": 1}
+
+
 def test_tick_pings_and_closes(node):
     client = Recorder(node)
     client.created_at = 0.0
@@ -1426,26 +1462,29 @@ async def test_batched_fan_out_is_merged_into_a_subscribe_in_flight(make_node):
     await client.send({"id": 9, "subscribe": {"channel": "chat:batched", "recover": True,
                                               "offset": first.offset, "epoch": first.epoch}})
     await node.publish("chat:batched", b"3")  # after the subscribe: a push
-    await asyncio.sleep(0)
+    await node.publish("chat:batched", b'"marker"')  # anything pushed again would come before it
+    await wait_until(lambda: any(m.get("push", {}).get("pub", {}).get("offset") == 4 for m in client.inbox),
+                     what="the marker publication")
     msgs = client.take()
     assert msgs[0]["subscribe"]["publications"] == [{"data": 2, "offset": 2}]
-    assert [m["push"]["pub"]["offset"] for m in msgs[1:] if "pub" in m.get("push", {})] == [3]
+    assert [m["push"]["pub"]["offset"] for m in msgs[1:] if "pub" in m.get("push", {})] == [3, 4]
 
 
 async def test_subscribe_removed_while_in_flight_leaves_no_ghost(node, monkeypatch):
     """A server API unsubscribe that lands while the subscribe waits on the engine wins: the
     subscribe is answered with an error and nothing stays in the hub."""
     client = await connected(node)
-    gate = asyncio.Event()
+    entered, gate = asyncio.Event(), asyncio.Event()
     real_history = node.broker.history
 
     async def slow_history(channel, opts):
+        entered.set()
         await gate.wait()
         return await real_history(channel, opts)
 
     monkeypatch.setattr(node.broker, "history", slow_history)
     task = asyncio.create_task(client.send({"id": 5, "subscribe": {"channel": "chat:ghost"}}))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(entered.wait(), scaled(2))  # the subscribe waits on the engine
     await node.cluster.send({"t": "unsubscribe", "user": client.user, "channel": "chat:ghost"})
     gate.set()
     await task
@@ -1461,9 +1500,9 @@ async def test_a_hung_rpc_handler_times_out_with_a_temporary_error(make_node):
 
     @app.rpc("slow")
     async def slow(ctx, data):
-        await asyncio.sleep(5)
+        await asyncio.sleep(scaled(5))
 
-    node = await make_node({"client": {"hook_timeout": "0.1s"}}, app)
+    node = await make_node({"client": {"hook_timeout": dur(0.1)}}, app)
     client = await connected(node)
     await client.send({"id": 7, "rpc": {"method": "slow", "data": {}}})
     (reply,) = [m for m in client.take() if m.get("id") == 7]

@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from livegate.channels.broker import EngineEvents
 from livegate.channels.redis.broker import RedisBroker
@@ -136,7 +138,7 @@ class RedisEngine:
         """Namespace history settings (and the envelope version) for backends that FCALL
         livegate_publish directly."""
         ch = self.config.channel
-        fields: dict[str, str] = {
+        fields: dict[FieldT, EncodableT] = {
             "private_prefix": ch.private_prefix,
             "namespace_boundary": ch.namespace_boundary,
             "history_meta_ttl": f"{ch.history_meta_ttl:.3f}",
@@ -193,7 +195,7 @@ class RedisEngine:
             _report(events.handle_publications, pubs)
 
 
-def _report(callback: Any, *args: Any) -> None:
+def _report(callback: Callable[..., None], *args: Any) -> None:
     try:
         callback(*args)
     except Exception:

@@ -92,11 +92,11 @@ class RedisBroker:
         pubs: list[Publication] = []
         for raw in envelopes:
             try:
-                kind, pub = decode_envelope(raw)
+                decoded = decode_envelope(raw)
             except EnvelopeError as exc:
                 raise BrokerError(f"redis: history of {channel!r}: {exc}") from None
-            if kind == "p":
-                pubs.append(pub)  # type: ignore[arg-type]
+            if decoded[0] == "p":
+                pubs.append(decoded[1])
         return HistoryResult(pubs, position)
 
     async def remove_history(self, channel: str) -> None:

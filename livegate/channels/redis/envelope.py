@@ -40,11 +40,7 @@ class EnvelopeError(ValueError):
     """Not an envelope this build can read (garbage, or a newer version)."""
 
 
-def _publication(fields: list[Any]) -> Publication:
-    offset, _epoch, data, info, tags, ms = fields[:6]
-    if type(offset) is not int or type(data) is not bytes or type(ms) is not int:
-        raise EnvelopeError("malformed publication envelope")
-    return Publication(data, offset, info or None, orjson.loads(tags) if tags else None, ms)
+_unpackb = msgpack.unpackb
 
 
 def decode_envelope(raw: bytes) -> Decoded:
@@ -54,32 +50,42 @@ def decode_envelope(raw: bytes) -> Decoded:
         EnvelopeError: the bytes are not an envelope, or one of a newer version.
     """
     try:
-        message = msgpack.unpackb(raw, raw=True, use_list=True)
+        message = _unpackb(raw, raw=True, use_list=True)
         if type(message) is not list or not message:
             raise EnvelopeError("not an envelope")
         head = message[0]
-        if type(head) is bytes:  # version 1: no version field
-            version, kind, fields = 1, head, message[1:]
-        elif type(head) is int:
-            if head > ENVELOPE_VERSION or head < 2:
-                raise EnvelopeError(f"envelope version {head} (this build reads up to {ENVELOPE_VERSION})")
-            if len(message) < 2 or type(message[1]) is not bytes:
-                raise EnvelopeError("envelope without a kind")
-            version, kind, fields = head, message[1], message[2:]
+        # The common cases first: publications of version 2 and version 1.
+        if head == 2 and len(message) >= 8 and message[1] == b"p":
+            offset, data, info, tags, ms = message[2], message[4], message[5], message[6], message[7]
+        elif head == b"p" and len(message) == 7:
+            offset, data, info, tags, ms = message[1], message[3], message[4], message[5], message[6]
         else:
-            raise EnvelopeError("not an envelope")
-        if kind == b"p":
-            if len(fields) < 6 or (version == 1 and len(fields) != 6):
-                raise EnvelopeError("malformed publication envelope")
-            return "p", _publication(fields)
-        if kind in (b"j", b"l") and fields and type(fields[0]) is bytes:
-            return ("j" if kind == b"j" else "l"), ClientInfo.from_json(fields[0])
-        raise EnvelopeError(f"unknown envelope kind {kind!r}")
+            return _other(message, head)
+        if type(offset) is not int or type(data) is not bytes or type(ms) is not int:
+            raise EnvelopeError("malformed publication envelope")
+        return "p", Publication(data, offset, info or None, orjson.loads(tags) if tags else None, ms)
     except EnvelopeError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
             orjson.JSONDecodeError, AttributeError) as exc:
         raise EnvelopeError(f"undecodable envelope: {exc}") from None
+
+
+def _other(message: list[Any], head: Any) -> Decoded:
+    """Joins and leaves of both versions; everything else is refused."""
+    if type(head) is int:
+        if head > ENVELOPE_VERSION or head < 2:
+            raise EnvelopeError(f"envelope version {head} (this build reads up to {ENVELOPE_VERSION})")
+        kind, fields = (message[1] if len(message) > 1 else None), message[2:]
+    elif type(head) is bytes:
+        kind, fields = head, message[1:]
+    else:
+        raise EnvelopeError("not an envelope")
+    if kind in (b"j", b"l") and fields and type(fields[0]) is bytes:
+        return ("j" if kind == b"j" else "l"), ClientInfo.from_json(fields[0])
+    if kind == b"p":
+        raise EnvelopeError("malformed publication envelope")
+    raise EnvelopeError(f"unknown envelope kind {kind!r}")
 
 
 def encode_presence_event(kind: Literal["j", "l"], info: ClientInfo, version: int) -> bytes:

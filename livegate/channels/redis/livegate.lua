@@ -15,7 +15,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 8
+local VERSION = 9
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
@@ -24,8 +24,8 @@ end
 
 -- A stored envelope as a version 1 reader expects it (exactly seven fields, no version).
 local function as_version1(envelope)
-  if string.byte(envelope, 2) ~= 2 then return envelope end  -- fixarray header, then the version
   local t = cmsgpack.unpack(envelope)
+  if type(t[1]) ~= 'number' then return envelope end  -- version 1 already: its first field is the kind
   return cmsgpack.pack({t[2], t[3], t[4], t[5], t[6], t[7], t[8]})
 end
 
@@ -111,6 +111,9 @@ local function publish(keys, args)
     return redis.error_reply('ERR livegate_publish: history_size needs history_ttl (both >= 0)')
   end
   local ev = tonumber(opts['envelope'])
+  -- livegate's own publishes say which version to write; one that says nothing but is
+  -- trusted comes from a release before versioned envelopes, which reads version 1 only.
+  if ev == nil and opts['trusted'] then ev = 1 end
   if size == nil then
     local config_key = prefix .. '.config'
     local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl', 'envelope')

@@ -15,7 +15,7 @@ import logging
 import random
 import ssl as ssl_module
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -92,7 +92,8 @@ class _PubSubProtocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream transport (create_connection); uvloop's do not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -153,10 +154,13 @@ class Shard:
         self.url = url
         self.address = redact(url)
         # A bounded pool: a burst of subscribes waits for a free connection (3 s at most)
-        # instead of opening hundreds of connections or failing.
+        # instead of opening hundreds of connections or failing. No retries, so that commands
+        # fail fast while Redis is away: set on the pool's connections, since redis-py ignores
+        # a client's ``retry`` when it is given a pool.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=64, timeout=3.0, socket_connect_timeout=1.0, socket_timeout=3.0)
-        self.client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+            url, max_connections=64, timeout=3.0, socket_connect_timeout=1.0, socket_timeout=3.0,
+            retry=Retry(NoBackoff(), 0))
+        self.client = aioredis.Redis(connection_pool=pool)
         # Pub/sub channels this process needs -> confirmation of their SUBSCRIBE.
         self.channels: dict[bytes, asyncio.Future[None]] = {}
         self.proto: _PubSubProtocol | None = None
