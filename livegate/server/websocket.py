@@ -67,7 +67,7 @@ _KNOWN_FORMATS = frozenset({"json", "protobuf"})
 class WebSocketTransport:
     """The session's Transport over one ``websockets`` server connection."""
 
-    __slots__ = ("ws", "wire", "buffered", "_proto", "_transport", "_write_timeout")
+    __slots__ = ("ws", "wire", "_proto", "_transport", "_write_timeout")  # few: one of these per connection
 
     def __init__(self, ws: ServerConnection, wire: Wire, write_timeout: float) -> None:
         self.ws = ws
@@ -75,8 +75,6 @@ class WebSocketTransport:
         self._proto = ws.protocol
         self._transport = ws.transport
         self._write_timeout = write_timeout
-        #: Bytes written but not yet sent: the asyncio transport's own counter, called directly.
-        self.buffered: Callable[[], int] = ws.transport.get_write_buffer_size
 
     @property
     def remote(self) -> str:
@@ -89,26 +87,30 @@ class WebSocketTransport:
             return True
         return False
 
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
+
     def is_open(self) -> bool:
         return self._proto.state is _OPEN
 
     def close(self, code: int, reason: str) -> None:
-        if self._proto.state is _OPEN:
+        ws = self.ws
+        if ws.protocol.state is _OPEN:
             # A close reason is at most 123 bytes of UTF-8; cut at a character boundary.
             cut = reason.encode()[:123].decode(errors="ignore")
             try:
-                self._proto.send_close(code, cut)
-                self.ws.send_data()
+                ws.protocol.send_close(code, cut)
+                ws.send_data()
             except Exception:
                 log.exception("close failed", extra={"remote": self.remote, "code": code})
-                self._transport.abort()
+                ws.transport.abort()
                 return
         # A peer that does not answer the close frame (or never reads) is cut off.
         asyncio.get_running_loop().call_later(self._write_timeout, self._abort)
 
     def _abort(self) -> None:
-        if self._proto.state is not _CLOSED:
-            self._transport.abort()
+        if self.ws.protocol.state is not _CLOSED:
+            self.ws.transport.abort()
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:

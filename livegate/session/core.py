@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from livegate.errors import ClientError, DisconnectRequested
+from livegate.metrics import NodeMetrics
 from livegate.node import Node
 from livegate.protocol import codes
-from livegate.protocol.codec import Command, FrameError, Wire
+from livegate.protocol.codec import Codec, Command, FrameError, Wire
 from livegate.protocol.codes import Disconnect, ErrInternal
 from livegate.protocol.types import ClientInfo
 from livegate.session.context import Context, Subscription
@@ -82,18 +83,16 @@ class State(enum.Enum):
 
 class SessionCore:
     __slots__ = (
-        "node", "transport", "wire", "codec", "handlers", "metrics", "client_id", "user", "conn_info", "name",
+        "node", "transport", "wire", "handlers", "client_id", "user", "conn_info", "name",
         "version", "state", "subs", "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry",
-        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "_buffered", "_write", "__weakref__",
+        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "__weakref__",
     )
 
     def __init__(self, node: Node, transport: Transport, handlers: Mapping[str, Handler]) -> None:
         self.node = node
         self.transport = transport
         self.wire = transport.wire
-        self.codec = transport.wire.codec
         self.handlers = handlers
-        self.metrics = node.metrics
         self.client_id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None
@@ -113,9 +112,15 @@ class SessionCore:
         self._collect_size = 0
         self._queue_max = node.config.client.queue_max_size
         self.closing: Disconnect | None = None
-        # Bound once: the output path runs per message and subscriber.
-        self._buffered = transport.buffered
-        self._write = transport.write
+
+    # Derived, not stored: every slot is paid for by every connection.
+    @property
+    def codec(self) -> Codec:
+        return self.wire.codec
+
+    @property
+    def metrics(self) -> NodeMetrics:
+        return self.node.metrics
 
     # -- output ------------------------------------------------------------------------
 
@@ -138,19 +143,20 @@ class SessionCore:
     def _overflows(self, extra: int) -> bool:
         """The slow-consumer rule: what this connection holds (collected, plus buffered by the
         transport, plus ``extra`` about to be written) may not exceed the queue bound."""
-        return self._collect_size + self._buffered() + extra > self._queue_max
+        return self._collect_size + self.transport.buffered() + extra > self._queue_max
 
     def _emit(self, payload: bytes, frame: bytes | None) -> None:
         """The only place bytes go to the transport."""
         if frame is None:
             frame = self.wire.frame(payload)
         size = len(frame)
-        if self._collect_size + self._buffered() + size > self._queue_max:  # _overflows(size), inlined: hot path
-            if self.transport.is_open():  # a transport already closing is not a slow consumer
+        transport = self.transport
+        if self._collect_size + transport.buffered() + size > self._queue_max:  # _overflows(size), inlined: hot path
+            if transport.is_open():  # a transport already closing is not a slow consumer
                 self.close(codes.SLOW)
             return
-        if self._write(frame):
-            self.metrics.bytes_out += size
+        if transport.write(frame):
+            self.node.metrics.bytes_out += size
 
     def flush(self) -> None:
         """Send what was collected while a frame was processed, joined into one frame."""

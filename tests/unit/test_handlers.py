@@ -1397,7 +1397,7 @@ async def test_dropped_frames_are_not_counted_as_sent(node):
     client = await connected(node)
     await client.result("subscribe", {"channel": "news"})
     sent = node.metrics.bytes_out
-    client._write = lambda frame: False  # the transport dropped it (the session binds write once)
+    client.recorded.write = lambda frame: False  # the transport dropped it
     await node.publish("news", b"1")
     assert node.metrics.bytes_out == sent
 
