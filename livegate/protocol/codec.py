@@ -26,14 +26,16 @@ class Command:
     """One decoded command.
 
     ``method`` is ``""`` for a pong (an empty command). ``request`` is the validated request;
-    when validation failed it is None and ``problem`` says why (the session closes the
-    connection with 3501 when it reaches this command, after running the ones before it).
+    when it is None, either ``error`` is the error reply the command gets (its content is
+    refused, the connection stays) or ``problem`` says why the command is malformed (the session
+    closes the connection with 3501 when it reaches it, after running the ones before it).
     """
 
     id: int
     method: str
     request: Request | None
     problem: str = ""
+    error: ClientError | None = None
 
 
 class FrameError(Exception):

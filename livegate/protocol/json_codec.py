@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from livegate.errors import ClientError
 from livegate.protocol.codec import Command, FrameError
+from livegate.protocol.codes import ErrBadRequest
 from livegate.protocol.commands import PAYLOAD_FIELD, REQUESTS
 from livegate.protocol.replies import (
     ConnectResult,
@@ -193,7 +194,10 @@ def _command(obj: dict[str, Any]) -> Command:
     if PAYLOAD_FIELD in request_type.model_fields:
         payload = params.get(PAYLOAD_FIELD)
         if payload is not None:
-            params[PAYLOAD_FIELD] = orjson.dumps(payload)  # opaque bytes from here on
+            try:
+                params[PAYLOAD_FIELD] = orjson.dumps(payload)  # opaque bytes from here on
+            except orjson.JSONEncodeError as exc:  # nested deeper than payloads may be
+                return Command(cid, method, None, error=ErrBadRequest(message=f"bad request: {method}.data: {exc}"))
     try:
         return Command(cid, method, request_type.model_validate(params))
     except ValidationError as exc:

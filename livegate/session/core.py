@@ -239,8 +239,13 @@ class SessionCore:
             self._bad_request("second connect")
             return False
         if cmd.request is None:
-            self._bad_request(cmd.problem)
-            return False
+            if cmd.error is None:
+                self._bad_request(cmd.problem)
+                return False
+            self.metrics.count(self.metrics.commands, f"{method}|error")
+            if cmd.id:
+                self.write(self.codec.encode_error(cmd.id, cmd.error))
+            return True
         handler = self.handlers[method]
         started = time.perf_counter()
         outcome = "error"

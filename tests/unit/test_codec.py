@@ -318,3 +318,12 @@ def test_other_results():
         "expires": True, "ttl": 9}
     with pytest.raises(TypeError):
         encode_reply(1, "x", object())  # type: ignore[arg-type]
+
+
+def test_a_payload_too_deep_to_encode_is_an_error_reply_not_a_crash():
+    deep = "[" * 300 + "]" * 300
+    (cmd,) = decode_frame('{"id":1,"publish":{"channel":"a","data":' + deep + "}}")
+    assert cmd.request is None and cmd.error is not None and cmd.error.code == 107
+    assert "publish.data" in cmd.error.message
+    with pytest.raises(FrameError, match="depth"):  # deeper than the parser takes: the frame is refused
+        decode_frame('{"id":1,"publish":{"channel":"a","data":' + "[" * 1100 + "]" * 1100 + "}}")

@@ -1414,6 +1414,16 @@ async def test_a_close_whose_flush_overflows_closes_once_as_slow(make_node):
     assert node.metrics.disconnects == {"3008": 1}
 
 
+async def test_too_deep_data_gets_107_and_the_connection_stays(node):
+    client = await connected(node)
+    deep = "[" * 300 + "]" * 300
+    await client.handle_frame('{"id":7,"rpc":{"method":"x","data":' + deep + '}}\n{"id":8,"ping":{}}')
+    replies = client.take()
+    assert replies[0]["id"] == 7 and replies[0]["error"]["code"] == 107
+    assert replies[1] == {"id": 8, "ping": {}}
+    assert client.disconnect is None
+
+
 def test_tick_pings_and_closes(node):
     client = Recorder(node)
     client.created_at = 0.0
