@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,9 @@ import jwt
 import orjson
 
 from livegate.config import TokenConfig
-from livegate.errors import ConfigError, TokenExpired, TokenInvalid
+from livegate.errors import ConfigError, TokenExpired, TokenInvalid, TokenUnverifiable
+
+log = logging.getLogger("livegate.auth")
 
 __all__ = ["ConnectToken", "SubscriptionToken", "TokenVerifier", "make_hmac_token"]
 
@@ -87,14 +90,19 @@ def _json_claim(claims: dict[str, Any], name: str, b64name: str) -> bytes | None
     return None
 
 
+#: Times in claims are unix seconds that fit a signed 64-bit integer (as Centrifugo reads them).
+_MAX_TIME = 1 << 63
+
+
 def _int_claim(claims: dict[str, Any], name: str, *, numeric_date: bool = False) -> int | None:
     """An integer claim; ``numeric_date`` also admits fractions (RFC 7519 NumericDate, e.g. exp)."""
     value = claims.get(name)
     if value is None:
         return None
     allowed = (int, float) if numeric_date else (int,)
-    if type(value) not in allowed or value < 0 or value != value:
-        raise TokenInvalid(f"{name} must be a non-negative {'number' if numeric_date else 'integer'}")
+    if type(value) not in allowed or value < 0 or value != value or value >= _MAX_TIME:
+        raise TokenInvalid(f"{name} must be a non-negative {'number' if numeric_date else 'integer'} "
+                           f"below {_MAX_TIME}")
     return int(value)
 
 
@@ -173,6 +181,9 @@ class TokenVerifier:
                 self._jwks_refreshed = time.monotonic()
                 keys = await asyncio.to_thread(self._jwks.get_signing_keys, True)
                 found = next((k for k in keys if k.key_id == kid), None)
+        except jwt.PyJWKClientConnectionError as exc:
+            log.warning("JWKS endpoint unreachable: %s", exc, extra={"endpoint": self._cfg.jwks_public_endpoint})
+            raise TokenUnverifiable() from exc
         except jwt.PyJWTError as exc:
             raise TokenInvalid(f"no JWKS key for token: {exc}") from None
         if found is None:

@@ -128,6 +128,8 @@ class HttpApi(_Section):
 class RedisEngine(_Section):
     address: list[str] = Field(default_factory=lambda: ["redis://127.0.0.1:6379/0"])
     prefix: str = "livegate"
+    # livegate: entries of {prefix}.api.stream kept at most (processed ones are trimmed as they go)
+    api_stream_max_length: PosInt = 100_000
 
     @model_validator(mode="before")
     @classmethod

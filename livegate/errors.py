@@ -10,6 +10,9 @@
     * TokenError               a JWT could not be accepted
         * TokenExpired         exp / nbf out of range (error 109, the client refreshes)
         * TokenInvalid         signature, algorithm, claims (close 3500)
+        * TokenUnverifiable    the keys to check it cannot be had right now (a JWKS endpoint is
+                               down): also a ClientError, answered with error 100 (temporary),
+                               so SDKs retry instead of giving up as on 3500
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = [
     "TokenError",
     "TokenExpired",
     "TokenInvalid",
+    "TokenUnverifiable",
 ]
 
 
@@ -88,3 +92,11 @@ class TokenExpired(TokenError):
 
 class TokenInvalid(TokenError):
     """The token is malformed, badly signed, uses a forbidden algorithm or has wrong claims."""
+
+
+class TokenUnverifiable(TokenError, ClientError):
+    """The token may be fine, but the keys to verify it cannot be fetched right now."""
+
+    code = 100
+    message = "internal server error: cannot verify tokens right now"
+    temporary = True

@@ -60,7 +60,15 @@ def _data(data: Any, b64data: str | None) -> bytes:
             raise ErrBadRequest(message="bad request: b64data must be base64 of JSON (JSON protocol only)") from None
     if data is None:
         raise ErrBadRequest(message="bad request: data is required")
-    return raw_json(data)
+    return _encoded(data, "data")
+
+
+def _encoded(value: Any, name: str) -> bytes:
+    """JSON bytes of a decoded value; a value too deeply nested to encode is a bad request."""
+    try:
+        return raw_json(value)
+    except orjson.JSONEncodeError as exc:
+        raise ErrBadRequest(message=f"bad request: {name}: {exc}") from None
 
 
 def _channel(node: Node, channel: str) -> ResolvedChannel:
@@ -110,7 +118,7 @@ def _json_or_b64(value: Any, b64: str | None, name: str) -> bytes | None:
             return orjson.dumps(orjson.loads(base64.b64decode(b64, validate=True)))
         except (binascii.Error, ValueError):
             raise ErrBadRequest(message=f"bad request: b64{name} must be base64 of JSON") from None
-    return None if value is None else raw_json(value)
+    return None if value is None else _encoded(value, name)
 
 
 async def subscribe(node: Node, req: m.SubscribeRequest) -> dict[str, Any]:
@@ -150,7 +158,7 @@ async def refresh(node: Node, req: m.RefreshRequest) -> dict[str, Any]:
     if not req.user:
         raise ErrBadRequest(message="bad request: user is required")
     await _engine(node.cluster.send({"t": "refresh", "user": req.user, "client": req.client, "expired": req.expired,
-                                "expire_at": req.expire_at, "info": None if req.info is None else raw_json(req.info)}))
+                                "expire_at": req.expire_at, "info": None if req.info is None else _encoded(req.info, "info")}))
     return {}
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = ["MODELS", "ApiRequest", "BatchRequest"]
 
 UInt64 = Annotated[int, Field(ge=0, lt=1 << 64)]
+Int64 = Annotated[int, Field(ge=-(1 << 63), lt=1 << 63)]
 
 
 class ApiRequest(BaseModel):
@@ -108,7 +109,7 @@ class PresenceStatsRequest(ApiRequest):
 
 class HistoryRequest(ApiRequest):
     channel: str
-    limit: int = 0
+    limit: Int64 = 0
     since: StreamPositionModel | None = None
     reverse: bool = False
 

@@ -6,6 +6,12 @@ instance (or failed with a temporary error) are claimed again after ``CLAIM_IDLE
 An entry that cannot succeed (unknown method, payload that is not a JSON or msgpack object,
 invalid params, or ``MAX_DELIVERIES`` failed attempts) is moved to ``{prefix}.api.dead``
 with its error and acknowledged: it is never retried forever and never stops the consumer.
+
+Both streams stay bounded: entries every consumer of the group is done with are trimmed every
+``TRIM_INTERVAL`` (XTRIM MINID: below the oldest pending entry, else past the last delivered
+one); when the consumers fall behind, the stream is cut to ``engine.redis.api_stream_max_length``
+entries, oldest first, with a warning (backends may also bound their XADDs with MAXLEN). The
+dead-letter stream keeps about ``DEAD_MAXLEN`` entries.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ GROUP = "livegate"
 CLAIM_IDLE = 15.0
 MAX_DELIVERIES = 5
 DEAD_MAXLEN = 10000
+TRIM_INTERVAL = 5.0
 
 
 def decode_payload(raw: bytes | None) -> Any:
@@ -43,9 +50,10 @@ def decode_payload(raw: bytes | None) -> Any:
 
 
 class ApiStreamConsumer:
-    def __init__(self, node: Node, client: Any, prefix: str) -> None:
+    def __init__(self, node: Node, client: Any, prefix: str, *, max_length: int = 100_000) -> None:
         self.node = node
         self.client = client  # redis.asyncio.Redis of the first shard
+        self.max_length = max_length
         self.stream = f"{prefix}.api.stream"
         self.dead = f"{prefix}.api.dead"
         self.consumer = node.uid
@@ -67,7 +75,7 @@ class ApiStreamConsumer:
 
     async def _run(self) -> None:
         delay = 0.1
-        next_claim = 0.0
+        next_claim = next_trim = 0.0
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -76,6 +84,9 @@ class ApiStreamConsumer:
                     if loop.time() >= next_claim:
                         await self._claim_stale()
                         next_claim = loop.time() + CLAIM_IDLE / 3
+                    if loop.time() >= next_trim:
+                        await self.trim()
+                        next_trim = loop.time() + TRIM_INTERVAL
                     reply = await self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=100, block=1000)
                     for _, entries in reply or ():
                         for entry_id, fields in entries:
@@ -87,6 +98,26 @@ class ApiStreamConsumer:
                 log.warning("api stream unavailable: %s", exc, extra={"retry_in_s": round(delay, 2)})
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 3.0)
+
+    async def trim(self) -> int:
+        """Drop the entries the group is done with; bound what is left. Returns how many went."""
+        summary = await self.client.xpending(self.stream, GROUP)
+        if summary["pending"]:
+            floor = summary["min"]  # the oldest entry still being worked on stays
+        else:
+            groups = await self.client.xinfo_groups(self.stream)
+            last = next((g["last-delivered-id"] for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+            if last is None:
+                return 0
+            ms, _, seq = (last.decode() if isinstance(last, bytes) else last).partition("-")
+            floor = f"{ms}-{int(seq or 0) + 1}"  # everything delivered is acknowledged
+        removed = int(await self.client.xtrim(self.stream, minid=floor, approximate=False))
+        if await self.client.xlen(self.stream) > self.max_length:
+            cut = int(await self.client.xtrim(self.stream, maxlen=self.max_length, approximate=False))
+            removed += cut
+            log.warning("api stream over its bound: oldest unprocessed entries dropped",
+                        extra={"dropped": cut, "max_length": self.max_length})
+        return removed
 
     async def _claim_stale(self) -> None:
         pending = await self.client.xpending_range(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from livegate.errors import DisconnectRequested
 from livegate.protocol import codes
-from livegate.protocol.codes import ErrMethodNotFound
+from livegate.protocol.codes import ErrMethodNotFound, ErrNotAvailable
 from livegate.protocol.commands import PingRequest, RPCRequest, SendRequest
 from livegate.protocol.replies import EMPTY, EmptyResult, RPCResult
 from livegate.protocol.types import raw_json
@@ -15,7 +15,10 @@ __all__ = ["handle_rpc", "handle_send", "handle_ping"]
 
 
 async def handle_rpc(session: Session, req: RPCRequest) -> RPCResult:
-    handler = session.node.app.rpc_methods.get(req.method)
+    methods = session.node.app.rpc_methods
+    if not methods:
+        raise ErrNotAvailable()  # as Centrifugo: no RPC at all is 108; an unknown method among some is 104
+    handler = methods.get(req.method)
     if handler is None:
         raise ErrMethodNotFound()
     # Application code may take its time: let what is already queued go out first.

@@ -128,7 +128,8 @@ def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
             auth = request.headers.get("Authorization", "")
             scheme, _, value = auth.partition(" ")
             given = value.strip() if scheme.lower() == "apikey" else request.query.get("api_key")
-        return given is not None and hmac.compare_digest(given.encode(), key)
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: compare them as bytes.
+        return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key)
 
     async def body_of(request: web.Request) -> Any:
         raw = await request.read()

@@ -93,7 +93,9 @@ class Server:
                 await node.close()
                 raise
         if node.engine.shards:
-            self.api_stream = ApiStreamConsumer(node, node.engine.shards[0].client, self.config.engine.redis.prefix)
+            rcfg = self.config.engine.redis
+            self.api_stream = ApiStreamConsumer(node, node.engine.shards[0].client, rcfg.prefix,
+                                                max_length=rcfg.api_stream_max_length)
             self.api_stream.start()
         cfg = self.config
         kwargs: dict[str, Any] = dict(

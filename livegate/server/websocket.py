@@ -178,9 +178,19 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
         if fmt in _KNOWN_FORMATS and fmt not in WIRES:
             return connection.respond(http.HTTPStatus.BAD_REQUEST,
                                       f"format {fmt!r} not supported: this server speaks {', '.join(WIRES)}\n")
-        if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host"), origins):
-            log.info("origin rejected", extra={"origin": request.headers.get("Origin")})
+        headers = request.headers
+        origin = headers.get_all("Origin")
+        if len(origin) > 1:
+            return connection.respond(http.HTTPStatus.BAD_REQUEST, "more than one Origin header\n")
+        host = headers.get_all("Host")
+        if not origin_allowed(origin[0] if origin else None, host[0] if len(host) == 1 else None, origins):
+            log.info("origin rejected", extra={"origin": origin[0]})
             return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        offered = headers.get_all("Sec-WebSocket-Protocol")
+        if offered and not any(value.strip() for value in offered):
+            # Older SDKs (centrifuge-python before 0.7) send an empty header for JSON, which
+            # Centrifugo takes as no subprotocol: so do we.
+            del headers["Sec-WebSocket-Protocol"]
         return None
 
     return process_request

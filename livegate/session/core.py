@@ -276,7 +276,13 @@ class SessionCore:
         if isinstance(result, tuple):
             result, followup = result
         if cmd.id and result is not None and self.closing is None:
-            self.write(self.codec.encode_reply(cmd.id, method, result))
+            try:
+                reply = self.codec.encode_reply(cmd.id, method, result)
+            except Exception:  # a result the codec cannot encode is a bug: answer 100, keep serving
+                log.exception("reply not encodable", extra={"client": self.client_id, "user": self.user,
+                                                            "method": method})
+                reply = self.codec.encode_error(cmd.id, ErrInternal())
+            self.write(reply)
         if followup is not None:
             pending = followup.complete()
             if pending is not None:

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from livegate.auth import TokenVerifier
 from livegate.config import TokenConfig
-from livegate.errors import TokenInvalid
+from livegate.errors import TokenInvalid, TokenUnverifiable
 
 
 @pytest.fixture
@@ -58,3 +58,26 @@ async def test_jwks_key_verifies_and_others_fail(jwks_url):
     hs = jwt.encode({"sub": "alice"}, "secret-that-is-long-enough-for-hs256-0123", algorithm="HS256")
     with pytest.raises(TokenInvalid):  # no HMAC key configured: the HS family is not allowed
         await verifier.verify_connect(hs)
+
+
+async def test_an_unreachable_jwks_endpoint_is_temporary_not_an_invalid_token(start_server, peer_factory, caplog):
+    """A key set that cannot be fetched says nothing about the token: error 100 (temporary), so
+    SDKs retry, rather than 3500, after which they give up for good; and the log says why."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/jwks"
+    verifier = TokenVerifier(TokenConfig(jwks_public_endpoint=url))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    tok = jwt.encode({"sub": "alice"}, key, algorithm="RS256", headers={"kid": "k1"})
+    with pytest.raises(TokenUnverifiable):
+        await verifier.verify_connect(tok)
+    running = await start_server({"client": {"token": {"hmac_secret_key": "", "jwks_public_endpoint": url}}})
+    peer = await peer_factory(running.url)
+    reply = await peer.call("connect", {"token": tok})
+    assert reply["error"] == {"code": 100, "message": "internal server error: cannot verify tokens right now",
+                              "temporary": True}
+    assert (await peer.call("connect", {"token": tok}))["error"]["code"] == 100  # still connected, may retry
+    assert "JWKS endpoint unreachable" in caplog.text

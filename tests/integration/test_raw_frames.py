@@ -90,13 +90,6 @@ async def test_invalid_channel_names_get_error_replies(server, peer_factory):
     assert "subscribe" in ok  # unknown fields are ignored, the connection is still fine
 
 
-async def test_unknown_rpc_method_is_method_not_found(server, peer_factory):
-    peer = await peer_factory(server.url)
-    await peer.connect("alice")
-    reply = await peer.call("rpc", {"method": "missing", "data": {}})
-    assert reply["error"] == {"code": 104, "message": "method not found"}
-
-
 async def test_send_without_handler_closes_not_available(server, peer_factory):
     peer = await peer_factory(server.url)
     await peer.connect("alice")

@@ -1249,9 +1249,9 @@ async def test_rpc(make_node):
     assert await client.closed_by("rpc", {"method": "kick"}) == 4502
 
 
-async def test_rpc_without_methods_is_104(node):
+async def test_rpc_without_any_method_is_108_as_centrifugo(node):
     client = await connected(node)
-    assert (await client.error("rpc", {"method": "anything"}))["code"] == 104
+    assert (await client.error("rpc", {"method": "anything"}))["code"] == 108
 
 
 async def test_send_without_handler_closes_3508(node):

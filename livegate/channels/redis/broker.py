@@ -17,6 +17,9 @@ from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
 __all__ = ["RedisBroker"]
 
+#: Lua reads numbers as doubles: a larger COUNT would reach Redis as "9.2e+18" and be refused.
+_MAX_COUNT = (1 << 31) - 1
+
 
 class RedisBroker:
     def __init__(self, prefix: str, shard_for: Callable[[str], Shard]) -> None:
@@ -81,7 +84,7 @@ class RedisBroker:
         since = "" if opts.since is None else str(opts.since.offset)
         try:
             reply = await shard.client.fcall(
-                "livegate_history", 1, channel, self.prefix, opts.limit, since,
+                "livegate_history", 1, channel, self.prefix, min(opts.limit, _MAX_COUNT), since,
                 "1" if opts.reverse else "0", f"{opts.meta_ttl:g}", ENVELOPE_VERSION)
         except UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis: {exc}") from None
