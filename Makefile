@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JS := tests/js/node_modules/.installed
 
-.PHONY: run test test-unit bench lint venv js clean clean-services
+.PHONY: run test test-unit fuzz bench lint venv js clean clean-services
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -33,6 +33,14 @@ test: venv js
 	echo "line coverage: $$($(BIN)/python -m coverage report --format=total --fail-under=0)% (per file: .tmp/coverage/report.txt)"; \
 	[ $$rc -eq 0 ] || exit $$rc; \
 	[ $$floor -eq 0 ] || { echo "line coverage is under the floor (fail_under in pyproject.toml)"; exit 1; }
+
+# Property-based fuzzing with many more examples than `make test` runs: the codec and the
+# handlers through the session core (100,000 frames), and the Redis function door against the
+# HTTP API's JSON parser (10,000 payloads).
+fuzz: venv
+	eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && \
+	LIVEGATE_FUZZ_EXAMPLES=100000 $(BIN)/python -m pytest -q tests/unit/test_fuzz_session.py --hypothesis-show-statistics && \
+	LIVEGATE_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/integration/test_fuzz_redis_door.py
 
 test-unit: venv
 	$(BIN)/python -m pytest -q tests/unit

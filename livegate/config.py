@@ -59,6 +59,35 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*(s|m|h)")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(value: Any) -> float:
+    """Events per second from ``"100/s"``, ``"600/m"``, ``"5000/h"``, ``"0"`` or a number (per second)."""
+    if isinstance(value, bool):
+        raise ValueError("a rate must be a string like '100/s' or a number per second")
+    if isinstance(value, int | float):
+        rate = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        match = _RATE.fullmatch(text)
+        if match is not None:
+            rate = float(match.group(1)) / _RATE_UNITS[match.group(2)]
+        else:
+            try:
+                rate = float(text)
+            except ValueError:
+                raise ValueError(f"invalid rate {value!r} (use e.g. '100/s', '600/m', '5000/h', or 0 for no limit)") from None
+    else:
+        raise ValueError("a rate must be a string like '100/s' or a number per second")
+    if not math.isfinite(rate) or rate < 0:
+        raise ValueError("a rate must be a finite number >= 0")
+    return rate
+
+
+Rate = Annotated[float, BeforeValidator(parse_rate)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(gt=0)]
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -92,6 +121,52 @@ class TokenConfig(_Section):
     user_id_claim: str = "sub"
 
 
+class RateLimit(_Section):
+    """A token bucket: ``rate`` tokens a second (``"100/s"``, ``"600/m"``, ``"5000/h"``, a number
+    per second; 0: no limit), holding ``burst`` tokens at most (0: one second's worth)."""
+
+    rate: Rate = 0.0
+    burst: NonNegInt = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    @property
+    def capacity(self) -> int:
+        return self.burst or max(1, math.ceil(self.rate))
+
+
+def _limit(rate: float, burst: int) -> Any:
+    return Field(default_factory=lambda: RateLimit(rate=rate, burst=burst))
+
+
+class UserCommandRateLimits(_Section):
+    """livegate: command rate limits per user, shared by the user's connections on one node
+    (anonymous connections have none)."""
+
+    total: RateLimit = _limit(1000, 2000)
+    publish: RateLimit = _limit(0, 0)
+    rpc: RateLimit = _limit(0, 0)
+    subscribe: RateLimit = _limit(0, 0)
+    history: RateLimit = _limit(0, 0)
+
+
+class CommandRateLimits(_Section):
+    """livegate: command rate limits per connection, by command class. ``total`` counts every
+    command; ``subscribe`` counts subscribe and unsubscribe; ``rpc`` counts rpc and send;
+    ``history`` counts history, presence and presence_stats."""
+
+    total: RateLimit = _limit(100, 200)
+    publish: RateLimit = _limit(50, 100)
+    rpc: RateLimit = _limit(50, 100)
+    subscribe: RateLimit = _limit(25, 200)
+    history: RateLimit = _limit(20, 50)
+    # Commands refused in a row after which the connection is closed with 3013; 0: never.
+    disconnect_after: NonNegInt = 10
+    user: UserCommandRateLimits = Field(default_factory=UserCommandRateLimits)
+
+
 class Client(_Section):
     allowed_origins: list[str] = Field(default_factory=list)
     allow_anonymous_connect_without_token: bool = False
@@ -105,6 +180,10 @@ class Client(_Section):
     history_max_publication_limit: PosInt = 300
     recovery_max_publication_limit: PosInt = 300
     hook_timeout: Duration = 10.0  # livegate: an RPC handler or app hook taking longer fails with error 100
+    connection_limit: NonNegInt = 0  # connections per node (0: unlimited); over it the handshake gets HTTP 503
+    user_connection_limit: NonNegInt = 0  # connections per user on all nodes (0: unlimited); over it: 3504
+    connection_rate_limit: NonNegInt = 0  # new connections a second per node (0: unlimited); over it: HTTP 503
+    rate_limit: CommandRateLimits = Field(default_factory=CommandRateLimits)  # livegate: command rate limits
     token: TokenConfig = Field(default_factory=TokenConfig)
 
     @model_validator(mode="after")
@@ -123,6 +202,19 @@ class HttpApi(_Section):
     insecure: bool = False
     handler_prefix: str = "/api"
     max_body_size: PosInt = 1048576  # livegate
+    # livegate: a request's head and body must all arrive within this, counted from its first
+    # byte (from the accept for a new connection); else the connection is closed
+    read_timeout: Duration = 10.0
+    idle_timeout: Duration = 60.0        # livegate: a keep-alive connection waiting for its next request
+    max_batch_size: PosInt = 1000        # livegate: commands in one batch (more: error 107)
+    max_batch_concurrency: PosInt = 64   # livegate: commands of a "parallel" batch running at once
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> HttpApi:
+        for name in ("read_timeout", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be more than 0")
+        return self
 
 
 class RedisEngine(_Section):
@@ -246,6 +338,9 @@ class Channel(_Section):
     user_separator: str = ","
     max_length: PosInt = 255
     history_meta_ttl: Duration = 720 * 3600.0
+    # livegate: bytes of publication data at most, at every door (clients, HTTP API, Redis stream,
+    # FCALL, outbox); well under client.queue_max_size, so one publication never makes a slow consumer
+    max_publication_size: PosInt = 65536
     without_namespace: ChannelOptions = Field(default_factory=ChannelOptions)
     namespaces: list[Namespace] = Field(default_factory=list)
 
@@ -271,6 +366,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
+        if self.channel.max_publication_size >= self.client.queue_max_size:
+            raise ValueError("channel.max_publication_size: must be under client.queue_max_size, or every "
+                             "subscriber of a publication that large is disconnected as slow")
         if self.http_server.workers > 1 and self.engine.type == "memory":
             raise ValueError("http_server.workers: more than one worker needs engine.type = \"redis\"")
         archived = [ns.name for ns in self.channel.namespaces if ns.archive]

@@ -46,7 +46,7 @@ class NodeMetrics:
     """The counters one node keeps. Labelled counters are keyed by ``"a|b"`` label values."""
 
     __slots__ = ("publications", "pushes", "bytes_in", "bytes_out", "commands", "command_duration",
-                 "disconnects", "api_requests", "api_duration", "broker_publish")
+                 "disconnects", "api_requests", "api_duration", "broker_publish", "limited")
 
     def __init__(self) -> None:
         self.publications = 0
@@ -59,6 +59,7 @@ class NodeMetrics:
         self.api_requests: dict[str, int] = {}    # "method|result"
         self.api_duration = Histogram()            # method
         self.broker_publish = Histogram()          # engine
+        self.limited: dict[str, int] = {}         # limit that refused a connection or a command
 
     def count(self, series: dict[str, int], label: str) -> None:
         series[label] = series.get(label, 0) + 1
@@ -69,7 +70,7 @@ class NodeMetrics:
             "publications": self.publications, "pushes": self.pushes,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "commands": dict(self.commands), "disconnects": dict(self.disconnects),
-            "api_requests": dict(self.api_requests),
+            "api_requests": dict(self.api_requests), "limited": dict(self.limited),
             "command_duration": {k: list(v) for k, v in self.command_duration.series.items()},
             "api_duration": {k: list(v) for k, v in self.api_duration.series.items()},
             "broker_publish": {k: list(v) for k, v in self.broker_publish.series.items()},
@@ -104,6 +105,8 @@ _COUNTERS = (
     ("commands", "livegate_commands", "Client commands by method and result.", ("method", "result")),
     ("disconnects", "livegate_disconnects", "Disconnects by close code.", ("code",)),
     ("api_requests", "livegate_api_requests", "Server API calls by method and result.", ("method", "result")),
+    ("limited", "livegate_limited",
+     "Connections and commands refused by a limit (client.connection_limit, rate limits, ...).", ("limit",)),
     ("archive_written", "livegate_archive_written", "Publications written to the archive.", ()),
     ("archive_dropped", "livegate_archive_dropped",
      "Publications dropped from the archive because its buffer was full.", ()),

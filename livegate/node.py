@@ -37,10 +37,13 @@ from livegate.channels.redis import RedisEngine
 from livegate.clock import SYSTEM_CLOCK, Clock
 from livegate.cluster import Cluster, Connection
 from livegate.config import Config
+from livegate.errors import BrokerError
 from livegate.metrics import NodeMetrics
+from livegate.protocol.codes import ErrBadRequest
 from livegate.protocol.types import ClientInfo, Publication
 
-__all__ = ["Node", "build_node", "make_engine", "EngineFactory", "PersistenceView", "PRESENCE_TTL", "PRESENCE_REFRESH"]
+__all__ = ["Node", "build_node", "make_engine", "EngineFactory", "PersistenceView", "PRESENCE_TTL", "PRESENCE_REFRESH",
+           "USER_CONNECTION_TTL", "USER_CONNECTION_REFRESH"]
 
 log = logging.getLogger("livegate.node")
 
@@ -48,6 +51,11 @@ log = logging.getLogger("livegate.node")
 PRESENCE_TTL = 60.0
 #: ... and the owning node refreshes it this often.
 PRESENCE_REFRESH = 25.0
+#: With client.user_connection_limit, a connection counts for its user on every node this long
+#: after its node last refreshed it (so the connections of a node that died stop counting) ...
+USER_CONNECTION_TTL = 30.0
+#: ... and its node refreshes it this often.
+USER_CONNECTION_REFRESH = 10.0
 
 EngineFactory = Callable[[Config, EngineEvents], Engine]
 
@@ -98,14 +106,20 @@ class Node:
         self.presence: PresenceManager = self.engine.presence
         self.cluster = Cluster(self, self.engine, self.hub, self.rules, clock=clock.monotonic)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._user_refresher: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.engine.start()
         await self.cluster.start()
+        if self.config.client.user_connection_limit:
+            self._user_refresher = asyncio.get_running_loop().create_task(self._refresh_users_forever())
 
     async def close(self) -> None:
+        if self._user_refresher is not None:
+            self._user_refresher.cancel()
+            self._user_refresher = None
         await self.cluster.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -118,6 +132,71 @@ class Node:
     def ready(self) -> bool:
         """Accepting traffic: not draining and the engine is reachable."""
         return not self.draining and self.engine.healthy
+
+    # -- connections per user on every node (client.user_connection_limit) ---------------------
+
+    async def add_user_connection(self, user: str, client_id: str) -> bool:
+        """Count a connection of ``user`` on every node; False when the user already has
+        ``client.user_connection_limit`` connections. Anonymous connections pass, and so does
+        every connection while the limit is 0. A connection the engine cannot count right now
+        (Redis unreachable) passes too: the limit guards against abuse and must not lock users
+        out during an outage; the next refresh counts it."""
+        limit = self.config.client.user_connection_limit
+        if not limit or not user:
+            return True
+        try:
+            return await self.engine.users.add_user_connection(user, client_id, limit, USER_CONNECTION_TTL)
+        except BrokerError as exc:
+            log.warning("connection not counted for the user connection limit: %s", exc,
+                        extra={"user": user, "client": client_id})
+            return True
+
+    async def remove_user_connection(self, user: str, client_id: str) -> None:
+        if not self.config.client.user_connection_limit or not user:
+            return
+        try:
+            await self.engine.users.remove_user_connection(user, client_id)
+        except BrokerError as exc:  # its entry expires after USER_CONNECTION_TTL
+            log.info("connection not uncounted: %s", exc, extra={"user": user, "client": client_id})
+
+    async def refresh_user_connections(self) -> int:
+        """Refresh the entries of this node's connections, 32 users at a time; connections
+        whose entry is gone (it expired while the engine was unreachable) are counted again
+        when still open. Returns how many users failed."""
+        by_user: dict[str, list[Connection]] = {}
+        for conn in self.hub.connections():
+            if conn.user:
+                by_user.setdefault(conn.user, []).append(conn)
+        users = list(by_user.items())
+        failed = 0
+        for start in range(0, len(users), 32):
+            results = await asyncio.gather(*(self._refresh_user(user, conns) for user, conns in users[start:start + 32]),
+                                           return_exceptions=True)
+            failed += sum(isinstance(r, BrokerError) for r in results)
+        if failed:
+            log.warning("user connection refresh incomplete", extra={"failed_users": failed, "users": len(users)})
+        return failed
+
+    async def _refresh_user(self, user: str, conns: list[Connection]) -> None:
+        # Checked right before writing: a connection that left meanwhile removed its entry.
+        open_ids = [c.client_id for c in conns if c.closing is None]
+        if not open_ids:
+            return
+        missing = await self.engine.users.refresh_user_connections(user, open_ids, USER_CONNECTION_TTL)
+        by_id = {c.client_id: c for c in conns}
+        for client_id in missing:
+            if by_id[client_id].closing is None:
+                await self.engine.users.add_user_connection(user, client_id, 0, USER_CONNECTION_TTL)
+
+    async def _refresh_users_forever(self) -> None:
+        while True:
+            await asyncio.sleep(USER_CONNECTION_REFRESH)
+            try:
+                await self.refresh_user_connections()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("user connection refresh failed")
 
     # -- engine events ---------------------------------------------------------------------
 
@@ -178,6 +257,10 @@ class Node:
         """
         if b"\n" in data or b"\r" in data:
             data = data.replace(b"\r", b"").replace(b"\n", b"")
+        limit = self.config.channel.max_publication_size
+        if len(data) > limit:
+            raise ErrBadRequest(message=f"bad request: data is {len(data)} bytes, over channel.max_publication_size "
+                                        f"({limit})")
         resolved = self.rules.resolve(channel)
         opts = self.publish_options(
             resolved, info=info, tags=tags, idempotency_key=idempotency_key, skip_history=skip_history,

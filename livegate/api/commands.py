@@ -15,7 +15,6 @@ import fnmatch
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 
 from livegate.api import models as m
@@ -32,9 +31,10 @@ from livegate.protocol.codes import (
     ErrUnrecoverablePosition,
 )
 from livegate.protocol.json_codec import info_fields, publication_fields
+from livegate.protocol.jsontext import MAX_DEPTH, JsonTextError, RawJson, depth_within, is_json
 from livegate.protocol.types import StreamPosition, raw_json
 
-__all__ = ["execute", "METHODS", "error_body", "validation_message"]
+__all__ = ["execute", "METHODS", "error_body", "validation_message", "keep_raw_data"]
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -50,25 +50,54 @@ def error_body(err: ClientError) -> dict[str, Any]:
 
 
 def _data(data: Any, b64data: str | None) -> bytes:
-    """Publication data as compact JSON bytes. JSON clients cannot take binary, so
-    ``b64data`` must decode to JSON."""
+    """Publication data as JSON bytes: as the backend wrote it where the door kept the text
+    (``RawJson``), else encoded. JSON clients cannot take binary, so ``b64data`` must decode
+    to JSON."""
     if b64data:
-        try:
-            raw = base64.b64decode(b64data, validate=True)
-            return orjson.dumps(orjson.loads(raw))
-        except (binascii.Error, ValueError):
-            raise ErrBadRequest(message="bad request: b64data must be base64 of JSON (JSON protocol only)") from None
+        return _b64_json(b64data, "b64data")
     if data is None:
         raise ErrBadRequest(message="bad request: data is required")
     return _encoded(data, "data")
 
 
+def keep_raw_data(params: dict[str, Any], spans: dict[tuple[str, ...], tuple[int, int]], text: str,
+                  path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Replace ``data`` (at ``path``) in params parsed from ``text`` by its text as written,
+    so that a publication passes through the door byte for byte."""
+    span = spans.get((*path, "data"))
+    target = params
+    for key in path:
+        target = target.get(key) if isinstance(target, dict) else None  # type: ignore[assignment]
+    if span is not None and isinstance(target, dict) and target.get("data") is not None:
+        target["data"] = RawJson(text[span[0]:span[1]].encode())
+    return params
+
+
+def _b64_json(value: str, name: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raw = b""
+    if not raw or not is_json(raw):
+        raise ErrBadRequest(message=f"bad request: {name} must be base64 of JSON (JSON protocol only)")
+    return _within_depth(raw, name)
+
+
 def _encoded(value: Any, name: str) -> bytes:
     """JSON bytes of a decoded value; a value too deeply nested to encode is a bad request."""
+    if isinstance(value, RawJson):
+        return _within_depth(bytes(value), name)
     try:
-        return raw_json(value)
-    except orjson.JSONEncodeError as exc:
+        raw = raw_json(value)
+    except JsonTextError as exc:
         raise ErrBadRequest(message=f"bad request: {name}: {exc}") from None
+    return _within_depth(raw, name)
+
+
+def _within_depth(raw: bytes, name: str) -> bytes:
+    if not depth_within(raw.decode()):
+        raise ErrBadRequest(message=f"bad request: {name}: nested deeper than {MAX_DEPTH} levels")
+    return raw
 
 
 def _channel(node: Node, channel: str) -> ResolvedChannel:
@@ -114,10 +143,7 @@ async def broadcast(node: Node, req: m.BroadcastRequest) -> dict[str, Any]:
 
 def _json_or_b64(value: Any, b64: str | None, name: str) -> bytes | None:
     if b64:
-        try:
-            return orjson.dumps(orjson.loads(base64.b64decode(b64, validate=True)))
-        except (binascii.Error, ValueError):
-            raise ErrBadRequest(message=f"bad request: b64{name} must be base64 of JSON") from None
+        return _b64_json(b64, f"b64{name}")
     return None if value is None else _encoded(value, name)
 
 
@@ -216,6 +242,8 @@ async def info(node: Node, req: m.InfoRequest) -> dict[str, Any]:
 
 
 async def batch(node: Node, req: m.BatchRequest) -> dict[str, Any]:
+    """In order, or with ``parallel`` at most ``http_api.max_batch_concurrency`` at once (replies
+    in order either way). The size is bounded in ``execute``, before validation."""
     async def one(command: dict[str, Any]) -> dict[str, Any]:
         if len(command) != 1:
             return {"error": error_body(ErrBadRequest(message="bad request: a command has exactly one method"))}
@@ -228,7 +256,13 @@ async def batch(node: Node, req: m.BatchRequest) -> dict[str, Any]:
             return {"error": error_body(err)}
 
     if req.parallel:
-        replies = list(await asyncio.gather(*(one(c) for c in req.commands)))
+        gate = asyncio.Semaphore(node.config.http_api.max_batch_concurrency)
+
+        async def limited(command: dict[str, Any]) -> dict[str, Any]:
+            async with gate:
+                return await one(command)
+
+        replies = list(await asyncio.gather(*(limited(c) for c in req.commands)))
     else:
         replies = [await one(c) for c in req.commands]
     return {"replies": replies}
@@ -252,6 +286,11 @@ async def execute(node: Node, method: str, params: Any) -> dict[str, Any]:
         params = {}
     if not isinstance(params, dict):
         raise ErrBadRequest(message="bad request: params must be a JSON object")
+    if method == "batch":  # bounded at every door, before validating thousands of commands
+        listed, limit = params.get("commands"), node.config.http_api.max_batch_size
+        if isinstance(listed, list) and len(listed) > limit:
+            raise ErrBadRequest(message=f"bad request: commands: {len(listed)} commands, more than "
+                                        f"http_api.max_batch_size ({limit})")
     try:
         req = m.MODELS[method].model_validate(params)
     except ValidationError as exc:

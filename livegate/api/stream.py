@@ -22,12 +22,12 @@ import random
 from typing import Any
 
 import msgpack
-import orjson
 from redis.exceptions import RedisError, ResponseError
 
-from livegate.api.commands import execute
+from livegate.api.commands import execute, keep_raw_data
 from livegate.errors import ClientError
 from livegate.node import Node
+from livegate.protocol.jsontext import loads_with_spans
 from livegate.tasks import cancel_and_wait
 
 __all__ = ["ApiStreamConsumer", "GROUP", "decode_payload"]
@@ -42,10 +42,11 @@ TRIM_INTERVAL = 5.0
 
 
 def decode_payload(raw: bytes | None) -> Any:
+    """The params of an entry: JSON (its ``data`` kept as written) or msgpack."""
     if not raw:
         return {}
     if raw[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
-        return orjson.loads(raw)
+        return keep_raw_data(*loads_with_spans(raw))
     return msgpack.unpackb(raw, raw=False)
 
 

@@ -1,6 +1,7 @@
 """The engine contract: everything livegate needs from an engine, and what an engine reports.
 
 An ``Engine`` bundles a ``Broker`` (pub/sub + history), a ``PresenceManager``, a
+``UserConnections`` counter (connections per user on every node), a
 ``NodeChannel`` between the instances of a cluster (None on a one-process engine), its
 ``Shard`` servers and its health. It reports to the ``EngineEvents`` it was given at
 construction: publications, joins and leaves for local subscribers, gaps (publications that
@@ -19,7 +20,7 @@ from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
 __all__ = [
     "PublishOptions", "PublishResult", "HistoryOptions", "HistoryResult", "BrokerEventHandler",
-    "EngineEvents", "Broker", "PresenceManager", "PresenceStats", "NodeChannel", "Shard", "Engine",
+    "EngineEvents", "Broker", "PresenceManager", "PresenceStats", "UserConnections", "NodeChannel", "Shard", "Engine",
 ]
 
 
@@ -131,6 +132,35 @@ class PresenceManager(Protocol):
     async def remove_presence(self, channel: str, client_id: str, user: str) -> None: ...
 
 
+class UserConnections(Protocol):
+    """Every node's connections per user, for ``client.user_connection_limit``.
+
+    An entry is one connection (user, client id). It disappears ``ttl`` seconds after it was
+    last added or refreshed, so the entries of a node that died without removing them go
+    away; the node that holds a connection refreshes its entry well within ``ttl``. Adding is
+    atomic with the count: two nodes adding the user's last free place at once cannot both win.
+    """
+
+    async def add_user_connection(self, user: str, client_id: str, limit: int, ttl: float) -> bool:
+        """Count the connection unless the user already has ``limit`` live ones (0: no limit).
+        True when it counts (also when it already did); False, with nothing recorded, when
+        the user is at the limit."""
+        ...
+
+    async def refresh_user_connections(self, user: str, client_ids: Sequence[str], ttl: float) -> list[str]:
+        """Keep these connections of the user counted for ``ttl`` more seconds. Returns those
+        that are not counted (expired, e.g. while the engine was unreachable, or never
+        counted): they are not added back here, so a refresh racing a disconnect cannot revive
+        a closed connection; the caller adds those still open again."""
+        ...
+
+    async def remove_user_connection(self, user: str, client_id: str) -> None: ...
+
+    async def user_connection_count(self, user: str) -> int:
+        """The user's live connections on every node."""
+        ...
+
+
 class NodeChannel(Protocol):
     """Messages between the nodes of a cluster. What arrives is reported to
     ``EngineEvents.handle_node_message`` on every other node."""
@@ -159,6 +189,8 @@ class Engine(Protocol):
     def broker(self) -> Broker: ...
     @property
     def presence(self) -> PresenceManager: ...
+    @property
+    def users(self) -> UserConnections: ...
     @property
     def nodes(self) -> NodeChannel | None:
         """None: one process, nothing to tell other nodes."""

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +21,7 @@ from livegate.channels.broker import (
 )
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
-__all__ = ["MemoryEngine", "MemoryBroker", "MemoryPresence", "new_epoch"]
+__all__ = ["MemoryEngine", "MemoryBroker", "MemoryPresence", "MemoryUserConnections", "new_epoch"]
 
 
 def new_epoch() -> str:
@@ -236,6 +236,51 @@ class MemoryPresence:
                 del self._channels[channel]
 
 
+class MemoryUserConnections:
+    """Connections per user, each entry expiring ``ttl`` seconds after its last refresh."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._users: dict[str, dict[str, float]] = {}  # user -> client id -> expiry time
+
+    def _live(self, user: str, now: float) -> dict[str, float]:
+        entries = self._users.get(user)
+        if entries is None:
+            return {}
+        for client_id in [c for c, exp in entries.items() if exp <= now]:
+            del entries[client_id]
+        if not entries:
+            del self._users[user]
+        return entries
+
+    async def add_user_connection(self, user: str, client_id: str, limit: int, ttl: float) -> bool:
+        now = self._clock()
+        entries = self._live(user, now)
+        if client_id not in entries and limit > 0 and len(entries) >= limit:
+            return False
+        self._users.setdefault(user, entries)[client_id] = now + ttl
+        return True
+
+    async def refresh_user_connections(self, user: str, client_ids: Sequence[str], ttl: float) -> list[str]:
+        now = self._clock()
+        entries = self._live(user, now)
+        missing = [client_id for client_id in client_ids if client_id not in entries]
+        for client_id in client_ids:
+            if client_id in entries:
+                entries[client_id] = now + ttl
+        return missing
+
+    async def remove_user_connection(self, user: str, client_id: str) -> None:
+        entries = self._users.get(user)
+        if entries is not None:
+            entries.pop(client_id, None)
+            if not entries:
+                del self._users[user]
+
+    async def user_connection_count(self, user: str) -> int:
+        return len(self._live(user, self._clock()))
+
+
 class MemoryEngine:
     """The one-process engine: nothing to reach, so always healthy; no other nodes."""
 
@@ -247,6 +292,7 @@ class MemoryEngine:
     def __init__(self, events: EngineEvents, *, clock: Callable[[], float] = time.time, batch: bool = True) -> None:
         self.broker = MemoryBroker(events, clock=clock, batch=batch)
         self.presence = MemoryPresence(clock=clock)
+        self.users = MemoryUserConnections(clock=clock)
 
     @property
     def healthy(self) -> bool:

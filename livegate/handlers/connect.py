@@ -1,4 +1,5 @@
-"""connect: authenticate (JWT or anonymous), run the connect hook, set up server-side subscriptions."""
+"""connect: authenticate (JWT or anonymous), count the connection for its user
+(client.user_connection_limit), run the connect hook, set up server-side subscriptions."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from livegate.protocol.commands import ConnectRequest, SubscribeRequest
 from livegate.protocol.replies import ConnectResult, SubscribeResult
 from livegate.protocol.types import raw_json
 from livegate.session import Session, State
+from livegate.session.limits import node_limits
 from livegate.session.payloads import payload_value
 from livegate.session.subscriptions import Grant, InFlight, remove_subscription, subscribe_channel
 
@@ -64,6 +66,26 @@ async def handle_connect(session: Session, req: ConnectRequest) -> tuple[Connect
                 claim.get("override") if isinstance(claim.get("override"), dict) else None)
     elif not (cfg.allow_anonymous_connect_without_token or cfg.insecure):
         raise DisconnectRequested(codes.BAD_REQUEST.code, "bad request: connection token required")
+    # client.user_connection_limit: counted on every node (the engine's UserConnections).
+    user = session.user
+    if not await node.add_user_connection(user, session.client_id):
+        node_limits(node).refused("user_connection", node.clock.monotonic(), user=user,
+                                  allowed=cfg.user_connection_limit)
+        raise DisconnectRequested(codes.CONNECTION_LIMIT.code, codes.CONNECTION_LIMIT.reason)
+    try:
+        connected = await _complete(session, req, channels, expire_at)
+    except BaseException:
+        await node.remove_user_connection(user, session.client_id)  # a failed connect counts for nobody
+        raise
+    node_limits(node).join_user(session.limiter, user)
+    return connected
+
+
+async def _complete(session: Session, req: ConnectRequest, channels: dict[str, Grant],
+                    expire_at: float) -> tuple[ConnectResult, AfterConnect]:
+    """The connect hook, server-side subscriptions and the reply, once the user is known."""
+    node = session.node
+    cfg = node.config.client
     data: Any = None
     hook = node.app.connect_hook
     if hook is not None:

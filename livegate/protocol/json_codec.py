@@ -17,6 +17,7 @@ from livegate.errors import ClientError
 from livegate.protocol.codec import Command, FrameError
 from livegate.protocol.codes import ErrBadRequest
 from livegate.protocol.commands import PAYLOAD_FIELD, REQUESTS
+from livegate.protocol.jsontext import MAX_DEPTH, JsonTextError, depth_within, has_surrogate_escape, loads_with_spans
 from livegate.protocol.replies import (
     ConnectResult,
     EmptyResult,
@@ -129,13 +130,21 @@ class JsonCodec:
         for line in lines:
             if not line.strip():
                 continue
+            text: str | None = None
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise FrameError(f"invalid JSON: {exc.msg}") from None
+                if exc.msg.startswith(("depth", "recursion")):
+                    raise FrameError(f"invalid JSON: {exc.msg}") from None
+                # Valid JSON orjson refuses (a lone surrogate escape, e.g. from a string cut in
+                # the middle of an emoji) is parsed by the standard library instead.
+                try:
+                    obj, _, text = loads_with_spans(line)
+                except JsonTextError as err:
+                    raise FrameError(f"invalid JSON: {err}") from None
             if not isinstance(obj, dict):
                 raise FrameError("a command must be a JSON object")
-            commands.append(_command(obj))
+            commands.append(_command(obj, line, text))
         if not commands:
             raise FrameError("empty frame")
         return commands
@@ -169,7 +178,7 @@ class JsonCodec:
         return messages[0] if len(messages) == 1 else b"\n".join(messages)
 
 
-def _command(obj: dict[str, Any]) -> Command:
+def _command(obj: dict[str, Any], line: str | bytes, text: str | None) -> Command:
     cid = obj.pop("id", 0)
     if cid is None:
         cid = 0
@@ -191,19 +200,34 @@ def _command(obj: dict[str, Any]) -> Command:
     if cid == 0 and method != "send":
         raise FrameError(f"{method}: command needs an id")
     request_type = REQUESTS[method]
-    if PAYLOAD_FIELD in request_type.model_fields:
-        payload = params.get(PAYLOAD_FIELD)
-        if payload is not None:
-            try:
-                params[PAYLOAD_FIELD] = orjson.dumps(payload)  # opaque bytes from here on
-            except orjson.JSONEncodeError as exc:  # nested deeper than payloads may be
-                return Command(cid, method, None, error=ErrBadRequest(message=f"bad request: {method}.data: {exc}"))
+    if PAYLOAD_FIELD in request_type.model_fields and params.get(PAYLOAD_FIELD) is not None:
+        # The payload travels as its sender wrote it: cut out of the command's text.
+        if text is None:
+            _, spans, text = loads_with_spans(line)
+        else:
+            spans = loads_with_spans(text)[1]
+        start, end = spans[(method, PAYLOAD_FIELD)]
+        if not depth_within(text[start:end]):
+            return Command(cid, method, None, error=ErrBadRequest(
+                message=f"bad request: {method}.data: nested deeper than {MAX_DEPTH} levels"))
+        params[PAYLOAD_FIELD] = text[start:end].encode()
+        if has_surrogate_escape(text, 0, start) or has_surrogate_escape(text, end):
+            return _unicode_problem(cid, method)
+    elif text is not None and has_surrogate_escape(text):
+        return _unicode_problem(cid, method)
     try:
         return Command(cid, method, request_type.model_validate(params))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or method
         return Command(cid, method, None, f"{method}.{where}: {first['msg']}")
+
+
+def _unicode_problem(cid: int, method: str) -> Command:
+    """A lone surrogate may stand in a payload (it is passed on as written), not in a channel
+    name, a token or anything else the server reads."""
+    return Command(cid, method, None, error=ErrBadRequest(
+        message=f"bad request: {method}: a \\u escape of a lone surrogate outside data"))
 
 
 #: The one JSON codec instance every JSON connection shares.

@@ -11,12 +11,18 @@ from typing import Any
 
 import orjson
 
+from livegate.protocol.jsontext import dumps
+
 __all__ = ["StreamPosition", "ClientInfo", "Publication", "raw_json"]
 
 
 def raw_json(value: Any) -> bytes:
-    """Compact JSON bytes of a decoded value (never contains a raw newline)."""
-    return orjson.dumps(value)
+    """Compact JSON bytes of a decoded value (never contains a raw newline).
+
+    Raises:
+        JsonTextError: the value cannot be JSON (nested too deeply, not a JSON type).
+    """
+    return dumps(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,21 +4,30 @@ OpenAPI document, Prometheus /metrics, /health and /ready.
 Errors follow Centrifugo: 401 with an empty body for a missing or wrong key, 404 for an
 unknown method, 400 (plain text) for a body that is not a JSON object, 413 over
 ``http_api.max_body_size``, and HTTP 200 ``{"error": {"code", "message"}}`` for a command
-that failed.
+that failed. livegate adds 415 for a POST body that is not declared as JSON.
+
+Limits of the port (``start_api``): a request's head and body must arrive within
+``http_api.read_timeout`` (``ApiConnection``: one timer per connection, from the accept or
+from the first byte of a request until its body is read), a keep-alive connection waits
+``http_api.idle_timeout`` for its next request (aiohttp's ``keepalive_timeout``). Malformed
+HTTP is answered by aiohttp with a 400 and logged at debug level without a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic.json_schema import models_json_schema
 
@@ -27,14 +36,188 @@ from livegate.api.models import MODELS
 from livegate.errors import ClientError
 from livegate.metrics import merge_snapshots
 from livegate.node import Node
+from livegate.protocol.jsontext import JsonTextError, loads, loads_with_spans
 
-__all__ = ["make_api_app", "openapi_document", "MetricsFiles"]
+__all__ = ["make_api_app", "openapi_document", "MetricsFiles", "ApiConnection", "ApiSite", "start_api",
+           "API_HEADERS"]
 
 log = logging.getLogger("livegate.http_api")
 
 
+#: Errors that are the peer's doing, not a bug here: malformed HTTP, a body that does not
+#: decode, a peer that went away.
+_PEER_FAULTS = (HttpProcessingError, web.RequestPayloadError, ConnectionError)
+
+
+def _peer_fault(record: logging.LogRecord) -> bool:
+    """A peer's fault logged by aiohttp: one line with the reason instead of a traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, _PEER_FAULTS):
+        if isinstance(exc.__cause__, HttpProcessingError):  # RequestPayloadError wraps one
+            exc = exc.__cause__
+        text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        reason = text.strip().splitlines()[:1] or [""]
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {reason[0].strip(': ')[:200]}"
+        record.args = None
+        record.exc_info = record.exc_text = None
+    return True
+
+
+#: aiohttp's messages about connections of the API port (malformed requests, at debug level).
+http_log = logging.getLogger("livegate.http_api.http")
+http_log.addFilter(_peer_fault)
+
+#: On every response of the port, aiohttp's own error pages included. No version in ``Server``.
+API_HEADERS = {"Server": "livegate", "X-Content-Type-Options": "nosniff"}
+
+#: Media types a POST body may be declared as. Neither is one a browser may send cross-site
+#: without a CORS preflight (which this port never grants), so a web page cannot make a
+#: visitor's browser call the API. application/octet-stream is what generic HTTP clients
+#: (aiohttp's ``data=bytes``) declare for raw bytes.
+_BODY_TYPES = frozenset({"application/json", "application/octet-stream"})
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _json_declared(content_type: str | None) -> bool:
+    """Whether a Content-Type header declares a JSON body: ``application/json``, optionally
+    with ``charset=utf-8`` (JSON is UTF-8), or ``application/octet-stream``."""
+    if content_type is None:
+        return False
+    media, *params = content_type.split(";")
+    if media.strip().lower() not in _BODY_TYPES:
+        return False
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+class ApiConnection(web.RequestHandler):
+    """aiohttp's connection handler with a read deadline, quiet logging of malformed HTTP and
+    ``API_HEADERS`` on the error pages aiohttp writes itself.
+
+    The deadline (``read_timeout``) runs from the accept, and later from the first byte of
+    each request, until the request's body has been read (``body_read``): a peer that sends
+    nothing, trickles a request head or stalls in its body is disconnected when it passes.
+    Between requests aiohttp's keep-alive timeout applies instead."""
+
+    __slots__ = ("_read_timeout", "_timer", "_in_request", "_next_begun")
+
+    def __init__(self, manager: web.Server, *, read_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._read_timeout = read_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_request = False  # from its head's arrival to its response
+        self._next_begun = False  # bytes of the next request came while this one was handled
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is None and data:
+            if self._in_request:  # its body is read: these bytes begin the next request
+                self._next_begun = True
+            else:
+                self._arm()  # the first byte of a request: its head and body have read_timeout
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def request_started(self) -> None:
+        """A request's head is in (the deadline keeps running for its body)."""
+        self._in_request = True
+        self._next_begun = False
+        if self._timer is None:
+            self._arm()  # a pipelined request that arrived during the previous one
+
+    def body_read(self) -> None:
+        self._disarm()
+
+    def request_done(self) -> None:
+        self._in_request = False
+        if self._next_begun:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(self._read_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        log.debug("api connection closed: request not read within read_timeout",
+                  extra={"peer": str(self.peername), "read_timeout_s": self._read_timeout})
+        self.force_close()  # a body being read fails with ConnectionResetError: see guard()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        response = super().handle_error(request, status, exc, message)
+        response.headers.update(API_HEADERS)
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if isinstance(kw.get("exc_info"), _PEER_FAULTS):
+            self.logger.debug(*args, **kw)  # the peer's doing: debug, and one line (_peer_fault)
+            return
+        super().log_exception(*args, **kw)
+
+
+class ApiSite(web.BaseSite):
+    """``web.TCPSite`` whose connections are ``ApiConnection``s."""
+
+    __slots__ = ("_host", "_port", "_reuse_port", "_handler_kwargs")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, reuse_port: bool = False,
+                 backlog: int = 128, **handler_kwargs: Any) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        self._handler_kwargs = handler_kwargs
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        manager = self._runner.server
+        assert manager is not None
+
+        def connection() -> ApiConnection:
+            return ApiConnection(manager, loop=loop, **self._handler_kwargs)
+
+        self._server = await loop.create_server(connection, self._host, self._port, backlog=self._backlog,
+                                                reuse_port=self._reuse_port or None)
+
+
+async def start_api(node: Node, registry: CollectorRegistry, *, reuse_port: bool = False
+                    ) -> tuple[web.AppRunner, ApiSite]:
+    """Serve ``make_api_app`` on ``http_api.address:port`` with the port's limits."""
+    cfg = node.config.http_api
+    runner = web.AppRunner(make_api_app(node, registry), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = ApiSite(runner, cfg.address, cfg.port, reuse_port=reuse_port,
+                   read_timeout=cfg.read_timeout, keepalive_timeout=cfg.idle_timeout, access_log=None,
+                   logger=http_log)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site
 
 
 class MetricsFiles:
@@ -131,14 +314,19 @@ def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
         # Header bytes that are not UTF-8 arrive as surrogate escapes: compare them as bytes.
         return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key)
 
-    async def body_of(request: web.Request) -> Any:
+    async def body_of(request: web.Request, data_at: tuple[str, ...] = ()) -> Any:
+        """The JSON body; a publication's ``data`` (at ``data_at``) kept as the backend wrote it."""
         raw = await request.read()
         if not raw.strip():
             return {}
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise web.HTTPBadRequest(text=f"body is not JSON: {exc.msg}\n") from None
+            params, spans, text = loads_with_spans(raw)
+        except JsonTextError as exc:
+            try:
+                return loads(raw)  # JSON, but not an object: the caller says what it wants
+            except JsonTextError:
+                raise web.HTTPBadRequest(text=f"body is not JSON: {exc}\n") from None
+        return commands.keep_raw_data(params, spans, text, data_at)
 
     async def run(method: str, params: Any) -> web.Response:
         started = time.perf_counter()
@@ -173,7 +361,7 @@ def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
     async def api_legacy(request: web.Request) -> web.Response:
         if not authorized(request):
             return web.Response(status=401)
-        body = await body_of(request)
+        body = await body_of(request, ("params",))
         if not isinstance(body, dict) or not isinstance(body.get("method"), str):
             return web.Response(status=400, text='body must be {"method": ..., "params": {...}}\n')
         if body["method"] not in MODELS:
@@ -184,8 +372,7 @@ def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
         return web.Response(text=json.dumps(openapi_document(prefix)), content_type="application/json")
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={
-            "Content-Type": CONTENT_TYPE_LATEST, "X-Content-Type-Options": "nosniff"})
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -197,7 +384,39 @@ def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
             body.update(node.persistence.status())
         return _json(body, status=200 if node.ready else 503)
 
-    app = web.Application(client_max_size=cfg.max_body_size)
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        """Every request: the body is declared as JSON, fits ``max_body_size`` and is read
+        whole before the handler runs, within the connection's read deadline."""
+        conn = request.protocol if isinstance(request.protocol, ApiConnection) else None
+        if conn is not None:
+            conn.request_started()
+        try:
+            if request.body_exists:
+                if request.method == "POST" and not _json_declared(request.headers.get("Content-Type")):
+                    return web.Response(status=415, text="Content-Type must be application/json\n")
+                if (request.content_length or 0) > cfg.max_body_size:
+                    raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_size,
+                                                        actual_size=request.content_length or 0)
+            try:
+                await request.read()
+            except (ConnectionError, web.RequestPayloadError):
+                # A body that does not decode (Content-Encoding), or a peer gone or past the
+                # read deadline (the connection is closed: nobody reads this answer).
+                return web.Response(status=400, text="body could not be read\n")
+            if conn is not None:
+                conn.body_read()
+            return await handler(request)
+        finally:
+            if conn is not None:
+                conn.request_done()
+
+    async def headers(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(API_HEADERS)
+
+    app = web.Application(client_max_size=cfg.max_body_size, middlewares=[guard])
+    app.on_response_prepare.append(headers)
     app.router.add_get(f"{prefix}/openapi.json", openapi)
     app.router.add_post(f"{prefix}/{{method}}", api_method)
     app.router.add_post(prefix, api_legacy)

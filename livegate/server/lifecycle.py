@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import random
+import resource
 import signal
 from typing import Any
 
@@ -25,12 +26,12 @@ from livegate.metrics import NodeCollector
 from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, build_node
 from livegate.persistence.store import Persistence
 from livegate.protocol import codes
-from livegate.server.http_api import MetricsFiles, make_api_app
+from livegate.server.http_api import ApiSite, MetricsFiles, start_api
 from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection
 from livegate.session import Session
 from livegate.tasks import cancel_and_wait
 
-__all__ = ["Server", "sweep_interval"]
+__all__ = ["Server", "sweep_interval", "raise_open_files_limit"]
 
 log = logging.getLogger("livegate.server")
 
@@ -39,6 +40,21 @@ def sweep_interval(config: Config) -> float:
     """How often connection timers are checked (pings, pong deadlines, stale and expired
     connections): a quarter of the pong timeout, at most once a second (the default)."""
     return min(1.0, max(0.05, config.client.pong_timeout / 4))
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files (RLIMIT_NOFILE) to its hard limit, so
+    that every connection, on both ports, and every Redis/PostgreSQL socket can have a
+    descriptor: the usual soft default of 1024 is reached by a few hundred clients. A failure
+    (a hard limit the kernel refuses as a soft one) keeps the old value. Returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit", extra={"soft": soft, "hard": hard, "error": str(exc)})
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard
 
 
 class Server:
@@ -53,7 +69,7 @@ class Server:
         self.persistence: Persistence | None = None
         self._ws: WsServer | None = None
         self._api_runner: web.AppRunner | None = None
-        self._api_site: web.TCPSite | None = None
+        self._api_site: ApiSite | None = None
         self.metrics_files = MetricsFiles(os.environ.get("LIVEGATE_WORKER_METRICS_DIR"))
         self.metrics_registry = CollectorRegistry(auto_describe=False)
         self.metrics_registry.register(NodeCollector(self.metrics_snapshot))
@@ -74,15 +90,12 @@ class Server:
         return self._api_runner.addresses[0][1]
 
     async def _start_api(self) -> None:
-        cfg = self.config.http_api
-        app = make_api_app(self.node, self.metrics_registry)
-        self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._api_runner.setup()
-        self._api_site = web.TCPSite(self._api_runner, cfg.address, cfg.port,
-                                     reuse_port=self.config.http_server.workers > 1)
-        await self._api_site.start()
+        self._api_runner, self._api_site = await start_api(self.node, self.metrics_registry,
+                                                           reuse_port=self.config.http_server.workers > 1)
 
     async def start(self, *, sock: Any = None) -> None:
+        soft, hard = raise_open_files_limit()
+        log.info("open files limit", extra={"soft": soft, "hard": hard})
         node = self.node
         await node.start()
         if self.config.persistence.dsn:
@@ -106,7 +119,7 @@ class Server:
             ping_interval=None,  # the protocol's own {} pings do this job
             close_timeout=cfg.websocket.write_timeout,
             backlog=2048,  # reconnect waves: a short accept queue turns them into resets
-            server_header=f"livegate/{node.version}",
+            server_header="livegate",  # no version: it tells an attacker which bugs to try
         )
 
         async def handler(ws: ServerConnection) -> None:

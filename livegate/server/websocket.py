@@ -27,6 +27,7 @@ from livegate.protocol import codes
 from livegate.protocol.codec import Wire
 from livegate.protocol.codecs import CODECS, DEFAULT_CODEC
 from livegate.session import Handler, Session
+from livegate.session.limits import node_limits
 
 __all__ = ["WebSocketTransport", "WIRES", "WS_JSON", "text_frame", "origin_allowed", "select_subprotocol",
            "requested_format", "make_process_request", "serve_connection"]
@@ -160,6 +161,7 @@ def wire_for(ws: ServerConnection) -> Wire:
 def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Response | None]:
     prefix = node.config.websocket.handler_prefix
     origins = node.config.client.allowed_origins
+    limits = node_limits(node)
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
@@ -191,6 +193,12 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
             # Older SDKs (centrifuge-python before 0.7) send an empty header for JSON, which
             # Centrifugo takes as no subprotocol: so do we.
             del headers["Sec-WebSocket-Protocol"]
+        # Last, so that only handshakes that would succeed count against the rate. As Centrifugo:
+        # HTTP 503, which SDKs take as a transport failure and retry with backoff (a close code
+        # would need the upgrade first, and 3504 would stop them for good).
+        refused = limits.admit_connection(node.hub.num_clients, node.clock.monotonic())
+        if refused is not None:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{refused.replace('_', ' ')} limit reached\n")
         return None
 
     return process_request

@@ -7,6 +7,10 @@ order, coalescing replies and pushes into one frame, the output buffer and its s
 rule, timers. A transport shell (WebSocket, SSE, HTTP-streaming) feeds frames to
 ``handle_frame`` and calls ``Session.release`` when the connection ends.
 
+Every command passes one rate-limit check first (``limits.CommandLimiter``, client.rate_limit):
+over a limit it is answered with error 111, and a connection refused too often in a row is
+closed with 3013.
+
 Output has one path: ``write`` (coalesced while a frame is processed) and ``_emit``, the only
 place bytes reach the transport. One rule bounds what a connection may hold: bytes collected
 plus bytes buffered by the transport over ``client.queue_max_size`` close it with 3008.
@@ -27,9 +31,10 @@ from livegate.metrics import NodeMetrics
 from livegate.node import Node
 from livegate.protocol import codes
 from livegate.protocol.codec import Codec, Command, FrameError, Wire
-from livegate.protocol.codes import Disconnect, ErrInternal
+from livegate.protocol.codes import Disconnect, ErrInternal, ErrTooManyRequests
 from livegate.protocol.types import ClientInfo
 from livegate.session.context import Context, Subscription
+from livegate.session.limits import CommandLimiter, node_limits
 
 __all__ = ["SessionCore", "State", "Transport", "Followup", "Handler"]
 
@@ -85,7 +90,7 @@ class SessionCore:
     __slots__ = (
         "node", "transport", "wire", "handlers", "client_id", "user", "conn_info", "name",
         "version", "state", "subs", "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry",
-        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "__weakref__",
+        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "limiter", "__weakref__",
     )
 
     def __init__(self, node: Node, transport: Transport, handlers: Mapping[str, Handler]) -> None:
@@ -112,6 +117,8 @@ class SessionCore:
         self._collect_size = 0
         self._queue_max = node.config.client.queue_max_size
         self.closing: Disconnect | None = None
+        #: The command budget (client.rate_limit); None when no command limit is configured.
+        self.limiter: CommandLimiter | None = node_limits(node).new_limiter()
 
     # Derived, not stored: every slot is paid for by every connection.
     @property
@@ -238,6 +245,11 @@ class SessionCore:
         elif method == "connect":
             self._bad_request("second connect")
             return False
+        limiter = self.limiter
+        if limiter is not None:  # the one rate-limit check; allocates nothing under the limits
+            refused = limiter.check(method, self.node.clock.monotonic())
+            if refused is not None:
+                return self._rate_limited(cmd, refused)
         if cmd.request is None:
             if cmd.error is None:
                 self._bad_request(cmd.problem)
@@ -287,6 +299,20 @@ class SessionCore:
             pending = followup.complete()
             if pending is not None:
                 await pending
+        return True
+
+    def _rate_limited(self, cmd: Command, limit: str) -> bool:
+        """A command over a rate limit: error 111 (temporary), or, after
+        client.rate_limit.disconnect_after refusals in a row, close with 3013."""
+        metrics = self.metrics
+        metrics.count(metrics.commands, f"{cmd.method}|limited")
+        node_limits(self.node).refused(limit, self.node.clock.monotonic(), client=self.client_id, user=self.user)
+        if cmd.id:
+            self.write(self.codec.encode_error(cmd.id, ErrTooManyRequests()))
+        limiter = self.limiter
+        if limiter is not None and limiter.exhausted:
+            self.close(codes.TOO_MANY_REQUESTS)
+            return False
         return True
 
     def _bad_request(self, why: str) -> None:

@@ -13,6 +13,7 @@ from livegate.errors import ClientError, DisconnectRequested
 from livegate.protocol import codes
 from livegate.protocol.commands import SubscribeRequest
 from livegate.session.core import SessionCore, State
+from livegate.session.limits import node_limits
 from livegate.session.subscriptions import Grant, remove_subscription, subscribe_channel
 
 __all__ = ["Session"]
@@ -93,11 +94,13 @@ class Session(SessionCore):
         self.state = State.CLOSED
         if was_connected:
             node.hub.remove_connection(self)
+            node_limits(node).leave_user(self.limiter, self.user)
         # Also subscriptions a connect was still setting up when the socket went away.
         for channel in list(self.subs):
             await remove_subscription(self, channel)
         if not was_connected:
             return
+        await node.remove_user_connection(self.user, self.client_id)
         hook = node.app.disconnect_hook
         if hook is not None:
             try:

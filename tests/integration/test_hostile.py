@@ -198,3 +198,141 @@ async def test_an_api_stream_nobody_reads_is_cut_to_its_bound(start_server):
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+# -- the Redis function door: exactly what the HTTP API accepts --------------------------------
+
+
+@pytest.fixture
+async def fcall(redis_server):
+    client = aioredis.Redis.from_url(REDIS_URL)
+    prefix = redis_server.config.engine.redis.prefix
+
+    async def call(channel: str, data: bytes, options: dict | None = None, info: bytes | None = None):
+        args = [data, orjson.dumps({"prefix": prefix, **(options or {})})]
+        if info is not None:
+            args.append(info)
+        return await client.fcall("livegate_publish", 1, channel, *args)
+
+    yield call
+    await client.aclose()
+
+
+async def test_the_reported_info_injection_is_refused(redis_server, fcall, peer_factory):
+    peer = await peer_factory(redis_server.url)
+    await peer.connect("alice")
+    await peer.call("subscribe", {"channel": "chat:a"})
+    forged = b'{"user":"x"}}}\n{"push":{"channel":"chat:other","pub":{"data":"FORGED"}}}\n{"x":{"y":{'
+    with pytest.raises(aioredis.ResponseError, match="info must be a JSON object"):
+        await fcall("chat:a", b'{"a":1}', info=forged)
+    with pytest.raises(aioredis.ResponseError, match="data must be JSON"):  # "trusted" is not honoured
+        await fcall("chat:a", b"not json", {"trusted": True})
+    # Nothing reached the subscriber, and nothing stayed in history: the next publication is offset 1.
+    assert (await fcall("chat:a", b'"marker"'))[0] == 1
+    pubs = [msg async for msg in pushes_until(peer, "marker")]
+    assert pubs == [{"data": "marker", "offset": 1}]
+
+
+@pytest.mark.parametrize("data", [
+    b"NaN", b"Infinity", b"-Infinity", b"0x10", b"[1,]", b"{\"a\":1,}", b"01", b"1.", b".5", b"1e", b"+1",
+    b"\"\xff\"", b"\"\xed\xa0\x80\"", b"\"\xc0\xaf\"", b"\"a\x01\"", b"\"\\x41\"", b"\"\\u12\"", b"{\"a\" 1}",
+    b"[1 2]", b"tru", b"nul", b"\"unterminated", b"{} {}", b"[" * 251 + b"]" * 251, b"'single'",
+])
+async def test_what_no_strict_json_parser_takes_is_refused(fcall, data):
+    with pytest.raises(aioredis.ResponseError, match="data must be JSON"):
+        await fcall("chat:strict", data)
+
+
+@pytest.mark.parametrize("data", [
+    b'"hi \\ud83d"', b"18446744073709551616", b"-0.0e+00", b'"\\u00e9 \xc3\xa9 \xf0\x9f\x98\x80"', b"[]", b"{}",
+    b" [ 1 , { \"a\" : [ ] } ] ", b"[" * 250 + b"]" * 250, b'"\\/\\b\\f\\n\\r\\t\\"\\\\"', b"\"\x7f\"",
+])
+async def test_valid_json_passes_unchanged_to_subscribers(redis_server, fcall, peer_factory, data):
+    peer = await peer_factory(redis_server.url)
+    await peer.connect("alice")
+    await peer.call("subscribe", {"channel": "chat:ok"})
+    offset, _ = await fcall("chat:ok", data)
+    while '"pub"' not in (frame := await peer.ws.recv()):
+        pass  # the join push of the subscriber itself
+    assert data.strip() in frame.encode() and f'"offset":{offset}' in frame
+    assert peer_json_ok(frame)
+
+
+async def pushes_until(peer, marker):  # noqa: ANN001, ANN201
+    """The pub pushes a peer receives, up to and including the one whose data is ``marker``."""
+    while True:
+        msg = await peer.recv()
+        pub = msg.get("push", {}).get("pub")
+        if pub is not None:
+            yield pub
+            if pub.get("data") == marker:
+                return
+
+
+def peer_json_ok(frame: str) -> bool:
+    from livegate.protocol.jsontext import is_json
+    return all(is_json(line.encode()) for line in frame.split("\n"))
+
+
+async def test_an_oversized_publication_is_refused_at_every_door(start_server, peer_factory):
+    prefix = unique_prefix()
+    running = await start_server({"engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}},
+                                  "channel": {"max_publication_size": 1000}})
+    big = b'"' + b"x" * 1000 + b'"'
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        with pytest.raises(aioredis.ResponseError, match="over max_publication_size"):  # FCALL
+            await client.fcall("livegate_publish", 1, "chat:big", big, orjson.dumps({"prefix": prefix}))
+        _, _, raw = await raw_http(running.server.api_port, api_request(  # HTTP API
+            "/api/publish", b'{"channel":"chat:big","data":' + big + b"}", b"X-API-Key: " + KEY))
+        assert orjson.loads(raw)["error"]["code"] == 107 and "max_publication_size" in orjson.loads(raw)["error"]["message"]
+        peer = await peer_factory(running.url)  # a client
+        await peer.connect("alice")
+        await peer.call("subscribe", {"channel": "chat:big"})
+        reply = await peer.call("publish", {"channel": "chat:big", "data": "x" * 1000})
+        assert reply["error"]["code"] == 107
+        stream = f"{prefix}.api.stream"  # the Redis API stream: dead-lettered with the reason
+        await client.xadd(stream, {"method": "publish", "payload": b'{"channel":"chat:big","data":' + big + b"}"})
+        async with asyncio.timeout(scaled(10)):
+            while not await client.xlen(f"{prefix}.api.dead"):
+                await asyncio.sleep(0.02)
+        (_, fields), = await client.xrange(f"{prefix}.api.dead")
+        assert fields[b"error"].startswith(b"107") and b"max_publication_size" in fields[b"error"]
+        assert (await peer.call("publish", {"channel": "chat:big", "data": "ok"}))["publish"] == {}  # still here
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/publish", b'{"channel":"chat:raw","data":%s}'),
+    ("/api/broadcast", b'{"channels":["chat:raw"],"data":%s}'),
+    ("/api", b'{"method":"publish","params":{"channel":"chat:raw","data":%s}}'),
+])
+async def test_the_http_api_passes_data_through_byte_for_byte(server, peer_factory, path, body):
+    data = b'{"t": "hi \\ud83d", "big": 18446744073709551616, "x": 2.50}'
+    peer = await peer_factory(server.url)
+    await peer.connect("alice")
+    await peer.call("subscribe", {"channel": "chat:raw"})
+    status, _, raw = await raw_http(server.server.api_port, api_request(path, body % data, b"X-API-Key: " + KEY))
+    assert status == 200 and b"error" not in raw, raw
+    while '"pub"' not in (frame := await peer.ws.recv()):
+        pass  # the subscriber's own join
+    assert data in frame.encode()
+
+
+async def test_the_batch_bound_holds_at_the_redis_stream_door(redis_server):
+    client = aioredis.Redis.from_url(REDIS_URL)
+    prefix = redis_server.config.engine.redis.prefix
+    try:
+        commands = [{"publish": {"channel": "chat:b", "data": n}} for n in range(1001)]
+        await client.xadd(f"{prefix}.api.stream", {"method": "batch", "payload": orjson.dumps({"commands": commands})})
+        async with asyncio.timeout(scaled(10)):
+            while not await client.xlen(f"{prefix}.api.dead"):
+                await asyncio.sleep(0.02)
+        (_, fields), = await client.xrange(f"{prefix}.api.dead")
+        assert fields[b"error"].startswith(b"107") and b"max_batch_size" in fields[b"error"]
+    finally:
+        await client.aclose()

@@ -165,7 +165,7 @@ async def test_expired_subscription_on_a_fake_clock(start_server, peer_factory):
 
 
 async def test_slow_consumer_is_disconnected_others_unaffected(start_server, peer_factory):
-    running = await start_server({"client": {"queue_max_size": 65536}})
+    running = await start_server({"client": {"queue_max_size": 65536}, "channel": {"max_publication_size": 32768}})
     # A client that stops reading: tiny receive queue, never calls recv(). (It cannot read the
     # close either: a short close_timeout keeps the teardown from waiting for it.)
     slow = await peer_factory(running.url, max_queue=1, close_timeout=scaled(0.5))

@@ -113,9 +113,42 @@ def test_unknown_fields_next_to_the_method_are_ignored():
     ]
 
 
-def test_payloads_become_opaque_json_bytes():
-    (cmd,) = decode_frame('{"id":1,"rpc":{"method":"m","data":{"a": [1, 2.5, "x"]}}}')
-    assert cmd.request == c.RPCRequest(method="m", data=b'{"a":[1,2.5,"x"]}')
+def test_payloads_pass_through_byte_for_byte():
+    (cmd,) = decode_frame('{"id":1,"rpc":{"method":"m","data":{"a": [1, 2.50, "x", 1e2, "\\u00e9"]}}}')
+    assert cmd.request == c.RPCRequest(method="m", data=b'{"a": [1, 2.50, "x", 1e2, "\\u00e9"]}')
+
+
+@pytest.mark.parametrize("data", [
+    '"hi \\ud83d"',                                  # a lone surrogate: valid JSON, orjson refuses it
+    '{"x":["\\udc00",1]}',
+    "18446744073709551616",                           # beyond 64 bits: not turned into a float
+    "-123456789012345678901234567890.5e-7",
+    "[" * 250 + "]" * 250,                            # as deep as payloads may go
+])
+@pytest.mark.parametrize("method", ["publish", "rpc"])
+def test_valid_json_that_orjson_would_change_or_refuse_passes_unchanged(data, method):
+    params = '"channel":"a",' if method == "publish" else '"method":"m",'
+    (cmd,) = decode_frame('{"id":3,"' + method + '":{' + params + '"data":' + data + "}}")
+    assert cmd.request is not None and cmd.request.data == data.encode()
+
+
+@pytest.mark.parametrize("line", [
+    '{"id":3,"publish":{"channel":"\\ud83d","data":1}}',      # a lone surrogate in a channel name
+    '{"id":3,"subscribe":{"channel":"a","token":"\\udfff"}}',
+])
+def test_a_lone_surrogate_outside_data_is_a_bad_request(line):
+    (cmd,) = decode_frame(line)
+    assert cmd.request is None and cmd.error is not None and cmd.error.code == 107
+
+
+@pytest.mark.parametrize("line", ['{"id":1,"publish":{"channel":"a","data":NaN}}',
+                                  '{"id":1,"publish":{"channel":"a","data":Infinity}}',
+                                  '{"id":1,"publish":{"channel":"a","data":[1,]}}',
+                                  '{"id":1,"publish":{"channel":"a","data":"\\ud83d"},}',
+                                  '{"id":1,"publish":{"channel":"a","data":01}}'])
+def test_what_is_not_json_stays_a_bad_frame(line):
+    with pytest.raises(FrameError):
+        decode_frame(line)
     (cmd,) = decode_frame('{"id":1,"rpc":{"method":"m","data":null}}')
     assert cmd.request == c.RPCRequest(method="m", data=None)
 
@@ -321,9 +354,9 @@ def test_other_results():
 
 
 def test_a_payload_too_deep_to_encode_is_an_error_reply_not_a_crash():
-    deep = "[" * 300 + "]" * 300
+    deep = "[" * 251 + "]" * 251
     (cmd,) = decode_frame('{"id":1,"publish":{"channel":"a","data":' + deep + "}}")
     assert cmd.request is None and cmd.error is not None and cmd.error.code == 107
-    assert "publish.data" in cmd.error.message
+    assert "publish.data" in cmd.error.message and "250" in cmd.error.message
     with pytest.raises(FrameError, match="depth"):  # deeper than the parser takes: the frame is refused
         decode_frame('{"id":1,"publish":{"channel":"a","data":' + "[" * 1100 + "]" * 1100 + "}}")

@@ -434,3 +434,11 @@ def test_cli_token_without_secret_exits_2(tmp_path):
     assert proc.returncode == 2
     assert "client.token.hmac_secret_key" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_max_publication_size_must_stay_under_the_queue_bound():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"client": {"queue_max_size": 1000}}, environ={})
+    assert err.value.key == "channel.max_publication_size"
+    assert parse_config({"client": {"queue_max_size": 1000}, "channel": {"max_publication_size": 999}},
+                        environ={}).channel.max_publication_size == 999

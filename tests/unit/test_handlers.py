@@ -1362,7 +1362,7 @@ async def test_sub_refresh_invalid_closes_3500(node):
 
 
 async def test_slow_consumer_is_closed_with_3008(make_node):
-    node = await make_node({"client": {"queue_max_size": 1000}})
+    node = await make_node({"client": {"queue_max_size": 1000}, "channel": {"max_publication_size": 900}})
     client = await connected(node)
     await client.result("subscribe", {"channel": "news"})
     before = len(client.payloads)
@@ -1374,7 +1374,7 @@ async def test_slow_consumer_is_closed_with_3008(make_node):
 
 
 async def test_buffered_bytes_count_towards_the_queue_limit(make_node):
-    node = await make_node({"client": {"queue_max_size": 1000}})
+    node = await make_node({"client": {"queue_max_size": 1000}, "channel": {"max_publication_size": 900}})
     client = await connected(node)
     await client.result("subscribe", {"channel": "news"})
     client.recorded.buffered_bytes = 990
@@ -1383,7 +1383,7 @@ async def test_buffered_bytes_count_towards_the_queue_limit(make_node):
 
 
 async def test_a_transport_already_closing_is_not_a_slow_consumer(make_node):
-    node = await make_node({"client": {"queue_max_size": 1000}})
+    node = await make_node({"client": {"queue_max_size": 1000}, "channel": {"max_publication_size": 900}})
     client = await connected(node)
     await client.result("subscribe", {"channel": "news"})
     client.recorded.is_open = lambda: False  # the peer is closing: the buffer drains no more
@@ -1403,7 +1403,7 @@ async def test_dropped_frames_are_not_counted_as_sent(node):
 
 
 async def test_a_close_whose_flush_overflows_closes_once_as_slow(make_node):
-    node = await make_node({"client": {"queue_max_size": 1000}})
+    node = await make_node({"client": {"queue_max_size": 1000}, "channel": {"max_publication_size": 900}})
     client = await connected(node)
     client._collect = [b'"' + b"x" * 500 + b'"']  # replies collected while a frame is processed
     client._collect_size = 502

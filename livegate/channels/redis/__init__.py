@@ -6,6 +6,7 @@ The engine is one object with separate units for its roles:
   several servers spread channels by a jump consistent hash of the channel name;
 * ``broker.RedisBroker``: publish, join/leave, subscribe, history;
 * ``presence.RedisPresence``: presence entries with expiry;
+* ``users.RedisUserConnections``: every node's connections per user, with expiry;
 * ``RedisNodeChannel``: messages between the nodes of a cluster (``{prefix}.node`` on shard 0);
 * ``envelope``: the versioned wire format between nodes, decoded in one place;
 * ``functions``: the Redis function library (livegate.lua) that publishes atomically with
@@ -33,6 +34,7 @@ from livegate.channels.redis.envelope import ENVELOPE_VERSION, EnvelopeError, de
 from livegate.channels.redis.functions import FUNCTION_VERSION, load_functions
 from livegate.channels.redis.presence import RedisPresence
 from livegate.channels.redis.shard import UNAVAILABLE, Shard, jump_hash
+from livegate.channels.redis.users import RedisUserConnections
 from livegate.config import Config
 from livegate.errors import BrokerUnavailable
 
@@ -70,6 +72,8 @@ class RedisEngine:
         self._shard_of = lru_cache(maxsize=65536)(self._compute_shard)
         self.broker = RedisBroker(self.prefix, self._shard_of)
         self.presence = RedisPresence(self.prefix, self._shard_of)
+        # Not the cached channel lookup: user ids would crowd channels out of its cache.
+        self.users = RedisUserConnections(self.prefix, self._compute_shard)
         self.nodes = RedisNodeChannel(self.shards[0], f"{self.prefix}.node".encode())
         self.undecodable = 0
         self._closed = False
@@ -143,6 +147,7 @@ class RedisEngine:
             "namespace_boundary": ch.namespace_boundary,
             "history_meta_ttl": f"{ch.history_meta_ttl:.3f}",
             "envelope": str(self.broker.write_version),
+            "max_publication_size": str(ch.max_publication_size),
         }
         for name, opts in [("", ch.without_namespace), *((ns.name, ns) for ns in ch.namespaces)]:
             size, ttl = (opts.history_size, opts.history_ttl) if opts.history_enabled else (0, 0.0)

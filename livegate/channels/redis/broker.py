@@ -38,7 +38,6 @@ class RedisBroker:
         shard = self._checked(channel)
         options: dict[str, Any] = {
             "prefix": self.prefix,
-            "trusted": True,  # orjson output: valid JSON on one line
             "envelope": self.write_version,
             "history_size": opts.history_size if opts.history_ttl > 0 else 0,
             "history_ttl": opts.history_ttl,

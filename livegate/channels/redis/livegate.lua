@@ -8,6 +8,8 @@
 --   <prefix>.history.{ch}   stream: id "<offset>-0", fields t = publish time (ms), p = envelope
 --   <prefix>.idem.{ch}.<k>  string "<offset>:<epoch>" for idempotent publishes
 --   <prefix>.config         hash written by livegate at start: namespace history settings
+--   <prefix>.user.conns.{u} zset: client id -> expiry time (ms) of each connection of user u on
+--                           any node (client.user_connection_limit); the tag is the user id
 -- Envelopes are msgpack arrays (see livegate/channels/redis/envelope.py):
 --   version 1: {"p", offset, epoch, data, info_json, tags_json, time_ms}
 --   version 2: {2, "p", offset, epoch, data, info_json, tags_json, time_ms}
@@ -15,7 +17,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 9
+local VERSION = 15
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
@@ -65,6 +67,162 @@ local function trim_expired(hist_key, cutoff)
   end
 end
 
+-- Strict JSON (RFC 8259), as livegate's other doors accept it: valid UTF-8, no NaN or
+-- Infinity, no hex numbers, no trailing commas; lone surrogate escapes (\ud83d) are valid JSON
+-- and pass. Arrays and objects nest at most max_depth deep. Returns nil when s is one JSON
+-- value, else why not. Iterative (no recursion); plain runs are skipped with string.find.
+-- (Library code runs with no globals at load time: string.* is looked up when called.)
+
+local function utf8_error(s)
+  local find, byte = string.find, string.byte
+  local pos = find(s, '[\128-\255]')
+  while pos do
+    local c = byte(s, pos)
+    local n, lo, hi = 0, 128, 191
+    if c >= 194 and c <= 223 then n = 1
+    elseif c == 224 then n, lo = 2, 160
+    elseif (c >= 225 and c <= 236) or c == 238 or c == 239 then n = 2
+    elseif c == 237 then n, hi = 2, 159  -- no encoded surrogates
+    elseif c == 240 then n, lo = 3, 144
+    elseif c >= 241 and c <= 243 then n = 3
+    elseif c == 244 then n, hi = 3, 143
+    else return 'invalid UTF-8' end
+    for i = 1, n do
+      local b = byte(s, pos + i)
+      if not b then return 'invalid UTF-8' end
+      if i == 1 then
+        if b < lo or b > hi then return 'invalid UTF-8' end
+      elseif b < 128 or b > 191 then return 'invalid UTF-8' end
+    end
+    pos = find(s, '[\128-\255]', pos + n + 1)
+  end
+  return nil
+end
+
+local ESCAPES = {[34] = true, [92] = true, [47] = true, [98] = true, [102] = true, [110] = true,
+                 [114] = true, [116] = true}
+
+local function strict_scan(s, max_depth)
+  -- Globals are looked up once per call: Redis guards every global access of a function.
+  local find, byte, sub = string.find, string.byte, string.sub
+  local pos = 1
+  local stack, depth = {}, 0   -- 123 '{' or 91 '[' per open container
+  local want = 'value'         -- 'value' | 'key' | 'colon' | 'next' | 'done'
+  local opened = false         -- a container just opened: its closing bracket may follow at once
+  while true do
+    pos = find(s, '[^ \t\n\r]', pos)
+    if not pos then
+      if want == 'done' then return nil end
+      return 'unexpected end'
+    end
+    if want == 'done' then return 'extra data after the value' end
+    local c = byte(s, pos)
+    local closes = (c == 93 and stack[depth] == 91) or (c == 125 and stack[depth] == 123)
+    if (want == 'next' or opened) and closes then
+      depth = depth - 1
+      pos = pos + 1
+      want = depth == 0 and 'done' or 'next'
+      opened = false
+    elseif want == 'next' then
+      if c ~= 44 then return "expected ',' or the end of the container" end
+      pos = pos + 1
+      want = stack[depth] == 123 and 'key' or 'value'
+    elseif want == 'colon' then
+      if c ~= 58 then return "expected ':'" end
+      pos, want = pos + 1, 'value'
+    elseif c == 123 or c == 91 then
+      if want == 'key' then return 'expected a member name' end
+      depth = depth + 1
+      if depth > max_depth then return 'nested deeper than ' .. max_depth .. ' levels' end
+      stack[depth] = c
+      pos = pos + 1
+      want = c == 123 and 'key' or 'value'
+      opened = true
+    elseif c == 34 then -- a string: jump from one quote, backslash or control character to the next
+      pos = pos + 1
+      while true do
+        local q = find(s, '["\\%z\1-\31]', pos)
+        if not q then return 'unterminated string' end
+        local d = byte(s, q)
+        if d == 34 then pos = q + 1 break end
+        if d ~= 92 then return 'control character in a string' end
+        local e = byte(s, q + 1)
+        if e == 117 then
+          if not find(s, '^%x%x%x%x', q + 2) then return 'bad \\u escape' end
+          pos = q + 6
+        elseif e and ESCAPES[e] then
+          pos = q + 2
+        else
+          return 'bad escape'
+        end
+      end
+      if want == 'key' then want = 'colon' else want = depth == 0 and 'done' or 'next' end
+      opened = false
+    elseif want == 'key' then
+      return 'expected a member name'
+    elseif c == 45 or (c >= 48 and c <= 57) then
+      local _, e = find(s, '^-?%d+', pos)
+      if not e then return 'bad number' end
+      if find(s, '^-?0%d', pos) then return 'leading zero in a number' end
+      local _, f = find(s, '^%.%d+', e + 1)
+      if f then e = f elseif byte(s, e + 1) == 46 then return 'bad fraction' end
+      local _, x = find(s, '^[eE][+-]?%d+', e + 1)
+      if x then e = x elseif find(s, '^[eE]', e + 1) then return 'bad exponent' end
+      pos = e + 1
+      want = depth == 0 and 'done' or 'next'
+      opened = false
+    else
+      local w = sub(s, pos, pos + 3)
+      if w == 'true' or w == 'null' then pos = pos + 4
+      elseif sub(s, pos, pos + 4) == 'false' then pos = pos + 5
+      else return 'unexpected character' end
+      want = depth == 0 and 'done' or 'next'
+      opened = false
+    end
+  end
+end
+
+-- A number ending in a bare dot ("1.", "1.e5"): cjson takes it, JSON does not.
+local function bare_dot(s)
+  local find, byte = string.find, string.byte
+  local pos = find(s, '%d%.')
+  while pos do
+    local after = byte(s, pos + 2)
+    if not after or after < 48 or after > 57 then return pos end
+    pos = find(s, '%d%.', pos + 2)
+  end
+  return nil
+end
+
+-- Fast path first: cjson (C), with invalid numbers (NaN, Infinity, hex, leading zeros) off and
+-- the depth bounded, refuses most of what is not JSON. What it gets wrong goes to the exact
+-- scanner above: control characters and tabs in strings and bare dots, which it takes, and lone
+-- surrogate escapes, which it refuses; UTF-8 it does not look at, so that is checked here.
+local function json_error(s, max_depth)
+  local find = string.find
+  if find(s, '[^ -~]') then  -- not only printable ASCII
+    local err = utf8_error(s)
+    if err then return err end
+    if find(s, '[%z\1-\31]') then return strict_scan(s, max_depth) end
+  end
+  local numbers, depth = cjson.decode_invalid_numbers(), cjson.decode_max_depth()
+  cjson.decode_invalid_numbers(false)
+  cjson.decode_max_depth(max_depth)
+  local ok, why = pcall(cjson.decode, s)
+  cjson.decode_invalid_numbers(numbers)  -- other libraries in this Redis keep their settings
+  cjson.decode_max_depth(depth)
+  if ok then
+    if bare_dot(s) then return strict_scan(s, max_depth) end
+    return nil
+  end
+  why = tostring(why)
+  if find(why, 'unicode escape', 1, true) then return strict_scan(s, max_depth) end
+  if find(why, 'too many nested', 1, true) then return 'nested deeper than ' .. max_depth .. ' levels' end
+  return 'not JSON'
+end
+
+local MAX_DEPTH = 250
+
 local function namespace_of(channel, private_prefix, boundary)
   local rest = channel
   if private_prefix ~= '' and string.sub(rest, 1, #private_prefix) == private_prefix then
@@ -79,7 +237,7 @@ end
 -- FCALL livegate_publish 1 <channel> <data> [<options-json>] [<info-json>]
 -- options: prefix, idempotency_key, idempotent_ttl (s), tags {str:str}, envelope (version to write),
 --          history_size, history_ttl (s), history_meta_ttl (s) (default: from <prefix>.config),
---          trusted (livegate's own publishes: data is known to be one-line JSON, not checked again)
+--          (data and info are always checked: strict JSON, info a JSON object, max_publication_size)
 -- Returns {offset, epoch}: 0 and "" when the channel keeps no history; {offset, epoch, 1} when
 -- an earlier publish with the same idempotency key won (nothing was published again).
 local function publish(keys, args)
@@ -95,14 +253,27 @@ local function publish(keys, args)
     end
     opts = decoded
   end
-  if not opts['trusted'] then
-    -- Clients read one message per line: raw newlines (JSON whitespace only) are dropped.
-    if string.find(data, '\n', 1, true) or string.find(data, '\r', 1, true) then
-      data = string.gsub(data, '[\r\n]', '')
-    end
-    if not pcall(cjson.decode, data) then return redis.error_reply('ERR livegate_publish: data must be JSON') end
-  end
+  local why = json_error(data, MAX_DEPTH)
+  if why then return redis.error_reply('ERR livegate_publish: data must be JSON: ' .. why) end
+  -- Clients read one message per line: raw newlines, which valid JSON has only as whitespace
+  -- between tokens, are dropped.
+  if string.find(data, '[\r\n]') then data = string.gsub(data, '[\r\n]', '') end
   local info = args[3] or ''
+  if info ~= '' then
+    why = json_error(info, MAX_DEPTH)
+    if why or not string.find(info, '^[ \t\r\n]*{') then
+      return redis.error_reply('ERR livegate_publish: info must be a JSON object' .. (why and (': ' .. why) or ''))
+    end
+    if string.find(info, '[\r\n]') then info = string.gsub(info, '[\r\n]', '') end
+  end
+  if opts['tags'] ~= nil then
+    if type(opts['tags']) ~= 'table' then return redis.error_reply('ERR livegate_publish: tags must be an object of strings') end
+    for k, v in pairs(opts['tags']) do
+      if type(k) ~= 'string' or type(v) ~= 'string' or utf8_error(k) or utf8_error(v) then
+        return redis.error_reply('ERR livegate_publish: tags must be an object of strings')
+      end
+    end
+  end
   local prefix = opts['prefix'] or 'livegate'
   local size = tonumber(opts['history_size'])
   local ttl = tonumber(opts['history_ttl'])
@@ -111,13 +282,19 @@ local function publish(keys, args)
     return redis.error_reply('ERR livegate_publish: history_size needs history_ttl (both >= 0)')
   end
   local ev = tonumber(opts['envelope'])
-  -- livegate's own publishes say which version to write; one that says nothing but is
-  -- trusted comes from a release before versioned envelopes, which reads version 1 only.
+  -- livegate's own publishes say which version to write; one that says nothing but sets
+  -- "trusted" (which nothing honours any more) comes from a release before versioned
+  -- envelopes, which reads version 1 only.
   if ev == nil and opts['trusted'] then ev = 1 end
+  local config_key = prefix .. '.config'
+  local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl', 'envelope',
+                          'max_publication_size')
+  if ev == nil then ev = tonumber(conf[4]) or 1 end
+  local max_size = tonumber(conf[5])
+  if max_size and #data > max_size then
+    return redis.error_reply('ERR livegate_publish: data is ' .. #data .. ' bytes, over max_publication_size (' .. max_size .. ')')
+  end
   if size == nil then
-    local config_key = prefix .. '.config'
-    local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl', 'envelope')
-    if ev == nil then ev = tonumber(conf[4]) end
     if not conf[2] then
       return redis.error_reply('ERR livegate_publish: no livegate config under prefix "' .. prefix .. '"')
     end
@@ -131,7 +308,6 @@ local function publish(keys, args)
   end
   ttl = ttl or 0
   meta_ttl = meta_ttl or 0
-  if ev == nil then ev = tonumber(redis.call('HGET', prefix .. '.config', 'envelope')) or 1 end
   local tag = '{' .. channel .. '}'
   local idem_key = nil
   if opts['idempotency_key'] and opts['idempotency_key'] ~= '' then
@@ -264,6 +440,76 @@ local function presence_get(keys, args)
   return redis.call('HGETALL', hash_key)
 end
 
+-- Connections per user on every node, for client.user_connection_limit. The node holding a
+-- connection refreshes its entry; an entry past its expiry (its node died) no longer counts.
+local function user_conns_key(prefix, user)
+  return prefix .. '.user.conns.{' .. user .. '}'
+end
+
+local function ttl_ms_of(arg)
+  local ttl = tonumber(arg)
+  if not ttl or ttl <= 0 then return nil end
+  return math.floor(ttl * 1000)
+end
+
+-- The key lives as long as its longest-lived entry may.
+local function keep_user_conns(key, ttl_ms)
+  if redis.call('PTTL', key) < ttl_ms then redis.call('PEXPIRE', key, ttl_ms) end
+end
+
+-- FCALL livegate_user_connect 1 <user> <prefix> <client> <limit> <ttl s>
+-- Counts the connection unless the user already has <limit> live ones (0: no limit), atomically.
+-- Returns {1, count} when it counts (also when it already did), {0, count} when refused.
+local function user_connect(keys, args)
+  local key = user_conns_key(args[1], keys[1])
+  local limit, ttl_ms = tonumber(args[3]) or 0, ttl_ms_of(args[4])
+  if not ttl_ms then return redis.error_reply('ERR livegate_user_connect: ttl must be > 0') end
+  local ms = now_ms()
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
+  local count = redis.call('ZCARD', key)
+  if limit > 0 and count >= limit and not redis.call('ZSCORE', key, args[2]) then return {0, count} end
+  redis.call('ZADD', key, ms + ttl_ms, args[2])
+  keep_user_conns(key, ttl_ms)
+  return {1, redis.call('ZCARD', key)}
+end
+
+-- FCALL livegate_user_refresh 1 <user> <prefix> <ttl s> <client> [<client> ...]
+-- Extends the entries that are there; returns the client ids that are not (expired, or never
+-- counted while Redis was away), for the node to add again if their connections still live.
+-- Never adding here keeps a refresh racing a disconnect from bringing a closed connection back.
+local function user_refresh(keys, args)
+  local key = user_conns_key(args[1], keys[1])
+  local ttl_ms = ttl_ms_of(args[2])
+  if not ttl_ms then return redis.error_reply('ERR livegate_user_refresh: ttl must be > 0') end
+  local ms = now_ms()
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
+  local missing = {}
+  local found = false
+  for i = 3, #args do
+    if redis.call('ZSCORE', key, args[i]) then
+      redis.call('ZADD', key, 'XX', ms + ttl_ms, args[i])
+      found = true
+    else
+      missing[#missing + 1] = args[i]
+    end
+  end
+  if found then keep_user_conns(key, ttl_ms) end
+  return missing
+end
+
+-- FCALL livegate_user_disconnect 1 <user> <prefix> <client>
+local function user_disconnect(keys, args)
+  return redis.call('ZREM', user_conns_key(args[1], keys[1]), args[2])
+end
+
+-- FCALL livegate_user_connections 1 <user> <prefix>  -> the user's live connections on every node
+local function user_connections(keys, args)
+  local key = user_conns_key(args[1], keys[1])
+  local ms = now_ms()
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
+  return redis.call('ZCARD', key)
+end
+
 local function version()
   return VERSION
 end
@@ -273,4 +519,8 @@ redis.register_function('livegate_history', history)
 redis.register_function('livegate_presence_add', presence_add)
 redis.register_function('livegate_presence_remove', presence_remove)
 redis.register_function('livegate_presence', presence_get)
+redis.register_function('livegate_user_connect', user_connect)
+redis.register_function('livegate_user_refresh', user_refresh)
+redis.register_function('livegate_user_disconnect', user_disconnect)
+redis.register_function('livegate_user_connections', user_connections)
 redis.register_function{function_name = 'livegate_version', callback = version, flags = {'no-writes'}}
