@@ -26,6 +26,7 @@ import msgpack
 from livegate.channels.broker import Engine
 from livegate.channels.hub import Hub, Subscriber
 from livegate.channels.names import ChannelRules, ResolvedChannel
+from livegate.limits import CommandLimiter
 from livegate.protocol.codes import Disconnect
 
 __all__ = ["Cluster", "Connection", "Identity", "CONTROL_VERSION", "HEARTBEAT"]
@@ -44,6 +45,7 @@ class Connection(Subscriber, Protocol):
     cluster and the engine (the session implements it)."""
 
     closing: Disconnect | None
+    limiter: CommandLimiter | None  # its command budget (client.rate_limit)
 
     def close(self, disconnect: Disconnect) -> None: ...
 

@@ -38,6 +38,7 @@ from livegate.clock import SYSTEM_CLOCK, Clock
 from livegate.cluster import Cluster, Connection
 from livegate.config import Config
 from livegate.errors import BrokerError
+from livegate.limits import NodeLimits
 from livegate.metrics import NodeMetrics
 from livegate.protocol.codes import ErrBadRequest
 from livegate.protocol.types import ClientInfo, Publication
@@ -94,6 +95,7 @@ class Node:
         self.verifier = TokenVerifier(config.client.token)  # raises ConfigError naming a bad key
         self.rules = ChannelRules(config.channel)
         self.metrics = NodeMetrics()
+        self.limits = NodeLimits(config, self.metrics)
         self.hub: Hub[Connection] = Hub(self.metrics)
         self.uid = str(uuid.uuid4())
         self.name = f"{socket.gethostname()}_{config.http_server.port}"

@@ -15,7 +15,6 @@ from livegate.protocol.commands import ConnectRequest, SubscribeRequest
 from livegate.protocol.replies import ConnectResult, SubscribeResult
 from livegate.protocol.types import raw_json
 from livegate.session import Session, State
-from livegate.session.limits import node_limits
 from livegate.session.payloads import payload_value
 from livegate.session.subscriptions import Grant, InFlight, remove_subscription, subscribe_channel
 
@@ -69,7 +68,7 @@ async def handle_connect(session: Session, req: ConnectRequest) -> tuple[Connect
     # client.user_connection_limit: counted on every node (the engine's UserConnections).
     user = session.user
     if not await node.add_user_connection(user, session.client_id):
-        node_limits(node).refused("user_connection", node.clock.monotonic(), user=user,
+        node.limits.refused("user_connection", node.clock.monotonic(), user=user,
                                   allowed=cfg.user_connection_limit)
         raise DisconnectRequested(codes.CONNECTION_LIMIT.code, codes.CONNECTION_LIMIT.reason)
     try:
@@ -77,7 +76,7 @@ async def handle_connect(session: Session, req: ConnectRequest) -> tuple[Connect
     except BaseException:
         await node.remove_user_connection(user, session.client_id)  # a failed connect counts for nobody
         raise
-    node_limits(node).join_user(session.limiter, user)
+    node.limits.join_user(session.limiter, user, (other.limiter for other in node.hub.user_connections(user)))
     return connected
 
 

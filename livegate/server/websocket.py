@@ -27,7 +27,6 @@ from livegate.protocol import codes
 from livegate.protocol.codec import Wire
 from livegate.protocol.codecs import CODECS, DEFAULT_CODEC
 from livegate.session import Handler, Session
-from livegate.session.limits import node_limits
 
 __all__ = ["WebSocketTransport", "WIRES", "WS_JSON", "text_frame", "origin_allowed", "select_subprotocol",
            "requested_format", "make_process_request", "serve_connection"]
@@ -68,14 +67,13 @@ _KNOWN_FORMATS = frozenset({"json", "protobuf"})
 class WebSocketTransport:
     """The session's Transport over one ``websockets`` server connection."""
 
-    __slots__ = ("ws", "wire", "_proto", "_transport", "_write_timeout")  # few: one of these per connection
+    __slots__ = ("ws", "wire", "_proto", "_transport")  # few: one of these per connection
 
-    def __init__(self, ws: ServerConnection, wire: Wire, write_timeout: float) -> None:
+    def __init__(self, ws: ServerConnection, wire: Wire) -> None:
         self.ws = ws
         self.wire = wire
         self._proto = ws.protocol
         self._transport = ws.transport
-        self._write_timeout = write_timeout
 
     @property
     def remote(self) -> str:
@@ -107,7 +105,8 @@ class WebSocketTransport:
                 ws.transport.abort()
                 return
         # A peer that does not answer the close frame (or never reads) is cut off.
-        asyncio.get_running_loop().call_later(self._write_timeout, self._abort)
+        # (the server passes websocket.write_timeout to websockets as the close timeout)
+        asyncio.get_running_loop().call_later(self.ws.close_timeout or 1.0, self._abort)
 
     def _abort(self) -> None:
         if self.ws.protocol.state is not _CLOSED:
@@ -161,7 +160,7 @@ def wire_for(ws: ServerConnection) -> Wire:
 def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Response | None]:
     prefix = node.config.websocket.handler_prefix
     origins = node.config.client.allowed_origins
-    limits = node_limits(node)
+    limits = node.limits
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
@@ -207,7 +206,7 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
 async def serve_connection(node: Node, ws: ServerConnection, handlers: Mapping[str, Handler],
                            registry: set[Session]) -> None:
     """The read loop of one connection: the only task a connection has."""
-    session = Session(node, WebSocketTransport(ws, wire_for(ws), node.config.websocket.write_timeout), handlers)
+    session = Session(node, WebSocketTransport(ws, wire_for(ws)), handlers)
     registry.add(session)
     try:
         async for message in ws:

@@ -34,7 +34,7 @@ from livegate.protocol.codec import Codec, Command, FrameError, Wire
 from livegate.protocol.codes import Disconnect, ErrInternal, ErrTooManyRequests
 from livegate.protocol.types import ClientInfo
 from livegate.session.context import Context, Subscription
-from livegate.session.limits import CommandLimiter, node_limits
+from livegate.limits import CommandLimiter
 
 __all__ = ["SessionCore", "State", "Transport", "Followup", "Handler"]
 
@@ -90,7 +90,7 @@ class SessionCore:
     __slots__ = (
         "node", "transport", "wire", "handlers", "client_id", "user", "conn_info", "name",
         "version", "state", "subs", "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry",
-        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "limiter", "__weakref__",
+        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "limiter",
     )
 
     def __init__(self, node: Node, transport: Transport, handlers: Mapping[str, Handler]) -> None:
@@ -118,7 +118,7 @@ class SessionCore:
         self._queue_max = node.config.client.queue_max_size
         self.closing: Disconnect | None = None
         #: The command budget (client.rate_limit); None when no command limit is configured.
-        self.limiter: CommandLimiter | None = node_limits(node).new_limiter()
+        self.limiter: CommandLimiter | None = node.limits.new_limiter()
 
     # Derived, not stored: every slot is paid for by every connection.
     @property
@@ -306,7 +306,7 @@ class SessionCore:
         client.rate_limit.disconnect_after refusals in a row, close with 3013."""
         metrics = self.metrics
         metrics.count(metrics.commands, f"{cmd.method}|limited")
-        node_limits(self.node).refused(limit, self.node.clock.monotonic(), client=self.client_id, user=self.user)
+        self.node.limits.refused(limit, self.node.clock.monotonic(), client=self.client_id, user=self.user)
         if cmd.id:
             self.write(self.codec.encode_error(cmd.id, ErrTooManyRequests()))
         limiter = self.limiter

@@ -13,7 +13,6 @@ from livegate.errors import ClientError, DisconnectRequested
 from livegate.protocol import codes
 from livegate.protocol.commands import SubscribeRequest
 from livegate.session.core import SessionCore, State
-from livegate.session.limits import node_limits
 from livegate.session.subscriptions import Grant, remove_subscription, subscribe_channel
 
 __all__ = ["Session"]
@@ -94,7 +93,7 @@ class Session(SessionCore):
         self.state = State.CLOSED
         if was_connected:
             node.hub.remove_connection(self)
-            node_limits(node).leave_user(self.limiter, self.user)
+            node.limits.leave_user(self.limiter, self.user)
         # Also subscriptions a connect was still setting up when the socket went away.
         for channel in list(self.subs):
             await remove_subscription(self, channel)

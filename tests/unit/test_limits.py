@@ -21,7 +21,7 @@ from livegate.protocol.codec import Wire
 from livegate.protocol.codes import Disconnect
 from livegate.protocol.json_codec import JSON
 from livegate.session import Session
-from livegate.session.limits import REFUSED, Bucket, CommandLimiter, LimitPolicy, NodeLimits, UserBudget, node_limits
+from livegate.limits import REFUSED, Bucket, CommandLimiter, LimitPolicy, NodeLimits, UserBudget
 
 # == the bucket ============================================================================
 
@@ -201,9 +201,11 @@ def test_a_users_connections_on_a_node_share_the_users_buckets():
                         NodeMetrics())
     a, b, other = limits.new_limiter(), limits.new_limiter(), limits.new_limiter()
     assert a is not None and b is not None and other is not None
-    limits.join_user(a, "alice")
-    limits.join_user(b, "alice")
-    limits.join_user(other, "bob")
+    limits.join_user(a, "alice", [a])
+    assert a.user is None and limits.users == {}  # one connection: its own buckets bound the user
+    limits.join_user(b, "alice", [a, b])  # the second connection: now they share the user's buckets
+    assert a.user is b.user is limits.users["alice"]
+    limits.join_user(other, "bob", [other])
     now = 0.0
     assert [a.check("publish", now), b.check("publish", now), a.check("publish", now)] == [None, None, None]
     assert b.check("publish", now) == "user_publish"
@@ -213,16 +215,16 @@ def test_a_users_connections_on_a_node_share_the_users_buckets():
     limits.leave_user(a, "alice")
     assert "alice" in limits.users
     limits.leave_user(b, "alice")
-    assert "alice" not in limits.users and "bob" in limits.users
+    assert "alice" not in limits.users and "bob" not in limits.users
     c = limits.new_limiter()
-    limits.join_user(c, "alice")
+    limits.join_user(c, "alice", [c])
     assert c is not None and c.check("publish", now) is None
 
 
 def test_anonymous_connections_have_no_user_budget():
     limits = NodeLimits(make_config(), NodeMetrics())
     limiter = limits.new_limiter()
-    limits.join_user(limiter, "")
+    limits.join_user(limiter, "", [limiter, limits.new_limiter()])
     assert limiter is not None and limiter.user is None and limits.users == {}
 
 
@@ -254,8 +256,7 @@ def test_node_connection_limit_and_connection_rate():
 def test_node_limits_are_one_per_node():
     a = build_node(make_config())
     b = build_node(make_config())
-    assert node_limits(a) is node_limits(a)
-    assert node_limits(a) is not node_limits(b)
+    assert isinstance(a.limits, NodeLimits) and a.limits is not b.limits
 
 
 # == the memory engine's connections per user ================================================

@@ -14,20 +14,22 @@ connections on this node (``client.rate_limit.user.<class>``). A connection refu
 ``client.rate_limit.disconnect_after`` times in a row is closed with 3013.
 
 What a node shares between its connections (the parsed limits, users' buckets, the
-connection-rate bucket) is a ``NodeLimits``, one per node: ``node_limits(node)``.
+connection-rate bucket) is its ``NodeLimits`` (``node.limits``). Memory per connection is kept
+small: a bucket's state is one double in an array, and a user gets shared buckets only once
+it has a second connection on the node (before that, its one connection's buckets bound it).
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
+from array import array
+from collections.abc import Iterable
 
 from livegate.config import CommandRateLimits, Config, RateLimit, UserCommandRateLimits
 from livegate.metrics import NodeMetrics
-from livegate.node import Node
 
 __all__ = [
-    "Bucket", "CommandLimiter", "UserBudget", "LimitPolicy", "NodeLimits", "node_limits",
+    "Bucket", "CommandLimiter", "UserBudget", "LimitPolicy", "NodeLimits",
     "CLASSES", "COMMAND_CLASS", "REFUSED", "UNSUBSCRIBE_METHOD",
 ]
 
@@ -104,13 +106,16 @@ def _buckets(limits: CommandRateLimits | UserCommandRateLimits) -> tuple[Bucket 
     return tuple(Bucket.of(getattr(limits, name)) for name in CLASSES)
 
 
+_FULL = [0.0] * len(CLASSES)
+
+
 class UserBudget:
     """The buckets of one user on this node, shared by the user's connections here."""
 
     __slots__ = ("full_at", "refs")
 
     def __init__(self) -> None:
-        self.full_at = [0.0] * len(CLASSES)
+        self.full_at = array("d", _FULL)
         self.refs = 0
 
 
@@ -121,7 +126,7 @@ class CommandLimiter:
 
     def __init__(self, policy: LimitPolicy) -> None:
         self.policy = policy
-        self.full_at = [0.0] * len(CLASSES)
+        self.full_at = array("d", _FULL)  # doubles in place: no float object per bucket
         self.user: UserBudget | None = None
         #: Commands refused in a row.
         self.refused = 0
@@ -232,15 +237,22 @@ class NodeLimits:
         """A connection's budget; None when no command limit is configured."""
         return CommandLimiter(self.policy) if self.policy.enabled else None
 
-    def join_user(self, limiter: CommandLimiter | None, user: str) -> None:
-        """Share ``user``'s buckets with this connection (anonymous connections have none)."""
-        if limiter is None or not user or limiter.user is not None:
+    def join_user(self, limiter: CommandLimiter | None, user: str, others: Iterable[CommandLimiter | None]) -> None:
+        """Share ``user``'s buckets between this connection and ``others``, the user's other
+        connections on this node. Nothing is shared while a user has one connection (its own
+        buckets are tighter than the user's); anonymous connections have no user buckets."""
+        if limiter is None or not user or not any(self.policy.user):
+            return
+        siblings = [other for other in others if other is not None and other is not limiter]
+        if not siblings:
             return
         budget = self.users.get(user)
         if budget is None:
             budget = self.users[user] = UserBudget()
-        budget.refs += 1
-        limiter.user = budget
+        for member in (limiter, *siblings):
+            if member.user is None:
+                member.user = budget
+                budget.refs += 1
 
     def leave_user(self, limiter: CommandLimiter | None, user: str) -> None:
         """The connection ends: the user's buckets go with the user's last connection here."""
@@ -250,14 +262,3 @@ class NodeLimits:
         budget.refs -= 1
         if budget.refs <= 0 and self.users.get(user) is budget:
             del self.users[user]
-
-
-_NODES: weakref.WeakKeyDictionary[Node, NodeLimits] = weakref.WeakKeyDictionary()
-
-
-def node_limits(node: Node) -> NodeLimits:
-    """The node's limits, made on first use (they live as long as the node)."""
-    limits = _NODES.get(node)
-    if limits is None:
-        limits = _NODES[node] = NodeLimits(node.config, node.metrics)
-    return limits
