@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from livegate.errors import ClientError, DisconnectRequested
+from livegate.limits import CommandLimiter
 from livegate.metrics import NodeMetrics
 from livegate.node import Node
 from livegate.protocol import codes
@@ -34,7 +35,6 @@ from livegate.protocol.codec import Codec, Command, FrameError, Wire
 from livegate.protocol.codes import Disconnect, ErrInternal, ErrTooManyRequests
 from livegate.protocol.types import ClientInfo
 from livegate.session.context import Context, Subscription
-from livegate.limits import CommandLimiter
 
 __all__ = ["SessionCore", "State", "Transport", "Followup", "Handler"]
 

@@ -15,13 +15,13 @@ from livegate.channels.memory import MemoryEngine, MemoryUserConnections
 from livegate.config import RateLimit, parse_config
 from livegate.errors import ConfigError
 from livegate.handlers import HANDLERS
+from livegate.limits import REFUSED, Bucket, CommandLimiter, LimitPolicy, NodeLimits, UserBudget
 from livegate.metrics import NodeMetrics
 from livegate.node import Node, build_node
 from livegate.protocol.codec import Wire
 from livegate.protocol.codes import Disconnect
 from livegate.protocol.json_codec import JSON
 from livegate.session import Session
-from livegate.limits import REFUSED, Bucket, CommandLimiter, LimitPolicy, NodeLimits, UserBudget
 
 # == the bucket ============================================================================
 
