@@ -112,13 +112,40 @@ class WebSocket(_Section):
 
 
 class TokenConfig(_Section):
+    """``client.token`` (and, with ``enabled``, ``client.subscription_token``): how JWTs are verified.
+    ``audience_regex``/``issuer_regex``: the ``aud`` (any element of a list) / ``iss`` claim must
+    fully match; each is an alternative to ``audience``/``issuer``, never used with it."""
+
     hmac_secret_key: str = Field(default="", repr=False)
     rsa_public_key: str = ""
     ecdsa_public_key: str = ""
     jwks_public_endpoint: str = ""
     audience: str = ""
+    audience_regex: str = ""
     issuer: str = ""
+    issuer_regex: str = ""
     user_id_claim: str = "sub"
+
+    @model_validator(mode="after")
+    def _claim_checks(self) -> TokenConfig:
+        for exact, regex in (("audience", "audience_regex"), ("issuer", "issuer_regex")):
+            pattern = getattr(self, regex)
+            if not pattern:
+                continue
+            if getattr(self, exact):
+                raise ValueError(f"{regex}: cannot be used together with {exact}; configure only one of them")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{regex}: invalid regular expression: {exc}") from None
+        return self
+
+
+class SubscriptionTokenConfig(TokenConfig):
+    """``client.subscription_token``: when ``enabled``, subscription tokens are verified with
+    this section's keys and options instead of ``client.token``'s (as Centrifugo does)."""
+
+    enabled: bool = False
 
 
 class RateLimit(_Section):
@@ -185,6 +212,9 @@ class Client(_Section):
     connection_rate_limit: NonNegInt = 0  # new connections a second per node (0: unlimited); over it: HTTP 503
     rate_limit: CommandRateLimits = Field(default_factory=CommandRateLimits)  # livegate: command rate limits
     token: TokenConfig = Field(default_factory=TokenConfig)
+    subscription_token: SubscriptionTokenConfig = Field(default_factory=SubscriptionTokenConfig)
+    # A connection token with an empty user (sub) is refused: disconnect 3507 (as Centrifugo).
+    disallow_anonymous_connection_tokens: bool = False
 
     @model_validator(mode="after")
     def _ping(self) -> Client:

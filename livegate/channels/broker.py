@@ -129,6 +129,11 @@ class PresenceManager(Protocol):
         """Add or refresh an entry; it disappears ``ttl`` seconds after the last refresh."""
         ...
 
+    async def add_presence_many(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> int:
+        """``add_presence`` for many entries at once (one round trip per server where the engine
+        has servers). Returns how many could not be written; never raises for an engine outage."""
+        ...
+
     async def remove_presence(self, channel: str, client_id: str, user: str) -> None: ...
 
 

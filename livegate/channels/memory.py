@@ -228,6 +228,11 @@ class MemoryPresence:
     async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
         self._channels.setdefault(channel, {})[info.client] = (self._clock() + ttl, info)
 
+    async def add_presence_many(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> int:
+        for channel, info in entries:
+            await self.add_presence(channel, info, ttl)
+        return 0
+
     async def remove_presence(self, channel: str, client_id: str, user: str) -> None:
         entries = self._channels.get(channel)
         if entries is not None:

@@ -20,7 +20,6 @@ from livegate.api.stream import ApiStreamConsumer
 from livegate.app import App
 from livegate.clock import SYSTEM_CLOCK, Clock
 from livegate.config import Config
-from livegate.errors import BrokerError
 from livegate.handlers import HANDLERS
 from livegate.metrics import NodeCollector
 from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, build_node
@@ -34,6 +33,10 @@ from livegate.tasks import cancel_and_wait
 __all__ = ["Server", "sweep_interval", "raise_open_files_limit"]
 
 log = logging.getLogger("livegate.server")
+
+
+#: Clients whose presence entries one refresh step writes (one pipelined round trip per shard).
+PRESENCE_CHUNK = 64
 
 
 def sweep_interval(config: Config) -> float:
@@ -187,20 +190,21 @@ class Server:
             self._presence_task = asyncio.get_running_loop().create_task(self._refresh_presence())
 
     async def _refresh_presence(self) -> None:
-        """Refresh this node's presence entries, 32 at a time; an error skips one entry only."""
+        """Refresh this node's presence entries in pipelined chunks of PRESENCE_CHUNK clients,
+        yielding to the loop between chunks, so a large refresh never stalls other connections
+        for more than a chunk's work; an error skips one entry only."""
         presence = self.node.presence
         clients = list(self.clients)
         failed = total = 0
-        for start in range(0, len(clients), 32):
+        for start in range(0, len(clients), PRESENCE_CHUNK):
             # Checked per chunk, right before writing: a client that left meanwhile (and
             # removed its entries) must not be brought back.
-            entries = [(channel, sub.info) for client in clients[start:start + 32] if client.closing is None
-                       for channel, sub in client.presence_subscriptions()]
+            entries = [(channel, sub.info) for client in clients[start:start + PRESENCE_CHUNK]
+                       if client.closing is None for channel, sub in client.presence_subscriptions()]
             total += len(entries)
-            results = await asyncio.gather(
-                *(presence.add_presence(channel, info, PRESENCE_TTL) for channel, info in entries),
-                return_exceptions=True)
-            failed += sum(isinstance(r, BrokerError) for r in results)
+            if entries:
+                failed += await presence.add_presence_many(entries, PRESENCE_TTL)
+            await asyncio.sleep(0)
         if failed:
             log.warning("presence refresh incomplete", extra={"failed": failed, "entries": total})
 

@@ -420,6 +420,18 @@ async def test_presence_expiry_and_refresh(engine):
     assert await engine.presence.presence_stats(ch) == PresenceStats(0, 0)
 
 
+async def test_presence_added_many_at_once_across_channels(engine):
+    """add_presence_many spreads over the engine's servers (both shards on redis-sharded)."""
+    channels = [chan(f"m{i}") for i in range(40)]
+    entries = [(ch, ClientInfo(f"u{i}", f"c{i}")) for i, ch in enumerate(channels)]
+    entries.append((channels[0], ClientInfo("u0", "c0", chan_info=b"2")))  # a refresh of the first one
+    assert await engine.presence.add_presence_many(entries, 60) == 0
+    assert await engine.presence.presence(channels[0]) == {"c0": ClientInfo("u0", "c0", chan_info=b"2")}
+    for i, ch in enumerate(channels[1:], start=1):
+        assert set(await engine.presence.presence(ch)) == {f"c{i}"}
+    assert await engine.presence.add_presence_many([], 60) == 0
+
+
 async def test_presence_stats_count_distinct_users(engine):
     ch = chan()
     for info in (ClientInfo("alice", "c1"), ClientInfo("alice", "c2"), ClientInfo("bob", "c3"),

@@ -270,3 +270,35 @@ async def test_drain_spreads_closes_over_the_window(start_server, peer_factory):
     except (OSError, websockets.InvalidStatus):
         refused = True
     assert refused
+
+
+async def test_presence_refresh_rewrites_every_entry_in_chunks(start_server, peer_factory, monkeypatch):
+    """The sweep's presence refresh writes each live connection's entries, a chunk of clients per
+    engine call (pipelined), and never brings back an entry of a connection that has left."""
+    import livegate.server.lifecycle as lifecycle
+
+    monkeypatch.setattr(lifecycle, "PRESENCE_CHUNK", 4)
+    running = await start_server()
+    peers = []
+    for i in range(10):
+        peer = await peer_factory(running.url)
+        await peer.connect(f"u{i}")
+        await peer.call("subscribe", {"channel": "chat:p"})
+        peers.append(peer)
+    presence = running.node.presence
+    calls: list[int] = []
+    real = presence.add_presence_many
+
+    async def counting(entries, ttl):  # noqa: ANN001, ANN202
+        calls.append(len(entries))
+        return await real(entries, ttl)
+
+    monkeypatch.setattr(presence, "add_presence_many", counting)
+    await peers[0].close()
+    async with asyncio.timeout(scaled(5)):  # the server has released the connection that left
+        while len(await presence.presence("chat:p")) != 9:
+            await asyncio.sleep(0.01)
+    await running.server._refresh_presence()
+    assert calls == [4, 4, 1]  # chunks of 4 clients: 9 are left
+    entries = await presence.presence("chat:p")
+    assert len(entries) == 9 and all(info.user != "u0" for info in entries.values())

@@ -3,7 +3,7 @@ channel, read and written by the Redis functions so that expired entries never s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -34,6 +34,29 @@ class RedisPresence:
 
     async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
         await self._fcall("livegate_presence_add", channel, info.client, info.to_json(), f"{ttl:g}")
+
+    async def add_presence_many(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> int:
+        """One pipelined round trip per shard (not a transaction: an entry that fails fails alone)."""
+        by_shard: dict[int, tuple[Shard, list[tuple[str, ClientInfo]]]] = {}
+        for channel, info in entries:
+            shard = self._shard_for(channel)
+            by_shard.setdefault(shard.index, (shard, []))[1].append((channel, info))
+        failed = 0
+        for shard, items in by_shard.values():
+            if not shard.healthy:
+                failed += len(items)
+                continue
+            try:
+                async with shard.client.pipeline(transaction=False) as pipe:
+                    for channel, info in items:
+                        pipe.fcall("livegate_presence_add", 1, channel, self.prefix, info.client, info.to_json(),
+                                   f"{ttl:g}")
+                    results = await pipe.execute(raise_on_error=False)
+            except (*UNAVAILABLE, RedisError):
+                failed += len(items)
+                continue
+            failed += sum(isinstance(r, Exception) for r in results)
+        return failed
 
     async def remove_presence(self, channel: str, client_id: str, user: str) -> None:
         await self._fcall("livegate_presence_remove", channel, client_id)
