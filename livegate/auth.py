@@ -3,7 +3,8 @@
 The algorithm family is pinned to the keys that are configured: an HMAC secret admits
 HS256/384/512 only, an RSA public key RS256/384/512, an ECDSA key ES256/384/512, a JWKS
 endpoint the asymmetric families. ``alg: none`` and HS/RS confusion therefore fail.
-``exp`` and ``nbf`` are checked when present; ``aud`` and ``iss`` when configured.
+``exp`` and ``nbf`` are checked when present; ``aud`` and ``iss`` when configured (``audience``
+/ ``issuer`` exactly, ``audience_regex`` / ``issuer_regex`` as a full match), after the signature.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,30 +108,52 @@ def _int_claim(claims: dict[str, Any], name: str, *, numeric_date: bool = False)
     return int(value)
 
 
-def _key(config_key: str, prepare: Any, material: str) -> Any:
+def _key(section: str, config_key: str, prepare: Any, material: str) -> Any:
     try:
         return prepare(material.encode())
     except (ValueError, TypeError, jwt.PyJWTError) as exc:
-        raise ConfigError(f"client.token.{config_key}", f"cannot load the key: {exc}") from None
+        raise ConfigError(f"{section}.{config_key}", f"cannot load the key: {exc}") from None
+
+
+def _regex(section: str, config_key: str, pattern: str) -> re.Pattern[str] | None:
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{section}.{config_key}", f"invalid regular expression: {exc}") from None
+
+
+def _claim_matches(regex: re.Pattern[str], value: str) -> bool:
+    """``audience_regex`` / ``issuer_regex``: the whole claim must match (``fullmatch``)."""
+    return regex.fullmatch(value) is not None
 
 
 class TokenVerifier:
-    """Verifies tokens against the configured keys. Keys are parsed once, here."""
+    """Verifies tokens against the configured keys. Keys are parsed once, here. ``section`` is
+    the config section ``cfg`` came from (``client.token`` or ``client.subscription_token``):
+    a ConfigError names its key there."""
 
-    def __init__(self, cfg: TokenConfig) -> None:
+    def __init__(self, cfg: TokenConfig, *, section: str = "client.token") -> None:
         self._cfg = cfg
+        if cfg.audience and cfg.audience_regex:
+            raise ConfigError(f"{section}.audience_regex", "cannot be used together with audience")
+        if cfg.issuer and cfg.issuer_regex:
+            raise ConfigError(f"{section}.issuer_regex", "cannot be used together with issuer")
+        self._audience_re = _regex(section, "audience_regex", cfg.audience_regex)
+        self._issuer_re = _regex(section, "issuer_regex", cfg.issuer_regex)
         self._keys: dict[str, Any] = {}
         self._hmac_secret = cfg.hmac_secret_key.encode() if cfg.hmac_secret_key else None
         if cfg.hmac_secret_key:
             for alg in _HS:
                 self._keys[alg] = cfg.hmac_secret_key
         if cfg.rsa_public_key:
-            rsa_key = _key("rsa_public_key", jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).prepare_key,
+            rsa_key = _key(section, "rsa_public_key", jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).prepare_key,
                            cfg.rsa_public_key)
             for alg in _RS:
                 self._keys[alg] = rsa_key
         if cfg.ecdsa_public_key:
-            ec_key = _key("ecdsa_public_key", jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256).prepare_key,
+            ec_key = _key(section, "ecdsa_public_key", jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256).prepare_key,
                           cfg.ecdsa_public_key)
             for alg in _ES:
                 self._keys[alg] = ec_key
@@ -166,6 +190,27 @@ class TokenVerifier:
                 raise TokenInvalid("invalid audience")
         if cfg.issuer and claims.get("iss") != cfg.issuer:
             raise TokenInvalid("invalid issuer")
+        return self._match_claims(claims)
+
+    def _match_claims(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """``audience_regex`` and ``issuer_regex``, on claims whose signature was verified (so a
+        forged token never reaches a pattern). A missing ``iss`` is the empty string and a
+        missing ``aud`` has no element to match, as in Centrifugo."""
+        if self._audience_re is not None:
+            aud = claims.get("aud")
+            values = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+            if not all(isinstance(v, str) for v in values):
+                raise TokenInvalid("aud must be a string or a list of strings")
+            if not any(_claim_matches(self._audience_re, v) for v in values):
+                raise TokenInvalid("invalid audience")
+        if self._issuer_re is not None:
+            iss = claims.get("iss")
+            if iss is None:
+                iss = ""
+            if not isinstance(iss, str):
+                raise TokenInvalid("iss must be a string")
+            if not _claim_matches(self._issuer_re, iss):
+                raise TokenInvalid("invalid issuer")
         return claims
 
     async def _jwks_key(self, kid: Any) -> Any:
@@ -231,7 +276,7 @@ class TokenVerifier:
             raise TokenInvalid(str(exc) or type(exc).__name__) from None
         if not isinstance(claims, dict):
             raise TokenInvalid("claims must be a JSON object")
-        return claims
+        return self._match_claims(claims)
 
     def _user(self, claims: dict[str, Any]) -> str:
         user = claims.get(self._cfg.user_id_claim, "")

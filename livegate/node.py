@@ -93,6 +93,10 @@ class Node:
         self.clock = clock
         self.app = app or App()
         self.verifier = TokenVerifier(config.client.token)  # raises ConfigError naming a bad key
+        # Subscription tokens: client.subscription_token's keys and options when enabled (as Centrifugo).
+        sub_token = config.client.subscription_token
+        self.sub_verifier = (TokenVerifier(sub_token, section="client.subscription_token")
+                             if sub_token.enabled else self.verifier)
         self.rules = ChannelRules(config.channel)
         self.metrics = NodeMetrics()
         self.limits = NodeLimits(config, self.metrics)

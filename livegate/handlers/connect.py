@@ -53,6 +53,9 @@ async def handle_connect(session: Session, req: ConnectRequest) -> tuple[Connect
             raise ErrTokenExpired() from None
         except TokenInvalid:
             raise DisconnectRequested(codes.INVALID_TOKEN.code, codes.INVALID_TOKEN.reason) from None
+        if not token.user and cfg.disallow_anonymous_connection_tokens:
+            # As Centrifugo: an anonymous connection token is refused with 3507 (terminal).
+            raise DisconnectRequested(codes.PERMISSION_DENIED.code, codes.PERMISSION_DENIED.reason)
         if token.expire_at and token.expire_at <= time.time():
             raise ErrExpired()
         session.user, session.conn_info = token.user, token.info

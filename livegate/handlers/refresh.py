@@ -49,7 +49,7 @@ async def handle_sub_refresh(session: Session, req: SubRefreshRequest) -> Refres
     if not req.token:
         raise ErrBadRequest()
     try:
-        token = await session.node.verifier.verify_subscription(req.token)
+        token = await session.node.sub_verifier.verify_subscription(req.token)
     except TokenExpired:
         raise ErrTokenExpired(temporary=True) from None
     except TokenInvalid:

@@ -30,7 +30,7 @@ async def authorize(session: Session, resolved: ResolvedChannel, req: SubscribeR
     node = session.node
     if req.token:
         try:
-            token = await node.verifier.verify_subscription(req.token)
+            token = await node.sub_verifier.verify_subscription(req.token)
         except TokenExpired:
             raise ErrTokenExpired() from None
         except TokenInvalid:

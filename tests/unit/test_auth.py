@@ -233,6 +233,128 @@ async def test_issuer_checked_when_configured():
             await verifier.verify_connect(hs(claims))
 
 
+# audience_regex / issuer_regex: the claim must match the whole pattern; a list aud needs one
+# element that does. Checked on both paths: the HS fast path (_decode_hmac) and PyJWT's.
+
+_AUD_RE = r"livegate-(eu|us)"
+_ISS_RE = r"https://auth\.(a|b)\.example"
+
+
+def _sign_with(path: str, rsa_key, claims: dict, alg: str = "HS256") -> tuple[TokenVerifier, str]:
+    """A verifier for ``path`` ("hmac": HS fast path, "rsa": PyJWT) and a token signed for it."""
+    options = {"audience_regex": _AUD_RE, "issuer_regex": _ISS_RE}
+    payload = json.dumps(claims).encode()  # signed as is: PyJWT's encode refuses e.g. a non-string iss
+    if path == "hmac":
+        return hs_verifier(**options), jwt.api_jws.encode(payload, SECRET, algorithm=alg)
+    verifier = TokenVerifier(TokenConfig(rsa_public_key=_pem_public(rsa_key), **options))
+    return verifier, jwt.api_jws.encode(payload, rsa_key, algorithm="RS256")
+
+
+_GOOD_ISS = "https://auth.b.example"
+
+
+@pytest.mark.parametrize("path", ["hmac", "rsa"])
+@pytest.mark.parametrize("aud", ["livegate-eu", "livegate-us", ["other", "livegate-us"]])
+async def test_audience_regex_accepts_a_full_match(path, aud, rsa_key):
+    verifier, tok = _sign_with(path, rsa_key, {"sub": "a", "aud": aud, "iss": _GOOD_ISS})
+    assert (await verifier.verify_connect(tok)).user == "a"
+
+
+@pytest.mark.parametrize("path", ["hmac", "rsa"])
+@pytest.mark.parametrize("aud", [
+    "livegate-xx", "xlivegate-eu", "livegate-eu-evil", "livegate-", "", ["other", "livegate-eux"], [],
+    None, 5, ["livegate-eu", 5], {"aud": "livegate-eu"},
+])
+async def test_audience_regex_refuses_anything_else(path, aud, rsa_key):
+    claims: dict = {"sub": "a", "iss": _GOOD_ISS}
+    if aud is not None:
+        claims["aud"] = aud
+    verifier, tok = _sign_with(path, rsa_key, claims)
+    with pytest.raises(TokenInvalid):
+        await verifier.verify_connect(tok)
+
+
+@pytest.mark.parametrize("path", ["hmac", "rsa"])
+@pytest.mark.parametrize("iss", ["https://auth.c.example", "https://auth.a.example/", "xhttps://auth.a.example",
+                                 "https://authXa.example", "", None, 7, ["https://auth.a.example"]])
+async def test_issuer_regex_refuses_anything_but_a_full_match(path, iss, rsa_key):
+    claims: dict = {"sub": "a", "aud": "livegate-eu"}
+    if iss is not None:
+        claims["iss"] = iss
+    verifier, tok = _sign_with(path, rsa_key, claims)
+    with pytest.raises(TokenInvalid):
+        await verifier.verify_connect(tok)
+    verifier, tok = _sign_with(path, rsa_key, {**claims, "iss": "https://auth.a.example"})
+    assert (await verifier.verify_connect(tok)).user == "a"
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+async def test_claim_regexes_on_the_hmac_fast_path_without_pyjwt(alg, monkeypatch):
+    # The hand-written HS path must apply the regexes itself: PyJWT is not called at all.
+    def no_pyjwt(*args, **kwargs):
+        raise AssertionError("the HS fast path must not call jwt.decode")
+
+    verifier = hs_verifier(audience_regex=_AUD_RE, issuer_regex=_ISS_RE)
+    good = hs({"sub": "a", "aud": ["x", "livegate-us"], "iss": _GOOD_ISS}, alg)
+    bad_aud = hs({"sub": "a", "aud": "livegate-usa", "iss": _GOOD_ISS}, alg)
+    bad_iss = hs({"sub": "a", "aud": "livegate-us", "iss": _GOOD_ISS + ".evil"}, alg)
+    monkeypatch.setattr(jwt, "decode", no_pyjwt)
+    assert (await verifier.verify_connect(good)).user == "a"
+    for tok in (bad_aud, bad_iss):
+        with pytest.raises(TokenInvalid):
+            await verifier.verify_connect(tok)
+
+
+async def test_issuer_regex_sees_a_missing_iss_as_empty():
+    # As Centrifugo: a missing iss is the empty string, so only a pattern that matches "" admits it.
+    assert (await hs_verifier(issuer_regex=r"(https://auth\.example)?").verify_connect(hs({"sub": "a"}))).user == "a"
+    with pytest.raises(TokenInvalid):
+        await hs_verifier(issuer_regex=r"https://auth\.example").verify_connect(hs({"sub": "a"}))
+
+
+async def test_claim_regexes_apply_to_subscription_tokens(rsa_key):
+    for path in ("hmac", "rsa"):
+        verifier, tok = _sign_with(path, rsa_key, {"sub": "a", "channel": "$x", "aud": "livegate-eu",
+                                                     "iss": _GOOD_ISS})
+        assert (await verifier.verify_subscription(tok)).channel == "$x"
+        verifier, tok = _sign_with(path, rsa_key, {"sub": "a", "channel": "$x", "aud": "livegate-e",
+                                                     "iss": _GOOD_ISS})
+        with pytest.raises(TokenInvalid):
+            await verifier.verify_subscription(tok)
+
+
+async def test_claim_regexes_are_checked_after_the_signature():
+    # A forged token is refused for its signature, whatever its claims; a valid signature with a
+    # non-matching claim is refused for the claim. Neither message carries the secret.
+    verifier = hs_verifier(audience_regex=_AUD_RE)
+    forged = hs({"sub": "a", "aud": "livegate-eu"}, secret="another-secret-0123456789abcdef01234")
+    with pytest.raises(TokenInvalid, match="signature") as forged_info:
+        await verifier.verify_connect(forged)
+    with pytest.raises(TokenInvalid, match="audience") as aud_info:
+        await verifier.verify_connect(hs({"sub": "a", "aud": "nope"}))
+    for info in (forged_info, aud_info):
+        assert SECRET not in str(info.value)
+
+
+def test_claim_regex_given_with_the_exact_option_is_a_config_error():
+    # TokenConfig refuses it (see test_token_options for the key named); a TokenVerifier built
+    # from an unvalidated TokenConfig refuses it too.
+    for exact, regex in (("audience", "audience_regex"), ("issuer", "issuer_regex")):
+        cfg = TokenConfig.model_construct(**{**TokenConfig().model_dump(), "hmac_secret_key": SECRET,
+                                             exact: "x", regex: "x"})
+        with pytest.raises(ConfigError) as info:
+            TokenVerifier(cfg, section="client.subscription_token")
+        assert info.value.key == f"client.subscription_token.{regex}"
+        assert SECRET not in str(info.value)
+
+
+def test_invalid_claim_regex_in_an_unvalidated_config_is_a_config_error():
+    cfg = TokenConfig.model_construct(**{**TokenConfig().model_dump(), "issuer_regex": "(unclosed"})
+    with pytest.raises(ConfigError) as info:
+        TokenVerifier(cfg)
+    assert info.value.key == "client.token.issuer_regex"
+
+
 async def test_custom_user_id_claim():
     tok = await hs_verifier(user_id_claim="uid").verify_connect(hs({"uid": "u42", "sub": "ignored"}))
     assert tok.user == "u42"
