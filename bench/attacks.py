@@ -139,7 +139,6 @@ async def rpc_flood(url: str, seconds: float) -> str:
 
 
 async def join_leave_churn(url: str, seconds: float, api_port: int) -> str:
-    import aiohttp
 
     listeners = []
     for i in range(300):
