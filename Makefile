@@ -39,8 +39,8 @@ test: venv js
 # HTTP API's JSON parser (10,000 payloads).
 fuzz: venv
 	eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && \
-	LIVEGATE_FUZZ_EXAMPLES=100000 $(BIN)/python -m pytest -q tests/unit/test_fuzz_session.py --hypothesis-show-statistics && \
-	LIVEGATE_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/integration/test_fuzz_redis_door.py
+	LIVEGATE_FUZZ_EXAMPLES=100000 $(BIN)/python -m pytest -q --timeout=0 tests/unit/test_fuzz_session.py --hypothesis-show-statistics && \
+	LIVEGATE_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q --timeout=0 tests/integration/test_fuzz_redis_door.py
 
 test-unit: venv
 	$(BIN)/python -m pytest -q tests/unit
