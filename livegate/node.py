@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from livegate import __version__
@@ -283,7 +284,11 @@ class Node:
 
     async def history(self, resolved: ResolvedChannel, opts: HistoryOptions) -> HistoryResult:
         """The engine's history, extended from the PostgreSQL archive when the engine no
-        longer holds the start of the requested range (namespaces with archive = true)."""
+        longer holds the start of the requested range (namespaces with archive = true). A
+        channel nobody has published in keeps its position only as long as its history would
+        keep a publication (history_ttl), not history_meta_ttl."""
+        if not opts.unpublished_ttl:
+            opts = replace(opts, unpublished_ttl=resolved.options.history_ttl)
         result = await self.broker.history(resolved.name, opts)
         if self.persistence is not None:
             result = await self.persistence.extend_history(resolved, opts, result)

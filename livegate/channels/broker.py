@@ -47,6 +47,9 @@ class HistoryOptions:
     since: StreamPosition | None = None  # publications after since.offset
     reverse: bool = False                # newest first
     meta_ttl: float = 0.0                # refresh the position's lifetime (0: leave it)
+    # While the channel has had no publication, a read keeps its position only this long
+    # (0: meta_ttl): subscribing to many channels nobody publishes in leaves no long-lived keys.
+    unpublished_ttl: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

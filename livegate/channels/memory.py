@@ -187,8 +187,11 @@ class MemoryBroker:
 
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
         self.flush()  # what is published so far reaches subscribers (and subscribes in flight) first
-        stream = self._stream(channel, None, opts.meta_ttl, True)
+        stream = self._stream(channel, None, 0.0, True)
         assert stream is not None
+        ttl = opts.unpublished_ttl if stream.top == 0 and opts.unpublished_ttl > 0 else opts.meta_ttl
+        if ttl > 0:
+            stream.expires_at = self._clock() + ttl
         self._trim(stream)
         position = StreamPosition(stream.top, stream.epoch)
         if opts.limit == 0:

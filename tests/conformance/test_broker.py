@@ -449,3 +449,18 @@ async def test_presence_is_per_channel(engine):
     await engine.presence.remove_presence(a, "c2", "bob")   # not in a: no effect there
     assert set(await engine.presence.presence(a)) == {"c1"}
     assert set(await engine.presence.presence(b)) == {"c2"}
+
+
+async def test_a_position_nobody_published_in_lives_only_unpublished_ttl(engine):
+    """Subscribing to channels nobody publishes in must not leave keys for history_meta_ttl."""
+    ch = chan("quiet")
+    first = (await history(engine, ch, meta_ttl=60, unpublished_ttl=scaled(0.3))).position
+    await engine.clock.advance(scaled(0.5))
+    again = (await history(engine, ch, meta_ttl=60, unpublished_ttl=scaled(0.3))).position
+    assert again.epoch != first.epoch and again.offset == 0  # it expired and was made anew
+    busy = chan("busy")
+    pos = (await engine.broker.publish(busy, b"1", PublishOptions(history_size=10, history_ttl=60,
+                                                                   history_meta_ttl=60))).position
+    await history(engine, busy, meta_ttl=60, unpublished_ttl=scaled(0.3))
+    await engine.clock.advance(scaled(0.5))
+    assert (await history(engine, busy, meta_ttl=60, unpublished_ttl=scaled(0.3))).position == pos

@@ -81,3 +81,28 @@ async def test_an_unreachable_jwks_endpoint_is_temporary_not_an_invalid_token(st
                               "temporary": True}
     assert (await peer.call("connect", {"token": tok}))["error"]["code"] == 100  # still connected, may retry
     assert "JWKS endpoint unreachable" in caplog.text
+
+
+async def test_subscription_tokens_from_a_jwks_endpoint_with_claim_regexes(jwks_url, start_server, peer_factory):
+    """client.subscription_token with a JWKS endpoint and audience_regex / issuer_regex: subscription
+    tokens are verified there (PyJWT path), connection tokens still with client.token's HMAC key."""
+    url, key, _ = jwks_url
+
+    def sub_token(channel: str, **claims) -> str:
+        return jwt.encode({"sub": "alice", "channel": channel, **claims}, key, algorithm="RS256",
+                          headers={"kid": "k1"})
+
+    running = await start_server({"client": {"subscription_token": {
+        "enabled": True, "jwks_public_endpoint": url, "audience_regex": "subs-(a|b)",
+        "issuer_regex": r"https://auth\.example"}}})
+    peer = await peer_factory(running.url)
+    await peer.connect("alice")
+    ok = await peer.call("subscribe", {"channel": "$locked:1", "token": sub_token(
+        "$locked:1", aud=["x", "subs-b"], iss="https://auth.example")})
+    assert "subscribe" in ok, ok
+    for n, claims in enumerate([{"aud": "subs-c", "iss": "https://auth.example"},
+                                {"aud": "subs-a", "iss": "https://auth.example.evil"},
+                                {"iss": "https://auth.example"}]):
+        channel = f"$locked:bad{n}"
+        reply = await peer.call("subscribe", {"channel": channel, "token": sub_token(channel, **claims)})
+        assert reply["error"] == {"code": 103, "message": "permission denied"}, claims

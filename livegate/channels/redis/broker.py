@@ -84,7 +84,7 @@ class RedisBroker:
         try:
             reply = await shard.client.fcall(
                 "livegate_history", 1, channel, self.prefix, min(opts.limit, _MAX_COUNT), since,
-                "1" if opts.reverse else "0", f"{opts.meta_ttl:g}", ENVELOPE_VERSION)
+                "1" if opts.reverse else "0", f"{opts.meta_ttl:g}", ENVELOPE_VERSION, f"{opts.unpublished_ttl:g}")
         except UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis: {exc}") from None
         except RedisError as exc:

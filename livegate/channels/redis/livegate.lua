@@ -17,7 +17,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 15
+local VERSION = 16
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
@@ -356,7 +356,9 @@ local function publish(keys, args)
   return {offset, epoch}
 end
 
--- FCALL livegate_history 1 <channel> <prefix> <limit> <since-offset or ""> <reverse 0|1> <meta-ttl s> [<envelope version read>]
+-- FCALL livegate_history 1 <channel> <prefix> <limit> <since-offset or ""> <reverse 0|1> <meta-ttl s>
+--       [<envelope version read>] [<unpublished ttl s>: how long a read keeps the position of a
+--       channel that has had no publication; 0 or absent: meta-ttl]
 -- Returns {top, epoch, envelope...}, read atomically; creates the position when missing.
 -- Only the newest history_size publications younger than history_ttl (as of the latest
 -- publish, kept in the meta hash as n and t) are returned.
@@ -364,6 +366,7 @@ local function history(keys, args)
   local channel = keys[1]
   local prefix, limit, since, reverse, meta_ttl = args[1], tonumber(args[2]), args[3], args[4] == '1', tonumber(args[5]) or 0
   local reads = tonumber(args[6]) or 1
+  local unpublished_ttl = tonumber(args[7]) or 0
   local tag = '{' .. channel .. '}'
   local meta_key = prefix .. '.meta.' .. tag
   local hist_key = prefix .. '.history.' .. tag
@@ -374,9 +377,11 @@ local function history(keys, args)
     redis.call('HSET', meta_key, 'e', epoch)
     redis.call('DEL', hist_key)
   end
-  if meta_ttl > 0 then redis.call('PEXPIRE', meta_key, math.floor(meta_ttl * 1000)) end
   local meta = redis.call('HMGET', meta_key, 's', 'n', 't')
   local top, size, ttl_ms = tonumber(meta[1] or '0'), tonumber(meta[2] or '0'), tonumber(meta[3] or '0')
+  local keep = meta_ttl
+  if top == 0 and unpublished_ttl > 0 then keep = unpublished_ttl end
+  if keep > 0 then redis.call('PEXPIRE', meta_key, math.floor(keep * 1000)) end
   local out = {top, epoch}
   if limit == 0 then return out end
   if ttl_ms > 0 then trim_expired(hist_key, ms - ttl_ms) end
