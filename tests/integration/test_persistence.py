@@ -202,8 +202,9 @@ async def test_outbox_dead_letters_invalid_rows(schema, db, start_server):
     await client.connect()
     await sub.subscribe()
     await events.wait("subscribed")
+    too_big = '{"channel": "chat:dl", "data": "%s"}' % ("x" * 70000)  # over channel.max_publication_size
     bad = [("frobnicate", "{}"), ("publish", '{"channel": 5}'), ("publish", '{"channel": "nope:x", "data": 1}'),
-           ("publish", "[1, 2]")]
+           ("publish", "[1, 2]"), ("publish", too_big)]
     for method, payload in bad:
         await db.execute(f"INSERT INTO {schema}.outbox (method, payload) VALUES ($1, $2)", method, payload)
     await db.execute(f"INSERT INTO {schema}.outbox (method, payload) VALUES ('publish', $1)",
@@ -211,11 +212,12 @@ async def test_outbox_dead_letters_invalid_rows(schema, db, start_server):
     (pub,) = await events.wait("publication", timeout=10)
     assert pub.pub.data == {"ok": True}
     async with asyncio.timeout(scaled(5)):
-        while await db.fetchval(f"SELECT count(*) FROM {schema}.outbox_dead") < 4:
+        while await db.fetchval(f"SELECT count(*) FROM {schema}.outbox_dead") < 5:
             await asyncio.sleep(0.05)
     errors = [r["error"] for r in await db.fetch(f"SELECT error FROM {schema}.outbox_dead ORDER BY id")]
     assert errors[0].startswith("104") and errors[1].startswith("107") and errors[2].startswith("102")
     assert errors[3].startswith("107")
+    assert errors[4].startswith("107") and "max_publication_size" in errors[4]
     assert await db.fetchval(f"SELECT count(*) FROM {schema}.outbox") == 0
     await client.disconnect()
 
