@@ -157,9 +157,13 @@ def cmd_token(args: argparse.Namespace) -> int:
     from livegate.auth import make_hmac_token
 
     config = _load(args.config)
-    secret = config.client.token.hmac_secret_key
+    # A subscription token is signed with client.subscription_token's key when that section is on.
+    section, tokens = ("client.token", config.client.token)
+    if args.channel and config.client.subscription_token.enabled:
+        section, tokens = ("client.subscription_token", config.client.subscription_token)
+    secret = tokens.hmac_secret_key
     if not secret:
-        raise ConfigError("client.token.hmac_secret_key", "is empty: set it to sign tokens")
+        raise ConfigError(f"{section}.hmac_secret_key", "is empty: set it to sign tokens")
     claims: dict[str, Any] = {}
     if args.info:
         try:

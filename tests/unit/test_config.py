@@ -436,6 +436,18 @@ def test_cli_token_without_secret_exits_2(tmp_path):
     assert proc.stdout == ""
 
 
+def test_cli_subscription_token_uses_the_subscription_section_when_enabled(tmp_path):
+    path = tmp_path / "subs.toml"
+    conn_secret, sub_secret = "c" * 40, "s" * 40
+    path.write_text(f'[client.token]\nhmac_secret_key = "{conn_secret}"\n'
+                    f'[client.subscription_token]\nenabled = true\nhmac_secret_key = "{sub_secret}"\n')
+    proc = run_cli("token", "--user", "alice", "--channel", "chat:x", "--config", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert jwt.decode(proc.stdout.strip(), sub_secret, algorithms=["HS256"])["channel"] == "chat:x"
+    proc = run_cli("token", "--user", "alice", "--config", str(path), cwd=tmp_path)  # a connection token
+    assert jwt.decode(proc.stdout.strip(), conn_secret, algorithms=["HS256"])["sub"] == "alice"
+
+
 def test_max_publication_size_must_stay_under_the_queue_bound():
     with pytest.raises(ConfigError) as err:
         parse_config({"client": {"queue_max_size": 1000}}, environ={})
