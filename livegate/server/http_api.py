@@ -207,7 +207,9 @@ async def start_api(node: Node, registry: CollectorRegistry, *, reuse_port: bool
                     ) -> tuple[web.AppRunner, ApiSite]:
     """Serve ``make_api_app`` on ``http_api.address:port`` with the port's limits."""
     cfg = node.config.http_api
-    runner = web.AppRunner(make_api_app(node, registry), access_log=None, handle_signals=False)
+    # On shutdown, requests still running get a moment to finish, not aiohttp's default minute.
+    runner = web.AppRunner(make_api_app(node, registry), access_log=None, handle_signals=False,
+                           shutdown_timeout=min(5.0, cfg.read_timeout))
     await runner.setup()
     site = ApiSite(runner, cfg.address, cfg.port, reuse_port=reuse_port,
                    read_timeout=cfg.read_timeout, keepalive_timeout=cfg.idle_timeout, access_log=None,
