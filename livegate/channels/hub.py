@@ -12,7 +12,7 @@ removed when its connection ends), so fan-out can iterate the live dicts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 from livegate.metrics import NodeMetrics
@@ -67,6 +67,19 @@ class _Encoded:
 
 def _publication_encoder(channel: str, pub: Publication) -> Callable[[Codec], bytes]:
     return lambda codec: codec.encode_publication(channel, pub)
+
+
+T = TypeVar("T")
+
+
+def _queue(subs: Iterable[S], per_sub: dict[S, list[T]], item: T) -> None:
+    """Add one batch item (a payload, or an index) to what each subscriber gets."""
+    for sub in subs:
+        queued = per_sub.get(sub)
+        if queued is None:
+            per_sub[sub] = [item]
+        else:
+            queued.append(item)
 
 
 class Hub(Generic[S]):
@@ -215,12 +228,7 @@ class Hub(Generic[S]):
                     waiting.append((pub.offset, payload))
             if subs:
                 pushes += len(subs)
-                for sub in subs:
-                    queued = per_sub.get(sub)
-                    if queued is None:
-                        per_sub[sub] = [payload]
-                    else:
-                        queued.append(payload)
+                _queue(subs, per_sub, payload)
         self.metrics.pushes += pushes
         # Subscribers that got the same payloads (one, or several joined) share one frame.
         frames: dict[Any, tuple[bytes, bytes]] = {}
@@ -251,12 +259,7 @@ class Hub(Generic[S]):
                     waiting.append((pub.offset, item.payload(waiting_sub.wire.codec)))
             if subs:
                 pushes += len(subs)
-                for sub in subs:
-                    queued = per_sub.get(sub)
-                    if queued is None:
-                        per_sub[sub] = [index]
-                    else:
-                        queued.append(index)
+                _queue(subs, per_sub, index)
         self.metrics.pushes += pushes
         frames: dict[Any, tuple[bytes, bytes]] = {}
         for sub, indexes in per_sub.items():

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from livegate.channels.broker import HistoryOptions, HistoryResult, PublishOptions, PublishResult
 from livegate.channels.redis.envelope import ENVELOPE_VERSION, EnvelopeError, decode_envelope, encode_presence_event
@@ -35,7 +34,6 @@ class RedisBroker:
         return shard
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
-        shard = self._checked(channel)
         options: dict[str, Any] = {
             "prefix": self.prefix,
             "envelope": self.write_version,
@@ -49,12 +47,7 @@ class RedisBroker:
         if opts.tags:
             options["tags"] = opts.tags
         info = opts.info.to_json() if opts.info is not None else b""
-        try:
-            reply = await shard.client.fcall("livegate_publish", 1, channel, data, orjson.dumps(options), info)
-        except UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis: {exc}") from None
-        except RedisError as exc:
-            raise BrokerError(f"redis: {exc}") from None
+        reply = await self._shard_for(channel).fcall("livegate_publish", channel, data, orjson.dumps(options), info)
         offset, epoch = reply[0], reply[1]
         return PublishResult(StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch),
                              suppressed=len(reply) > 2)
@@ -79,16 +72,10 @@ class RedisBroker:
         self._shard_for(channel).unsubscribe(self.client_prefix + channel.encode())
 
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
-        shard = self._checked(channel)
         since = "" if opts.since is None else str(opts.since.offset)
-        try:
-            reply = await shard.client.fcall(
-                "livegate_history", 1, channel, self.prefix, min(opts.limit, _MAX_COUNT), since,
-                "1" if opts.reverse else "0", f"{opts.meta_ttl:g}", ENVELOPE_VERSION, f"{opts.unpublished_ttl:g}")
-        except UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis: {exc}") from None
-        except RedisError as exc:
-            raise BrokerError(f"redis: {exc}") from None
+        reply = await self._shard_for(channel).fcall(
+            "livegate_history", channel, self.prefix, min(opts.limit, _MAX_COUNT), since,
+            "1" if opts.reverse else "0", f"{opts.meta_ttl:g}", ENVELOPE_VERSION, f"{opts.unpublished_ttl:g}")
         top, epoch, *envelopes = reply
         position = StreamPosition(int(top), epoch.decode() if isinstance(epoch, bytes) else epoch)
         pubs: list[Publication] = []

@@ -11,7 +11,6 @@ from redis.exceptions import RedisError
 
 from livegate.channels.broker import PresenceStats
 from livegate.channels.redis.shard import UNAVAILABLE, Shard
-from livegate.errors import BrokerError, BrokerUnavailable
 from livegate.protocol.types import ClientInfo
 
 __all__ = ["RedisPresence"]
@@ -23,14 +22,7 @@ class RedisPresence:
         self._shard_for = shard_for
 
     async def _fcall(self, name: str, channel: str, *args: Any) -> Any:
-        shard = self._shard_for(channel)
-        shard.check()
-        try:
-            return await shard.client.fcall(name, 1, channel, self.prefix, *args)
-        except UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis: {exc}") from None
-        except RedisError as exc:
-            raise BrokerError(f"redis: {exc}") from None
+        return await self._shard_for(channel).fcall(name, channel, self.prefix, *args)
 
     async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
         await self._fcall("livegate_presence_add", channel, info.client, info.to_json(), f"{ttl:g}")

@@ -326,4 +326,19 @@ class Shard:
         if not self.healthy:
             raise BrokerUnavailable("redis is not connected")
 
+    async def fcall(self, name: str, key: str, *args: Any) -> Any:
+        """One Redis function call on this server, with one key.
+
+        Raises:
+            BrokerUnavailable: the server cannot be reached (now or during the call).
+            BrokerError: the function refused the call.
+        """
+        self.check()
+        try:
+            return await self.client.fcall(name, 1, key, *args)
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from None
+        except RedisError as exc:
+            raise BrokerError(f"redis: {exc}") from None
+
 

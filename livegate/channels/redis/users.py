@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from livegate.channels.redis.shard import UNAVAILABLE, Shard
-from livegate.errors import BrokerError, BrokerUnavailable
+from livegate.channels.redis.shard import Shard
 
 __all__ = ["RedisUserConnections", "REFRESH_CHUNK"]
 
@@ -28,14 +25,8 @@ class RedisUserConnections:
         self._shard_for = shard_for
 
     async def _fcall(self, name: str, user: str, *args: Any) -> Any:
-        shard = self._shard_for("#" + user)  # "#": never mixed up with a channel's routing
-        shard.check()
-        try:
-            return await shard.client.fcall(name, 1, user, self.prefix, *args)
-        except UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis: {exc}") from None
-        except RedisError as exc:
-            raise BrokerError(f"redis: {exc}") from None
+        # "#": a user's entries are placed apart from a channel of the same name
+        return await self._shard_for("#" + user).fcall(name, user, self.prefix, *args)
 
     async def add_user_connection(self, user: str, client_id: str, limit: int, ttl: float) -> bool:
         added, _count = await self._fcall("livegate_user_connect", user, client_id, str(limit), f"{ttl:g}")
