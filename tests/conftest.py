@@ -184,6 +184,17 @@ class Running:
 
 
 @pytest.fixture
+async def redis_client() -> AsyncIterator[Any]:
+    """A client of the test Redis (REDIS_URL); fails, never skips, when Redis is not reachable."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    await client.ping()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def start_server() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
     """Start real servers on free ports in this event loop; all stop at teardown. With
     ``clock`` (e.g. a FakeClock) the server's timers run on that clock."""

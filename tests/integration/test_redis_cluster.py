@@ -7,19 +7,10 @@ import signal
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from cent import AsyncClient, DisconnectRequest, InfoRequest, PublishRequest
 from conftest import REDIS_URL, scaled, token, unique_prefix
 from procs import Balancer, start_instance
 from sdk import sdk_subscription
-
-
-@pytest.fixture
-async def redis_client():
-    client = aioredis.Redis.from_url(REDIS_URL)
-    await client.ping()  # fails (never skips) when Redis is not reachable
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

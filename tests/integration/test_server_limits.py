@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 import websockets
 from centrifuge import ReplyError
 from conftest import REDIS_URL, FakeClock, RawPeer, make_config, scaled, token, unique_prefix, wait_until
@@ -105,14 +104,6 @@ async def test_user_connection_limit_on_one_node(start_server, peer_factory, cli
             await asyncio.sleep(0.02)
     await connected_peer(peer_factory, running.url, "alice")
     assert await metric(running.server.api_port, 'livegate_limited_total{limit="user_connection"}') == 2
-
-
-@pytest.fixture
-async def redis_client():
-    client = aioredis.Redis.from_url(REDIS_URL)
-    await client.ping()  # fails (never skips) when Redis is not reachable
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
