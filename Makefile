@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JS := tests/js/node_modules/.installed
 
-.PHONY: run test test-unit fuzz bench lint venv js clean clean-services
+.PHONY: run test test-unit fuzz bench lint proto venv js clean clean-services
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -48,8 +48,12 @@ test-unit: venv
 bench: venv
 	eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && $(BIN)/python -m bench $(BENCH_ARGS)
 
+# Regenerate livegate/protocol/proto/client_pb2.py(i) from client.proto (committed; a test fails when stale).
+proto: venv
+	$(BIN)/python scripts/gen_proto.py
+
 lint: venv
-	$(BIN)/ruff check livegate tests bench
+	$(BIN)/ruff check livegate tests bench scripts
 	$(BIN)/mypy livegate
 
 clean-services:

@@ -324,6 +324,10 @@ class ChannelOptions(_Section):
     allow_history_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
     channel_regex: str = ""
+    # What publication data may be: "json" (JSON text), "json_object" (a JSON object), or
+    # "binary" (any bytes, for Protobuf clients; JSON subscribers are closed with 3506 when a
+    # publication is not JSON).
+    publication_data_format: Literal["json", "json_object", "binary"] = "json"
     archive: bool = False  # livegate: also write publications to PostgreSQL
     archive_ttl: Duration = 0.0  # livegate: archived publications older than this are deleted; 0 keeps them
     archive_max_size: NonNegInt = 0  # livegate: per channel, only the newest N archived publications are kept; 0: all
@@ -337,6 +341,8 @@ class ChannelOptions(_Section):
         if (self.history_size > 0) != (self.history_ttl > 0):
             key = "history_ttl" if self.history_size > 0 else "history_size"
             raise ValueError(f"{key}: history needs both history_size and history_ttl set")
+        if self.archive and self.publication_data_format == "binary":
+            raise ValueError('archive: the archive stores JSON (jsonb); publication_data_format "binary" cannot be archived')
         for key in ("force_recovery", "allow_recovery", "archive"):
             if getattr(self, key) and not self.history_enabled:
                 raise ValueError(f"{key}: needs history (history_size and history_ttl)")

@@ -42,6 +42,7 @@ from livegate.errors import BrokerError
 from livegate.limits import NodeLimits
 from livegate.metrics import NodeMetrics
 from livegate.protocol.codes import ErrBadRequest
+from livegate.protocol.jsontext import is_json
 from livegate.protocol.types import ClientInfo, Publication
 
 __all__ = ["Node", "build_node", "make_engine", "EngineFactory", "PersistenceView", "PRESENCE_TTL", "PRESENCE_REFRESH",
@@ -255,20 +256,26 @@ class Node:
 
     async def publish(
         self, channel: str, data: bytes, *, info: ClientInfo | None = None, tags: dict[str, str] | None = None,
-        idempotency_key: str = "", skip_history: bool = False,
+        idempotency_key: str = "", skip_history: bool = False, data_is_json: bool = False,
     ) -> PublishResult:
-        """Publish raw JSON ``data`` into a channel.
+        """Publish ``data`` into a channel, checked against the namespace's
+        ``publication_data_format``: JSON text (``json``, the default), a JSON object
+        (``json_object``), or any bytes, empty included (``binary``). ``data_is_json`` says the
+        caller parsed it as JSON already (the check is then only the object test).
 
-        Every message on the wire is one line: raw newlines, which JSON allows only as
-        whitespace between tokens, are removed here so pretty-printed JSON is safe.
+        In JSON namespaces every message on the wire is one line: raw newlines, which JSON
+        allows only as whitespace between tokens, are removed here so pretty-printed JSON is
+        safe. Binary data is published byte for byte.
+
+        Raises:
+            ErrBadRequest: data of the wrong format, or over ``channel.max_publication_size``.
         """
-        if b"\n" in data or b"\r" in data:
-            data = data.replace(b"\r", b"").replace(b"\n", b"")
+        resolved = self.rules.resolve(channel)
+        data = publication_data(data, resolved.options.publication_data_format, data_is_json)
         limit = self.config.channel.max_publication_size
         if len(data) > limit:
             raise ErrBadRequest(message=f"bad request: data is {len(data)} bytes, over channel.max_publication_size "
                                         f"({limit})")
-        resolved = self.rules.resolve(channel)
         opts = self.publish_options(
             resolved, info=info, tags=tags, idempotency_key=idempotency_key, skip_history=skip_history,
         )
@@ -293,6 +300,27 @@ class Node:
         if self.persistence is not None:
             result = await self.persistence.extend_history(resolved, opts, result)
         return result
+
+
+def publication_data(data: bytes, fmt: str, data_is_json: bool = False) -> bytes:
+    """``data`` as a namespace of format ``fmt`` takes it (see Node.publish).
+
+    Raises:
+        ErrBadRequest: it is not what the format asks for.
+    """
+    if fmt == "binary":
+        return data
+    if not data:
+        raise ErrBadRequest(message="bad request: publication data is empty")
+    if not data_is_json and not is_json(data):
+        raise ErrBadRequest(message="bad request: publication data must be JSON in this namespace "
+                                    "(publication_data_format = \"binary\" takes any bytes)")
+    if fmt == "json_object" and not data.lstrip(b" \t\r\n").startswith(b"{"):
+        raise ErrBadRequest(message="bad request: publication data must be a JSON object in this namespace "
+                                    "(publication_data_format = \"json_object\")")
+    if 10 in data or 13 in data:  # b"\n", b"\r"
+        data = data.replace(b"\r", b"").replace(b"\n", b"")
+    return data
 
 
 def build_node(config: Config, app: App | None = None, *, engine_factory: EngineFactory = make_engine,

@@ -24,6 +24,7 @@ a command on the same connection), waits for the marker, then looks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import math
 import os
@@ -137,6 +138,12 @@ BASE_CONFIG: dict[str, Any] = {
              "allow_positioning": True, "allow_subscribe_for_client": True, "allow_history_for_client": True,
              "allow_publish_for_client": True},
             {"name": "dm", "allow_user_limited_channels": True},
+            # Any bytes (Protobuf clients); JSON subscribers get what is JSON, and 3506 for the rest.
+            {"name": "bin", "publication_data_format": "binary", "history_size": 10, "history_ttl": "1m",
+             "force_recovery": True, "allow_subscribe_for_client": True, "allow_publish_for_subscriber": True,
+             "allow_history_for_subscriber": True},
+            {"name": "obj", "publication_data_format": "json_object", "allow_subscribe_for_client": True,
+             "allow_publish_for_client": True},
         ],
     },
 }
@@ -295,12 +302,95 @@ class RawPeer:
         await self.ws.close()
 
 
+def proto_to_dict(msg: Any) -> dict[str, Any]:
+    """A parsed Protobuf message as the JSON variant's shape: set fields only (an empty but
+    present submessage is ``{}``), maps as dicts, ``bytes`` kept as bytes, integers as ints."""
+    out: dict[str, Any] = {}
+    for fd, value in msg.ListFields():
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            out[fd.name] = {k: proto_to_dict(v) if value_fd.message_type is not None else v for k, v in value.items()}
+        elif fd.message_type is not None:
+            is_list = fd.is_repeated
+            out[fd.name] = [proto_to_dict(v) for v in value] if is_list else proto_to_dict(value)
+        elif fd.is_repeated:
+            out[fd.name] = list(value)
+        else:
+            out[fd.name] = value
+    return out
+
+
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A test's own varint reader (independent of livegate's)."""
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return result, pos
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        if n < 0x80:
+            out.append(n)
+            return bytes(out)
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+
+
+class ProtoPeer(RawPeer):
+    """A RawPeer speaking the Protobuf variant (subprotocol centrifuge-protobuf). Commands
+    are written as dicts of the JSON variant's shape (``data`` as bytes) into the messages of
+    centrifuge-python's own generated schema, which is independent of livegate's; replies
+    come back as dicts of that shape (see proto_to_dict)."""
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> RawPeer:
+        kwargs.setdefault("subprotocols", ["centrifuge-protobuf"])
+        return await super().open(url, **kwargs)
+
+    @staticmethod
+    def encode(command: dict[str, Any]) -> bytes:
+        from centrifuge.protocol import client_pb2 as theirs
+        from google.protobuf.json_format import ParseDict
+
+        def jsonable(value: Any) -> Any:  # ParseDict takes bytes fields as base64 text
+            if isinstance(value, bytes):
+                return base64.b64encode(value).decode()
+            if isinstance(value, dict):
+                return {k: jsonable(v) for k, v in value.items()}
+            return value
+
+        body = ParseDict(jsonable(command), theirs.Command()).SerializeToString()
+        return varint(len(body)) + body
+
+    async def send(self, *commands: dict[str, Any]) -> None:
+        await self.ws.send(b"".join(self.encode(c) for c in commands))
+
+    async def recv_messages(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        from centrifuge.protocol import client_pb2 as theirs
+
+        frame = await asyncio.wait_for(self.ws.recv(), scaled(timeout))
+        assert isinstance(frame, bytes), "Protobuf frames must be binary"
+        messages, pos = [], 0
+        while pos < len(frame):
+            size, pos = read_varint(frame, pos)
+            assert pos + size <= len(frame), "a message runs past the end of the frame"
+            messages.append(proto_to_dict(theirs.Reply.FromString(frame[pos:pos + size])))
+            pos += size
+        return messages
+
+
 @pytest.fixture
 async def peer_factory() -> AsyncIterator[Callable[..., Awaitable[RawPeer]]]:
     peers: list[RawPeer] = []
 
-    async def open_peer(url: str, **kwargs: Any) -> RawPeer:
-        p = await RawPeer.open(url, **kwargs)
+    async def open_peer(url: str, *, protobuf: bool = False, **kwargs: Any) -> RawPeer:
+        p = await (ProtoPeer if protobuf else RawPeer).open(url, **kwargs)
         peers.append(p)
         return p
 
@@ -310,17 +400,42 @@ async def peer_factory() -> AsyncIterator[Callable[..., Awaitable[RawPeer]]]:
 
 
 @pytest.fixture
-async def clients() -> AsyncIterator[Callable[..., Any]]:
-    """Make centrifuge-python clients with their recorded events; all disconnect at teardown."""
-    from sdk import sdk_client  # tests/integration/sdk.py (on sys.path once integration tests load)
+def codec() -> str:
+    """The codec SDK clients speak ("json"); a module parametrizes it to run over both."""
+    return "json"
 
-    made: list[Any] = []
 
-    def make(url: str, tok: str = "", **kw: Any) -> Any:
+class Clients:
+    """Makes centrifuge-python clients (``clients(url, token, **kwargs)``) speaking ``codec``,
+    with their recorded events. Payloads differ by codec: the JSON SDK takes and gives JSON
+    values, the Protobuf SDK bytes; ``enc`` and ``dec`` convert, so one test serves both."""
+
+    def __init__(self, codec: str) -> None:
+        self.codec = codec
+        self.protobuf = codec == "protobuf"
+        self.made: list[Any] = []
+
+    def __call__(self, url: str, tok: str = "", **kw: Any) -> Any:
+        from sdk import sdk_client  # tests/integration/sdk.py (on sys.path once integration tests load)
+
+        kw.setdefault("use_protobuf", self.protobuf)
         client, events = sdk_client(url, tok, **kw)
-        made.append(client)
+        self.made.append(client)
         return client, events
 
-    yield make
-    for client in made:
+    def enc(self, value: Any) -> Any:
+        """A JSON value as the SDK's publish/rpc take it."""
+        return orjson.dumps(value) if self.protobuf else value
+
+    def dec(self, data: Any) -> Any:
+        """Data the SDK handed over, as a JSON value."""
+        return orjson.loads(data) if self.protobuf and isinstance(data, bytes) else data
+
+
+@pytest.fixture
+async def clients(codec: str) -> AsyncIterator[Clients]:
+    """Make centrifuge-python clients with their recorded events; all disconnect at teardown."""
+    made = Clients(codec)
+    yield made
+    for client in made.made:
         await client.disconnect()

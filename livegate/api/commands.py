@@ -49,15 +49,18 @@ def error_body(err: ClientError) -> dict[str, Any]:
     return {"code": err.code, "message": err.message or "error"}
 
 
-def _data(data: Any, b64data: str | None) -> bytes:
-    """Publication data as JSON bytes: as the backend wrote it where the door kept the text
-    (``RawJson``), else encoded. JSON clients cannot take binary, so ``b64data`` must decode
-    to JSON."""
+def _data(data: Any, b64data: str | None) -> tuple[bytes, bool]:
+    """Publication data, and whether it is JSON already: ``data`` as the backend wrote it
+    where the door kept the text (``RawJson``), else encoded; ``b64data`` decoded to bytes,
+    which the namespace's publication_data_format then checks (Node.publish)."""
     if b64data:
-        return _b64_json(b64data, "b64data")
+        try:
+            return base64.b64decode(b64data, validate=True), False
+        except binascii.Error:
+            raise ErrBadRequest(message="bad request: b64data is not base64") from None
     if data is None:
         raise ErrBadRequest(message="bad request: data is required")
-    return _encoded(data, "data")
+    return _encoded(data, "data"), True
 
 
 def keep_raw_data(params: dict[str, Any], spans: dict[tuple[str, ...], tuple[int, int]], text: str,
@@ -115,9 +118,10 @@ async def _engine(call: Awaitable[Any]) -> Any:
 
 async def publish(node: Node, req: m.PublishRequest) -> dict[str, Any]:
     _channel(node, req.channel)
+    data, is_json = _data(req.data, req.b64data)
     result = await _engine(node.publish(
-        req.channel, _data(req.data, req.b64data), tags=req.tags,
-        idempotency_key=req.idempotency_key or "", skip_history=req.skip_history))
+        req.channel, data, tags=req.tags, idempotency_key=req.idempotency_key or "",
+        skip_history=req.skip_history, data_is_json=is_json))
     if result.position.offset:
         return {"offset": result.position.offset, "epoch": result.position.epoch}
     return {}
@@ -126,13 +130,13 @@ async def publish(node: Node, req: m.PublishRequest) -> dict[str, Any]:
 async def broadcast(node: Node, req: m.BroadcastRequest) -> dict[str, Any]:
     if not req.channels:
         raise ErrBadRequest(message="bad request: channels is required")
-    data = _data(req.data, req.b64data)
+    data, is_json = _data(req.data, req.b64data)
 
     async def publish_raw(channel: str) -> dict[str, Any]:
         try:
             _channel(node, channel)
             result = await _engine(node.publish(channel, data, tags=req.tags, idempotency_key=req.idempotency_key or "",
-                                                skip_history=req.skip_history))
+                                                skip_history=req.skip_history, data_is_json=is_json))
         except ClientError as err:
             return {"error": error_body(err)}
         pos = result.position
@@ -147,6 +151,17 @@ def _json_or_b64(value: Any, b64: str | None, name: str) -> bytes | None:
     return None if value is None else _encoded(value, name)
 
 
+def _subscribe_data(value: Any, b64: str | None) -> bytes | None:
+    """Subscribe data: JSON, or any bytes from ``b64data`` (for Protobuf clients; a JSON
+    client that gets data that is not JSON is closed with 3506)."""
+    if b64:
+        try:
+            return base64.b64decode(b64, validate=True)
+        except binascii.Error:
+            raise ErrBadRequest(message="bad request: b64data is not base64") from None
+    return None if value is None else _encoded(value, "data")
+
+
 async def subscribe(node: Node, req: m.SubscribeRequest) -> dict[str, Any]:
     if not req.user:
         raise ErrBadRequest(message="bad request: user is required")
@@ -155,7 +170,7 @@ async def subscribe(node: Node, req: m.SubscribeRequest) -> dict[str, Any]:
     since = req.recover_since
     await _engine(node.cluster.send({
         "t": "subscribe", "user": req.user, "channel": req.channel, "client": req.client,
-        "info": _json_or_b64(req.info, req.b64info, "info"), "data": _json_or_b64(req.data, req.b64data, "data"),
+        "info": _json_or_b64(req.info, req.b64info, "info"), "data": _subscribe_data(req.data, req.b64data),
         "recover_since": [since.offset, since.epoch] if since else None, "override": override,
         "expire_at": req.expire_at or 0,
     }))

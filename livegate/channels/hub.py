@@ -6,8 +6,11 @@ transport buffer: no task, no ``await`` and no queue object per message. When on
 holds several messages for a connection they are joined into one frame (the codec's join).
 With one Wire in use (the usual case) the fan-out does no per-subscriber lookups at all.
 
-``write`` must never change the hub synchronously (a slow subscriber is closed later, and
-removed when its connection ends), so fan-out can iterate the live dicts.
+``write`` and ``close`` must never change the hub synchronously (a slow subscriber is closed,
+and removed when its connection ends), so fan-out can iterate the live dicts.
+
+A publication a codec cannot carry (binary data for JSON connections) closes the subscribers
+of that codec with 3506 instead of reaching them; the others get it as usual.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 from livegate.metrics import NodeMetrics
-from livegate.protocol.codec import Codec, Wire
+from livegate.protocol.codec import Codec, Unencodable, Wire
+from livegate.protocol.codes import INAPPROPRIATE_PROTOCOL, Disconnect
 from livegate.protocol.types import ClientInfo, Publication
 
 __all__ = ["Hub", "Subscriber", "JOIN_LEAVE"]
@@ -37,12 +41,17 @@ class Subscriber(Protocol):
         """
         ...
 
+    def close(self, disconnect: Disconnect) -> None:
+        """Start closing the connection; never awaits."""
+        ...
+
 
 S = TypeVar("S", bound=Subscriber)
 
 
 class _Encoded:
-    """One event encoded lazily, once per codec, and framed once per Wire."""
+    """One event encoded lazily, once per codec, and framed once per Wire. A codec that
+    cannot carry it gets ``b""`` (callers close those subscribers instead)."""
 
     __slots__ = ("encode", "by_codec", "by_wire")
 
@@ -54,14 +63,18 @@ class _Encoded:
     def payload(self, codec: Codec) -> bytes:
         payload = self.by_codec.get(codec)
         if payload is None:
-            payload = self.by_codec[codec] = self.encode(codec)
+            try:
+                payload = self.encode(codec)
+            except Unencodable:
+                payload = b""
+            self.by_codec[codec] = payload
         return payload
 
     def framed(self, wire: Wire) -> tuple[bytes, bytes]:
         shared = self.by_wire.get(wire)
         if shared is None:
             payload = self.payload(wire.codec)
-            shared = self.by_wire[wire] = (payload, wire.frame(payload))
+            shared = self.by_wire[wire] = (payload, wire.frame(payload) if payload else b"")
         return shared
 
 
@@ -196,7 +209,11 @@ class Hub(Generic[S]):
             pending = self._pending.get(channel)
             if not subs and not pending:
                 return
-            payload = wire.codec.encode_publication(channel, pub)
+            try:
+                payload = wire.codec.encode_publication(channel, pub)
+            except Unencodable:
+                self._refuse(channel)
+                return
             if pending:
                 for waiting in pending.values():
                     waiting.append((pub.offset, payload))
@@ -222,7 +239,11 @@ class Hub(Generic[S]):
             pending = self._pending.get(channel)
             if not subs and not pending:
                 continue
-            payload = codec.encode_publication(channel, pub)
+            try:
+                payload = codec.encode_publication(channel, pub)
+            except Unencodable:
+                self._refuse(channel)
+                continue
             if pending:
                 for waiting in pending.values():
                     waiting.append((pub.offset, payload))
@@ -256,7 +277,11 @@ class Hub(Generic[S]):
             encoded.append(item)
             if pending:
                 for waiting_sub, waiting in pending.items():
-                    waiting.append((pub.offset, item.payload(waiting_sub.wire.codec)))
+                    payload = item.payload(waiting_sub.wire.codec)
+                    if payload:
+                        waiting.append((pub.offset, payload))
+                    else:
+                        waiting_sub.close(INAPPROPRIATE_PROTOCOL)
             if subs:
                 pushes += len(subs)
                 _queue(subs, per_sub, index)
@@ -267,9 +292,22 @@ class Hub(Generic[S]):
             key = (sub_wire, *indexes)
             shared = frames.get(key)
             if shared is None:
-                joined = sub_wire.codec.join([encoded[i].payload(sub_wire.codec) for i in indexes])
-                shared = frames[key] = (joined, sub_wire.frame(joined))
-            sub.write(shared[0], shared[1])
+                payloads = [encoded[i].payload(sub_wire.codec) for i in indexes]
+                if all(payloads):
+                    joined = sub_wire.codec.join(payloads)
+                    shared = frames[key] = (joined, sub_wire.frame(joined))
+                else:
+                    shared = frames[key] = (b"", b"")
+            if shared[0]:
+                sub.write(shared[0], shared[1])
+            else:
+                sub.close(INAPPROPRIATE_PROTOCOL)
+
+    def _refuse(self, channel: str) -> None:
+        """The one Wire in use cannot carry a publication of ``channel``: close its subscribers."""
+        for table in (self._subs, self._pending):
+            for sub in list(table.get(channel, ())):
+                sub.close(INAPPROPRIATE_PROTOCOL)
 
     def _push_join_leave(self, channel: str, event: _Encoded) -> None:
         subs = self._subs.get(channel)

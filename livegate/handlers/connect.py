@@ -15,7 +15,7 @@ from livegate.protocol.commands import ConnectRequest, SubscribeRequest
 from livegate.protocol.replies import ConnectResult, SubscribeResult
 from livegate.protocol.types import raw_json
 from livegate.session import Session, State
-from livegate.session.payloads import payload_value
+from livegate.session.payloads import payload_bytes, payload_value
 from livegate.session.subscriptions import Grant, InFlight, remove_subscription, subscribe_channel
 
 __all__ = ["handle_connect", "AfterConnect"]
@@ -105,7 +105,7 @@ async def _complete(session: Session, req: ConnectRequest, channels: dict[str, G
     now = node.clock.monotonic()
     expiry = expiry_result(expire_at)
     result = ConnectResult(client=session.client_id, version=node.version, ping=int(cfg.ping_interval), pong=True,
-                           expires=expiry.expires, ttl=expiry.ttl, data=_json_or_none(data))
+                           expires=expiry.expires, ttl=expiry.ttl, data=payload_bytes(data))
     flights: list[InFlight] = []
     if channels:
         subs: dict[str, SubscribeResult] = {}

@@ -6,10 +6,9 @@ from livegate.errors import BrokerError
 from livegate.protocol.codes import ErrBadRequest, ErrInternal
 from livegate.protocol.commands import PublishRequest
 from livegate.protocol.replies import EMPTY, EmptyResult
-from livegate.protocol.types import raw_json
 from livegate.session import Session
 from livegate.session.access import require
-from livegate.session.payloads import payload_value
+from livegate.session.payloads import payload_bytes, payload_value
 
 __all__ = ["handle_publish"]
 
@@ -19,20 +18,24 @@ async def handle_publish(session: Session, req: PublishRequest) -> EmptyResult:
         raise ErrBadRequest()
     node = session.node
     resolved = node.rules.resolve(req.channel)
-    if req.data is None:
-        raise ErrBadRequest(message="bad request: publication data is empty")
     data = req.data
+    data_is_json = session.codec.json_payloads
+    if data is None:
+        if resolved.options.publication_data_format != "binary":
+            raise ErrBadRequest(message="bad request: publication data is empty")
+        data = b""
     hook = node.app.publish_hook
     decision = None if hook is None else await session.call_app(hook, req.channel, payload_value(data))
     if isinstance(decision, dict):
         if "data" in decision:
-            data = raw_json(decision["data"])
+            data = payload_bytes(decision["data"]) or b""
+            data_is_json = not isinstance(decision["data"], bytes | bytearray | memoryview)
     elif not decision:
         require(session, resolved, "publish")
     sub = session.subs.get(req.channel)
     info = session.info(sub.info.chan_info if sub is not None else None)
     try:
-        await node.publish(req.channel, data, info=info)
+        await node.publish(req.channel, data, info=info, data_is_json=data_is_json)
     except BrokerError as exc:
         raise ErrInternal() from exc
     return EMPTY

@@ -7,9 +7,8 @@ from livegate.protocol import codes
 from livegate.protocol.codes import ErrMethodNotFound, ErrNotAvailable
 from livegate.protocol.commands import PingRequest, RPCRequest, SendRequest
 from livegate.protocol.replies import EMPTY, EmptyResult, RPCResult
-from livegate.protocol.types import raw_json
 from livegate.session import Session
-from livegate.session.payloads import payload_value
+from livegate.session.payloads import payload_bytes, payload_value
 
 __all__ = ["handle_rpc", "handle_send", "handle_ping"]
 
@@ -24,7 +23,7 @@ async def handle_rpc(session: Session, req: RPCRequest) -> RPCResult:
     # Application code may take its time: let what is already queued go out first.
     session.flush()
     data = await session.call_app(handler, payload_value(req.data))
-    return RPCResult(None if data is None else raw_json(data))
+    return RPCResult(payload_bytes(data))
 
 
 async def handle_send(session: Session, req: SendRequest) -> None:

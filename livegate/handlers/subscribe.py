@@ -19,7 +19,7 @@ from livegate.protocol.commands import SubscribeRequest
 from livegate.protocol.replies import SubscribeResult
 from livegate.protocol.types import raw_json
 from livegate.session import Session
-from livegate.session.payloads import payload_value
+from livegate.session.payloads import payload_bytes, payload_value
 from livegate.session.subscriptions import Grant, InFlight, subscribe_channel
 
 __all__ = ["handle_subscribe", "authorize"]
@@ -55,7 +55,7 @@ async def authorize(session: Session, resolved: ResolvedChannel, req: SubscribeR
         if isinstance(decision, dict):
             info = decision.get("info")
             data = decision.get("data")
-            return Grant(None if info is None else raw_json(info), None if data is None else raw_json(data))
+            return Grant(None if info is None else raw_json(info), payload_bytes(data))
         if decision:
             return Grant()
     if opts.allow_subscribe_for_client and (session.user or opts.allow_subscribe_for_anonymous):

@@ -18,7 +18,7 @@ from livegate.protocol.commands import Request
 from livegate.protocol.replies import Result, SubscribeResult
 from livegate.protocol.types import ClientInfo, Publication
 
-__all__ = ["Codec", "Command", "FrameError", "Wire"]
+__all__ = ["Codec", "Command", "FrameError", "Unencodable", "Wire"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,12 @@ class FrameError(Exception):
     """The frame as a whole is not valid protocol: the connection is closed with 3501."""
 
 
+class Unencodable(Exception):
+    """A codec cannot carry this content: binary data (not JSON) for a JSON connection. The
+    connection it was meant for is closed with 3506 (inappropriate protocol), as Centrifugo
+    does; the content is never written half-valid into a frame."""
+
+
 class Codec(Protocol):
     """One encoding of the client protocol (JSON, Protobuf)."""
 
@@ -51,6 +57,8 @@ class Codec(Protocol):
     binary: bool
     #: The server's ping message (an empty reply).
     ping: bytes
+    #: The payloads (``data``) it decodes are checked JSON text; else they are opaque bytes.
+    json_payloads: bool
 
     def decode_frame(self, frame: bytes | str) -> list[Command]:
         """Split a frame into commands, in order.
@@ -60,6 +68,7 @@ class Codec(Protocol):
         """
         ...
 
+    # Every encode_* may raise Unencodable.
     def encode_reply(self, cid: int, method: str, result: Result) -> bytes: ...
     def encode_error(self, cid: int, err: ClientError) -> bytes: ...
     def encode_publication(self, channel: str, pub: Publication) -> bytes: ...
@@ -67,6 +76,7 @@ class Codec(Protocol):
     def encode_leave(self, channel: str, info: ClientInfo) -> bytes: ...
     def encode_unsubscribe(self, channel: str, code: int, reason: str) -> bytes: ...
     def encode_subscribe(self, channel: str, result: SubscribeResult) -> bytes: ...
+    def encode_message(self, data: bytes) -> bytes: ...
 
     def join(self, messages: Sequence[bytes]) -> bytes:
         """Several encoded messages as the body of one frame."""

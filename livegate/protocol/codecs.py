@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from livegate.protocol.codec import Codec
 from livegate.protocol.json_codec import JSON
+from livegate.protocol.protobuf_codec import PROTOBUF
 
 __all__ = ["CODECS", "DEFAULT_CODEC"]
 
-CODECS: dict[str, Codec] = {JSON.name: JSON}
+CODECS: dict[str, Codec] = {JSON.name: JSON, PROTOBUF.name: PROTOBUF}
 
 #: What a client that names no codec gets.
 DEFAULT_CODEC: Codec = JSON

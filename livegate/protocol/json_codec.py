@@ -3,6 +3,12 @@
 A frame holds one or more JSON objects joined by ``\\n``. Everything the server writes is
 compact JSON on one line, so messages join into one frame the same way. Payloads (``data``,
 ``info``) are raw JSON bytes and are embedded as they are, never re-encoded.
+
+Payloads are opaque bytes elsewhere (a Protobuf client may publish anything into a namespace
+with ``publication_data_format = "binary"``), so every ``data`` is checked here before it
+is embedded: bytes that are not one JSON value raise Unencodable (the connection is closed
+with 3506) and are never written into a frame; raw newlines (whitespace in valid JSON) are
+dropped, as the frame is newline-delimited.
 """
 
 from __future__ import annotations
@@ -14,10 +20,17 @@ import orjson
 from pydantic import ValidationError
 
 from livegate.errors import ClientError
-from livegate.protocol.codec import Command, FrameError
+from livegate.protocol.codec import Command, FrameError, Unencodable
 from livegate.protocol.codes import ErrBadRequest
 from livegate.protocol.commands import PAYLOAD_FIELD, REQUESTS
-from livegate.protocol.jsontext import MAX_DEPTH, JsonTextError, depth_within, has_surrogate_escape, loads_with_spans
+from livegate.protocol.jsontext import (
+    MAX_DEPTH,
+    JsonTextError,
+    depth_within,
+    has_surrogate_escape,
+    is_json,
+    loads_with_spans,
+)
 from livegate.protocol.replies import (
     ConnectResult,
     EmptyResult,
@@ -38,6 +51,23 @@ _MAX_ID = (1 << 32) - 1
 _PONG = Command(0, "", None)
 
 
+def data_fragment(data: bytes) -> orjson.Fragment:
+    """``data`` to embed as a JSON value.
+
+    Raises:
+        Unencodable: ``data`` is not one JSON value.
+    """
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # orjson refuses some valid JSON (a lone surrogate escape); the exact parser decides.
+        if not is_json(data):
+            raise Unencodable("data is not JSON") from None
+    if 10 in data or 13 in data:  # b"\n", b"\r" (int membership: the fastest test)
+        data = data.replace(b"\r", b"").replace(b"\n", b"")
+    return Fragment(data)
+
+
 def info_fields(info: ClientInfo) -> dict[str, Any]:
     out: dict[str, Any] = {"user": info.user, "client": info.client}
     if info.conn_info is not None:
@@ -48,7 +78,7 @@ def info_fields(info: ClientInfo) -> dict[str, Any]:
 
 
 def publication_fields(pub: Publication) -> dict[str, Any]:
-    out: dict[str, Any] = {"data": Fragment(pub.data)}
+    out: dict[str, Any] = {"data": data_fragment(pub.data)}
     if pub.offset:
         out["offset"] = pub.offset
     info = pub.info
@@ -80,7 +110,7 @@ def _subscribe_fields(r: SubscribeResult, *, push: bool = False) -> dict[str, An
         out["expires"] = True
         out["ttl"] = r.ttl
     if r.data is not None:
-        out["data"] = Fragment(r.data)
+        out["data"] = data_fragment(r.data)
     return out
 
 
@@ -96,7 +126,7 @@ def _result_fields(result: Result) -> dict[str, Any]:
             out["expires"] = True
             out["ttl"] = result.ttl
         if result.data is not None:
-            out["data"] = Fragment(result.data)
+            out["data"] = data_fragment(result.data)
         if result.subs is not None:
             out["subs"] = {ch: _subscribe_fields(r) for ch, r in result.subs.items()}
         return out
@@ -108,7 +138,7 @@ def _result_fields(result: Result) -> dict[str, Any]:
     if isinstance(result, PresenceStatsResult):
         return {"num_clients": result.num_clients, "num_users": result.num_users}
     if isinstance(result, RPCResult):
-        return {} if result.data is None else {"data": Fragment(result.data)}
+        return {} if result.data is None else {"data": data_fragment(result.data)}
     if isinstance(result, RefreshResult):
         return {"expires": True, "ttl": result.ttl} if result.expires else {}
     raise TypeError(f"not a result: {result!r}")
@@ -120,6 +150,7 @@ class JsonCodec:
     name = "json"
     binary = False
     ping = b"{}"
+    json_payloads = True
 
     def decode_frame(self, frame: bytes | str) -> list[Command]:
         """Raises FrameError when the frame is empty, a line is not a JSON object, a command
@@ -173,6 +204,9 @@ class JsonCodec:
 
     def encode_subscribe(self, channel: str, result: SubscribeResult) -> bytes:
         return orjson.dumps({"push": {"channel": channel, "subscribe": _subscribe_fields(result, push=True)}})
+
+    def encode_message(self, data: bytes) -> bytes:
+        return orjson.dumps({"push": {"message": {"data": data_fragment(data)}}})
 
     def join(self, messages: Sequence[bytes]) -> bytes:
         return messages[0] if len(messages) == 1 else b"\n".join(messages)

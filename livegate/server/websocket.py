@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State as WsState
 from websockets.typing import Subprotocol
@@ -59,9 +59,6 @@ WIRES: dict[str, Wire] = {
 }
 WS_JSON = WIRES["json"]
 _SUBPROTOCOL = "centrifuge-"
-#: The formats the client protocol defines. Asking for one the server does not speak is refused;
-#: anything else is ignored and gets the default codec, as with Centrifugo.
-_KNOWN_FORMATS = frozenset({"json", "protobuf"})
 
 
 class WebSocketTransport:
@@ -126,16 +123,12 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
 
 
 def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """The first ``centrifuge-<codec>`` the client offers that the server speaks; no subprotocol
-    when it offers none (the codec may come from the URL); a client that offers protocol
-    formats, none of which the server speaks, is refused (HTTP 400)."""
+    """The first ``centrifuge-<codec>`` the client offers that the server speaks
+    (``centrifuge-json``, ``centrifuge-protobuf``); none when it offers none of them (the
+    codec may then come from the URL, else it is JSON), as with Centrifugo."""
     for sub in offered:
         if sub.startswith(_SUBPROTOCOL) and sub[len(_SUBPROTOCOL):] in WIRES:
             return sub
-    wanted = [sub for sub in offered if sub.startswith(_SUBPROTOCOL) and sub[len(_SUBPROTOCOL):] in _KNOWN_FORMATS]
-    if wanted:
-        raise NegotiationError(f"{', '.join(wanted)} not supported: this server speaks "
-                               f"{', '.join(_SUBPROTOCOL + name for name in WIRES)}")
     return None
 
 
@@ -163,7 +156,7 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
     limits = node.limits
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        path, _, query = request.path.partition("?")
+        path = request.path.partition("?")[0]
         if path == "/health":
             return connection.respond(http.HTTPStatus.OK, '{"status":"ok"}\n')
         if path == "/ready":
@@ -175,10 +168,6 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         if node.draining:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
-        fmt = requested_format(query)
-        if fmt in _KNOWN_FORMATS and fmt not in WIRES:
-            return connection.respond(http.HTTPStatus.BAD_REQUEST,
-                                      f"format {fmt!r} not supported: this server speaks {', '.join(WIRES)}\n")
         headers = request.headers
         origin = headers.get_all("Origin")
         if len(origin) > 1:

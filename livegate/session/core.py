@@ -31,7 +31,7 @@ from livegate.limits import CommandLimiter
 from livegate.metrics import NodeMetrics
 from livegate.node import Node
 from livegate.protocol import codes
-from livegate.protocol.codec import Codec, Command, FrameError, Wire
+from livegate.protocol.codec import Codec, Command, FrameError, Unencodable, Wire
 from livegate.protocol.codes import Disconnect, ErrInternal, ErrTooManyRequests
 from livegate.protocol.types import ClientInfo
 from livegate.session.context import Context, Subscription
@@ -290,6 +290,11 @@ class SessionCore:
         if cmd.id and result is not None and self.closing is None:
             try:
                 reply = self.codec.encode_reply(cmd.id, method, result)
+            except Unencodable:  # binary data for a JSON connection
+                log.info("reply not encodable in %s", self.codec.name, extra={"client": self.client_id,
+                                                                             "user": self.user, "method": method})
+                self.close(codes.INAPPROPRIATE_PROTOCOL)
+                return False
             except Exception:  # a result the codec cannot encode is a bug: answer 100, keep serving
                 log.exception("reply not encodable", extra={"client": self.client_id, "user": self.user,
                                                             "method": method})

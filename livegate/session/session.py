@@ -11,6 +11,7 @@ from typing import Any
 from livegate.channels.names import ResolvedChannel
 from livegate.errors import ClientError, DisconnectRequested
 from livegate.protocol import codes
+from livegate.protocol.codec import Unencodable
 from livegate.protocol.commands import SubscribeRequest
 from livegate.session.core import SessionCore, State
 from livegate.session.subscriptions import Grant, remove_subscription, subscribe_channel
@@ -39,9 +40,14 @@ class Session(SessionCore):
             return False
         # The subscribe push has no publications: recovered ones follow as pub pushes.
         codec = self.codec
-        self.write(codec.encode_subscribe(channel, result))
-        for pub in result.publications if result.recovered else ():
-            self.write(codec.encode_publication(channel, pub))
+        try:
+            pushes = [codec.encode_subscribe(channel, result)]
+            pushes += [codec.encode_publication(channel, pub) for pub in result.publications if result.recovered]
+        except Unencodable:
+            self.close(codes.INAPPROPRIATE_PROTOCOL)
+            return False
+        for push in pushes:
+            self.write(push)
         pending = flight.complete()
         if pending is not None:
             await pending

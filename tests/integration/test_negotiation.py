@@ -1,5 +1,6 @@
 """Codec negotiation on the WebSocket endpoint: subprotocol ``centrifuge-<codec>`` or
-``?format=`` / ``?cf_protocol=``, one Wire per codec the server speaks (livegate.protocol.codecs)."""
+``?format=`` / ``?cf_protocol=``, one Wire per codec the server speaks (livegate.protocol.codecs):
+JSON and Protobuf."""
 
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ def test_requested_format(query, expected):
     assert requested_format(query) == expected
 
 
-@pytest.mark.parametrize("query", ["format=protobuf", "cf_protocol=protobuf"])
-async def test_an_unsupported_format_in_the_url_is_refused(server, query):
-    with pytest.raises(websockets.InvalidStatus) as err:
-        await websockets.connect(f"{server.url}?{query}")
-    assert err.value.response.status_code == 400
-    assert b"not supported" in err.value.response.body
+@pytest.mark.parametrize(("suffix", "subprotocols"), [
+    ("", ["centrifuge-protobuf"]), ("?format=protobuf", None), ("?cf_protocol=protobuf", None),
+    ("", ["centrifuge-protobuf", "centrifuge-json"]),  # the first the server speaks wins
+])
+async def test_protobuf_by_subprotocol_or_by_url(server, peer_factory, suffix, subprotocols):
+    peer = await peer_factory(server.url + suffix, protobuf=True, subprotocols=subprotocols)
+    assert peer.ws.subprotocol == (subprotocols[0] if subprotocols else None)
+    reply = await peer.connect("alice")
+    assert reply["connect"]["client"] and reply["connect"]["version"]
 
 
 @pytest.mark.parametrize("url_suffix", ["", "?format=json", "?cf_protocol=json", "?format=JSON", "?format=xml"])
@@ -45,7 +49,7 @@ async def test_json_by_default_and_by_name(server, url_suffix):
 
 
 async def test_the_first_offered_subprotocol_the_server_speaks_wins(server):
-    async with websockets.connect(server.url, subprotocols=["centrifuge-protobuf", "centrifuge-json"]) as ws:
+    async with websockets.connect(server.url, subprotocols=["centrifuge-json", "centrifuge-protobuf"]) as ws:
         assert ws.subprotocol == "centrifuge-json"
     for other in (["chat.v1"], ["centrifuge-msgpack"]):  # not a format of the protocol: ignored
         async with websockets.connect(server.url, subprotocols=other) as ws:
@@ -58,3 +62,9 @@ async def test_binary_frames_are_refused_by_a_text_codec(server):
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
         assert ws.protocol.close_rcvd.code == 3501
+
+
+async def test_text_frames_are_refused_by_a_binary_codec(server, peer_factory):
+    peer = await peer_factory(server.url, protobuf=True)
+    await peer.send_raw(orjson.dumps({"id": 1, "connect": {"token": token("alice")}}).decode())
+    assert (await peer.closed())[0] == 3501

@@ -1,4 +1,5 @@
-"""The server driven by the real centrifuge-python SDK, as an application would use it."""
+"""The server driven by the real centrifuge-python SDK, as an application would use it: every
+test runs with the SDK's JSON codec and with its Protobuf codec (what the mobile SDKs speak)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from livegate import App, ClientError
 from livegate.protocol import codes
 
 
+@pytest.fixture(params=["json", "protobuf"])
+def codec(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 async def test_connect_subscribe_and_receive_from_another_client(server, clients):
     alice, _ = clients(server.url, token("alice"))
     bob, _ = clients(server.url, token("bob"))
@@ -25,9 +31,9 @@ async def test_connect_subscribe_and_receive_from_another_client(server, clients
     await sub_b.subscribe()
     await ev_a.wait("subscribed")
     await ev_b.wait("subscribed")
-    await sub_b.publish({"text": "hi from bob"})
+    await sub_b.publish(clients.enc({"text": "hi from bob"}))
     (ctx,) = await ev_a.wait("publication")
-    assert ctx.pub.data == {"text": "hi from bob"}
+    assert clients.dec(ctx.pub.data) == {"text": "hi from bob"}
     assert ctx.pub.offset == 1
     assert ctx.pub.info.user == "bob"
     subscribed = ev_a.of("subscribed")[0]
@@ -43,7 +49,7 @@ async def test_backend_publication_reaches_subscriber(server, clients):
     await events.wait("subscribed")
     result = await server.node.publish("chat:news", b'{"headline":"x"}')
     (ctx,) = await events.wait("publication")
-    assert ctx.pub.data == {"headline": "x"} and ctx.pub.offset == result.position.offset == 1
+    assert clients.dec(ctx.pub.data) == {"headline": "x"} and ctx.pub.offset == result.position.offset == 1
 
 
 async def test_presence_stats_and_history(server, clients):
@@ -60,16 +66,16 @@ async def test_presence_stats_and_history(server, clients):
     users = sorted(info.user for info in presence.clients.values())
     assert users == ["alice", "bob"]
     alice_info = next(i for i in presence.clients.values() if i.user == "alice")
-    assert alice_info.conn_info == {"name": "Alice"}
+    assert clients.dec(alice_info.conn_info) == {"name": "Alice"}
     stats = await sub_a.presence_stats()
     assert (stats.num_clients, stats.num_users) == (2, 2)
     for n in range(5):
-        await sub_a.publish({"n": n})
+        await sub_a.publish(clients.enc({"n": n}))
     hist = await sub_a.history(limit=3)
-    assert [p.data["n"] for p in hist.publications] == [0, 1, 2]
+    assert [clients.dec(p.data)["n"] for p in hist.publications] == [0, 1, 2]
     assert hist.offset == 5
     newest = await sub_a.history(limit=2, reverse=True)
-    assert [p.data["n"] for p in newest.publications] == [4, 3]
+    assert [clients.dec(p.data)["n"] for p in newest.publications] == [4, 3]
     from centrifuge import StreamPosition
     since = await sub_a.history(limit=10, since=StreamPosition(offset=3, epoch=hist.epoch))
     assert [p.offset for p in since.publications] == [4, 5]
@@ -106,13 +112,13 @@ async def test_rpc_routed_to_app_handlers(start_server, clients):
     running = await start_server(app=app)
     client, _ = clients(running.url, token("alice"))
     await client.connect()
-    result = await client.rpc("sum", {"numbers": [1, 2, 3]})
-    assert result.data == {"sum": 6, "user": "alice"}
+    result = await client.rpc("sum", clients.enc({"numbers": [1, 2, 3]}))
+    assert clients.dec(result.data) == {"sum": 6, "user": "alice"}
     with pytest.raises(ReplyError) as err:
-        await client.rpc("nope", {})
+        await client.rpc("nope", clients.enc({}))
     assert err.value.code == 104
     with pytest.raises(ReplyError) as err:
-        await client.rpc("fail", {})
+        await client.rpc("fail", clients.enc({}))
     assert (err.value.code, err.value.message) == (451, "unavailable for legal reasons")
 
 
@@ -135,7 +141,7 @@ async def test_token_refresh_keeps_the_connection(start_server, clients):
     await wait_until(lambda: conn.expire_at > time.time() + 3000, what="the server taking the refreshed token")
     # Well past the first token's expiry and its grace: the sweep keeps the connection.
     await running.advance(first_exp - clock.time() + 60)
-    await client.publish("plain", {"still": "here"})  # a round trip: the connection was not closed before it
+    await client.publish("plain", clients.enc({"still": "here"}))  # a round trip: the connection was not closed before it
     assert client.state == ClientState.CONNECTED
     assert events.of("disconnected") == [] and len(events.of("connected")) == 1
     assert running.node.hub.connections() == [conn]
@@ -172,12 +178,12 @@ async def test_recovery_after_forced_reconnect(server, clients):
     again = subscribed[1]
     assert again.was_recovering and again.recovered
     pubs = await events.wait("publication", 7)
-    assert [p.pub.data["n"] for p in pubs] == list(range(7))
+    assert [clients.dec(p.pub.data)["n"] for p in pubs] == list(range(7))
     assert [p.pub.offset for p in pubs] == list(range(1, 8))
     # Nothing duplicated: a duplicate would come before a publication made after them all.
     await server.node.publish("chat:rec", b'{"n":"marker"}')
     pubs = await events.wait("publication", 8)
-    assert [p.pub.data["n"] for p in pubs] == [*range(7), "marker"]
+    assert [clients.dec(p.pub.data)["n"] for p in pubs] == [*range(7), "marker"]
 
 
 async def test_recovery_fails_when_history_was_trimmed(start_server, clients):
@@ -202,7 +208,7 @@ async def test_recovery_fails_when_history_was_trimmed(start_server, clients):
     # No partial recovery is delivered: it would come before a publication made after it.
     await running.node.publish("small:x", b'{"n":"marker"}')
     pubs = await events.wait("publication", 2)
-    assert [(p.pub.data["n"], p.pub.offset) for p in pubs] == [(0, 1), ("marker", 6)]
+    assert [(clients.dec(p.pub.data)["n"], p.pub.offset) for p in pubs] == [(0, 1), ("marker", 6)]
 
 
 async def test_permission_denied_unsubscribes_the_sdk_subscription(server, clients):
@@ -227,7 +233,7 @@ async def test_private_channel_with_subscription_token(server, clients):
     await events.wait("subscribed")
     await server.node.publish("$locked:secret", b'{"ok":true}')
     (pub,) = await events.wait("publication")
-    assert pub.pub.data == {"ok": True}
+    assert clients.dec(pub.pub.data) == {"ok": True}
 
 
 async def test_server_side_subscriptions_from_token(server, clients):
@@ -237,7 +243,7 @@ async def test_server_side_subscriptions_from_token(server, clients):
     assert subscribed.channel == "chat:server-side" and subscribed.recoverable
     await server.node.publish("chat:server-side", b'{"s":1}')
     (pub,) = await cev.wait("publication")
-    assert pub.channel == "chat:server-side" and pub.pub.data == {"s": 1}
+    assert pub.channel == "chat:server-side" and clients.dec(pub.pub.data) == {"s": 1}
 
 
 async def test_anonymous_connect_rejected_by_default(server, clients):
