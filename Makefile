@@ -34,12 +34,13 @@ test: venv js
 	[ $$rc -eq 0 ] || exit $$rc; \
 	[ $$floor -eq 0 ] || { echo "line coverage is under the floor (fail_under in pyproject.toml)"; exit 1; }
 
-# Property-based fuzzing with many more examples than `make test` runs: the codec and the
-# handlers through the session core (100,000 frames), and the Redis function door against the
-# HTTP API's JSON parser (10,000 payloads).
+# Property-based fuzzing with many more examples than `make test` runs: the JSON codec and the
+# handlers through the session core (100,000 frames), the same with the Protobuf codec (30,000
+# frames), and the Redis function door against the HTTP API's JSON parser (10,000 payloads).
 fuzz: venv
 	eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && \
 	LIVEGATE_FUZZ_EXAMPLES=100000 $(BIN)/python -m pytest -q --timeout=0 tests/unit/test_fuzz_session.py --hypothesis-show-statistics && \
+	LIVEGATE_FUZZ_EXAMPLES=30000 $(BIN)/python -m pytest -q --timeout=0 tests/unit/test_fuzz_protobuf.py && \
 	LIVEGATE_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q --timeout=0 tests/integration/test_fuzz_redis_door.py
 
 test-unit: venv

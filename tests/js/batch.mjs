@@ -1,5 +1,5 @@
 // Scenario 3: subscriptions created before connect() go out in the connect frame.
-import { args, main, newClient, newSub, once, out, errInfo } from './common.mjs';
+import { args, main, newClient, newSub, once, out, errInfo, encodeData } from './common.mjs';
 
 await main(async () => {
   const client = newClient('a', { token: args.token });
@@ -17,7 +17,7 @@ await main(async () => {
   const target = subs.find((s) => s.channel === args.publishTo);
   const got = once(target, 'publication');
   try {
-    await target.publish({ batched: true });
+    await target.publish(encodeData(client, { batched: true }));
   } catch (e) {
     out('publish_error', errInfo(e));
     throw e;

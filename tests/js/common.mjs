@@ -6,11 +6,27 @@
 //   * the test can send JSON lines on stdin ({"cmd": "..."}); scripts wait for them with
 //     nextCommand() when the server side has to act in the middle of a scenario.
 //   * a script ends with {"ev":"done"} and exit code 0; a failure prints {"ev":"fatal"} and exits 1.
+//
+// Protobuf. With args.protobuf the clients come from the SDK's Protobuf build
+// ('centrifuge/build/protobuf', WebSocket subprotocol centrifuge-protobuf); a client can
+// also ask for a build itself (newClient(who, options, { protobuf })), which a script that
+// mixes both builds does (it passes args.builds = ['json', 'protobuf'] so both are loaded).
+// The Protobuf build neither encodes nor decodes payloads: it takes and gives bytes. The
+// scripts keep speaking JSON values, whatever the build: encodeData() makes the bytes to
+// send ({"$bytes": [numbers]} stands for bytes that are not JSON), and every payload the
+// SDK hands over is printed through decodeData(): JSON bytes as their value, other bytes
+// as {"$bytes": [numbers]}.
 import readline from 'node:readline';
-import { Centrifuge } from 'centrifuge';
+import { Centrifuge as CentrifugeJson } from 'centrifuge';
 import WebSocket from 'ws';
 
 export const args = JSON.parse(process.argv[2] || '{}');
+
+/** Whether clients use the Protobuf build unless a script says otherwise. */
+export const PROTOBUF = Boolean(args.protobuf);
+const CentrifugeProtobuf = PROTOBUF || (args.builds || []).includes('protobuf')
+  ? (await import('centrifuge/build/protobuf')).Centrifuge
+  : null;
 
 /** LIVEGATE_TEST_TIME_SCALE (see tests/conftest.py; the Python side passes it on): every
  * timeout in the scripts is multiplied by it, so a loaded machine gives them more time. */
@@ -96,18 +112,68 @@ export async function until(cond, what, timeoutMs = 5000) {
   }
 }
 
+// -- payloads ----------------------------------------------------------------------------------
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function isBytes(data) {
+  return data instanceof Uint8Array || data instanceof ArrayBuffer;
+}
+
+/** The bytes of `data` (a plain array of numbers). */
+export function bytesOf(data) {
+  return Array.from(data instanceof ArrayBuffer ? new Uint8Array(data) : data);
+}
+
+/** A payload as the script reports it: a JSON value as it is; bytes (what the Protobuf build
+ * gives) decoded as JSON text when they are that, else {"$bytes": [numbers]}. */
+export function decodeData(data) {
+  if (!isBytes(data)) return data;
+  const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+  try {
+    return JSON.parse(utf8.decode(bytes));
+  } catch {
+    return { $bytes: bytesOf(bytes) };
+  }
+}
+
+/** `value` as `client` takes a payload: the JSON build a JSON value; the Protobuf build bytes
+ * (the JSON text of the value; {"$bytes": [numbers]} for raw bytes). */
+export function encodeData(client, value) {
+  const raw = value !== null && typeof value === 'object' && Array.isArray(value.$bytes);
+  if (!client.protobuf) {
+    if (raw) throw new Error('the JSON build cannot send raw bytes');
+    return value;
+  }
+  if (raw) return Uint8Array.from(value.$bytes);
+  return new TextEncoder().encode(JSON.stringify(value));
+}
+
 // -- SDK objects with every event recorded -------------------------------------------------
+
+/** Protobuf has no "absent" for bytes: the SDK hands an empty conn_info/chan_info over as
+ * empty bytes; reported as absent, as the JSON build would. */
+export function infoField(data) {
+  if (isBytes(data) && (data.byteLength ?? data.length) === 0) return undefined;
+  return decodeData(data);
+}
 
 function clientInfo(info) {
   if (!info) return null;
   const out = { user: info.user, client: info.client };
-  if (info.connInfo !== undefined) out.connInfo = info.connInfo;
-  if (info.chanInfo !== undefined) out.chanInfo = info.chanInfo;
+  const connInfo = infoField(info.connInfo);
+  const chanInfo = infoField(info.chanInfo);
+  if (connInfo !== undefined) out.connInfo = connInfo;
+  if (chanInfo !== undefined) out.chanInfo = chanInfo;
   return out;
 }
 
-/** A Centrifuge client on the `ws` package whose client-level events are printed with `who`. */
-export function newClient(who, options = {}) {
+/** A Centrifuge client on the `ws` package whose client-level events are printed with `who`.
+ * The third argument's `protobuf` picks the SDK build (default: args.protobuf); `client.protobuf`
+ * says which one it is. */
+export function newClient(who, options = {}, { protobuf = PROTOBUF } = {}) {
+  if (protobuf && CentrifugeProtobuf === null) throw new Error('the Protobuf build is not loaded (args.builds)');
+  const Centrifuge = protobuf ? CentrifugeProtobuf : CentrifugeJson;
   const client = new Centrifuge(args.url, {
     websocket: WebSocket,
     // Reconnects happen within a test's time budget.
@@ -115,8 +181,9 @@ export function newClient(who, options = {}) {
     maxReconnectDelay: 400,
     ...options,
   });
+  client.protobuf = protobuf;
   client.on('connecting', (ctx) => out('connecting', { who, code: ctx.code, reason: ctx.reason }));
-  client.on('connected', (ctx) => out('connected', { who, client: ctx.client, transport: ctx.transport, data: ctx.data ?? null }));
+  client.on('connected', (ctx) => out('connected', { who, client: ctx.client, transport: ctx.transport, data: decodeData(ctx.data ?? null) }));
   client.on('disconnected', (ctx) => out('disconnected', { who, code: ctx.code, reason: ctx.reason }));
   client.on('error', (ctx) => out('error', { who, type: ctx.type, error: errInfo(ctx.error) }));
   return client;
@@ -137,7 +204,7 @@ export function newSub(client, who, channel, options = {}) {
     wasRecovering: ctx.wasRecovering,
     recovered: ctx.recovered,
     hasRecoveredPublications: ctx.hasRecoveredPublications,
-    data: ctx.data ?? null,
+    data: decodeData(ctx.data ?? null),
   }));
   sub.on('unsubscribed', (ctx) => out('unsubscribed', { who, channel: ctx.channel, code: ctx.code, reason: ctx.reason }));
   sub.on('error', (ctx) => out('sub_error', { who, channel: ctx.channel, type: ctx.type, error: errInfo(ctx.error) }));
@@ -146,7 +213,8 @@ export function newSub(client, who, channel, options = {}) {
     out('publication', {
       who,
       channel: ctx.channel,
-      data: ctx.data,
+      data: decodeData(ctx.data),
+      ...(isBytes(ctx.data) ? { bytes: bytesOf(ctx.data) } : {}),
       offset: ctx.offset ?? null,
       info: clientInfo(ctx.info),
       tags: ctx.tags ?? null,
@@ -158,7 +226,9 @@ export function newSub(client, who, channel, options = {}) {
 }
 
 export function pubView(p) {
-  return { data: p.data, offset: p.offset ?? null, info: clientInfo(p.info), tags: p.tags ?? null };
+  const view = { data: decodeData(p.data), offset: p.offset ?? null, info: clientInfo(p.info), tags: p.tags ?? null };
+  if (isBytes(p.data)) view.bytes = bytesOf(p.data);
+  return view;
 }
 
 /** Runs the scenario; prints done/fatal and exits (the stdin reader would keep Node alive).

@@ -3,7 +3,7 @@
 // "ready" once connected and the test closes the connection from the server side; with
 // send, the client sends that message (client.send) once connected.
 // Each case reports the SDK's disconnected code/reason, its state and how often it connected.
-import { args, main, newClient, once, out } from './common.mjs';
+import { args, main, newClient, once, out, encodeData } from './common.mjs';
 
 await main(async () => {
   for (const c of args.cases) {
@@ -20,7 +20,7 @@ await main(async () => {
       const connected = once(client, 'connected');
       client.connect();
       await connected;
-      await client.send(c.send);
+      await client.send(encodeData(client, c.send));
     } else {
       client.connect();
     }

@@ -2,12 +2,12 @@
 // args.users: one client per entry, all subscribed to args.channel; the first one publishes
 // args.publish payloads, then runs args.queries ({name, op, channel, opts}) in order.
 // "$epoch" in opts.since.epoch stands for the channel's epoch from the subscribed event.
-import { args, main, newClient, newSub, once, out, errInfo, until, pubView, scaled } from './common.mjs';
+import { args, main, newClient, newSub, once, out, errInfo, until, pubView, scaled, encodeData, infoField } from './common.mjs';
 
 function presenceView(clients) {
   const view = {};
   for (const [id, c] of Object.entries(clients)) {
-    view[id] = { user: c.user, client: c.client, connInfo: c.connInfo ?? null, chanInfo: c.chanInfo ?? null };
+    view[id] = { user: c.user, client: c.client, connInfo: infoField(c.connInfo) ?? null, chanInfo: infoField(c.chanInfo) ?? null };
   }
   return view;
 }
@@ -48,7 +48,7 @@ await main(async () => {
   }
   const first = clients[0];
   for (const data of args.publish) {
-    await first.sub.publish(data);
+    await first.sub.publish(encodeData(first.client, data));
   }
   await until(() => first.sub.received.length === args.publish.length, 'own publications');
   for (const q of args.queries) {

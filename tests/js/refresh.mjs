@@ -1,7 +1,7 @@
 // Scenario 8: a short-lived connection token refreshed through getToken.
 // Connects with args.token, getToken answers args.freshToken. After "ready" the test lets
 // the first token expire; on {"cmd":"publish"} the client publishes and reports its own publication.
-import { args, main, newClient, newSub, nextCommand, once, out, pubView } from './common.mjs';
+import { args, main, newClient, newSub, nextCommand, once, out, pubView, encodeData } from './common.mjs';
 
 await main(async () => {
   const started = Date.now();
@@ -24,7 +24,7 @@ await main(async () => {
   const cmd = await nextCommand(args.waitMs || 10000);
   if (cmd.cmd !== 'publish') throw new Error(`unexpected command ${JSON.stringify(cmd)}`);
   const got = once(sub, 'publication');
-  await sub.publish({ afterMs: Date.now() - started });
+  await sub.publish(encodeData(client, { afterMs: Date.now() - started }));
   const pub = await got;
   out('own_publication', { ...pubView(pub), state: client.state, atMs: Date.now() - started });
   client.disconnect();
