@@ -61,6 +61,10 @@ class Connection(Subscriber, Protocol):
 
     def server_refresh(self, *, expired: bool, expire_at: float | None, info: bytes | None) -> None: ...
 
+    def server_message(self, data: bytes) -> None:
+        """Push a message (the SDK's ``message`` event) with ``data``."""
+        ...
+
     async def recover_channel(self, channel: str) -> bool:
         """Publications of the channel may have been missed: have the client recover them
         (resubscribe, or reconnect for a server-side subscription). False when the

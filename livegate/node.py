@@ -248,7 +248,7 @@ class Node:
             history_size=opts.history_size if keep else 0,
             history_ttl=opts.history_ttl if keep else 0.0,
             history_meta_ttl=self.meta_ttl(resolved),
-            info=info, tags=tags, idempotency_key=idempotency_key,
+            info=info, tags=tags, idempotency_key=idempotency_key, data_format=opts.publication_data_format,
         )
 
     def meta_ttl(self, resolved: ResolvedChannel) -> float:

@@ -33,6 +33,7 @@ class PublishOptions:
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
     idempotent_result_ttl: float = 300.0
+    data_format: str = "json"      # the namespace's publication_data_format (checked before: the node did)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import orjson
 
 from livegate.node import Node
 from livegate.protocol.types import ClientInfo
+from livegate.session.payloads import payload_bytes
 
 __all__ = ["Context", "Subscription"]
 
@@ -28,6 +29,17 @@ class Context:
     def info(self) -> Any:
         """The connection info (from the token ``info`` claim or the connect hook), decoded."""
         return None if self.conn_info is None else orjson.loads(self.conn_info)
+
+    def send(self, data: Any) -> bool:
+        """Push a message to this connection (the SDK's ``message`` event): ``bytes`` as they
+        are (a JSON client is closed with 3506 when they are not JSON), anything else as
+        JSON. False when the connection is gone."""
+        conn = self.node.hub.connection(self.client_id)
+        if conn is None or conn.closing is not None:
+            return False
+        payload = payload_bytes(data)
+        conn.server_message(b"null" if payload is None else payload)
+        return True
 
 
 @dataclass(slots=True)

@@ -53,6 +53,14 @@ class Session(SessionCore):
             await pending
         return True
 
+    def server_message(self, data: bytes) -> None:
+        try:
+            message = self.codec.encode_message(data)
+        except Unencodable:
+            self.close(codes.INAPPROPRIATE_PROTOCOL)
+            return
+        self.write(message)
+
     async def server_unsubscribe(self, channel: str) -> bool:
         if channel not in self.subs:
             return False

@@ -315,3 +315,30 @@ async def test_frame_over_the_size_limit_closes_with_1009(start_server, peer_fac
     await peer.connect("alice")
     await peer.send({"id": 2, "publish": {"channel": "chat:x", "data": b"x" * 2000}})
     assert (await peer.closed())[0] == 1009
+
+
+async def test_an_app_pushes_messages_to_a_connection(start_server, peer_factory):
+    app = App()
+
+    @app.rpc("notify")
+    async def notify(ctx, data):
+        assert ctx.send(data) is True
+        return None
+
+    @app.rpc("notify_binary")
+    async def notify_binary(ctx, data):
+        ctx.send(b"\xff\xfe")
+
+    running = await start_server(app=app)
+    pb_peer = await peer_factory(running.url, protobuf=True)
+    await pb_peer.connect("alice")
+    assert (await pb_peer.call("rpc", {"method": "notify", "data": b"\x00\x01"}))["rpc"] == {}
+    assert (await pb_peer.call("rpc", {"method": "notify_binary"}))["rpc"] == {}
+    assert [m["push"] for m in pb_peer.pushes] == [{"message": {"data": b"\x00\x01"}},
+                                                   {"message": {"data": b"\xff\xfe"}}]
+    json_peer = await peer_factory(running.url)
+    await json_peer.connect("bob")
+    assert (await json_peer.call("rpc", {"method": "notify", "data": {"hi": 1}}))["rpc"] == {}
+    assert json_peer.pushes == [{"push": {"message": {"data": {"hi": 1}}}}]
+    await json_peer.send({"id": 9, "rpc": {"method": "notify_binary", "data": {}}})
+    assert (await json_peer.closed())[0] == 3506  # binary data never goes into a JSON frame

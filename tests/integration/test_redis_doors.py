@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from conftest import REDIS_URL, unique_prefix
 
@@ -32,3 +35,28 @@ async def test_fcall_into_a_namespace_with_long_ttls(start_server):
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_fcall_follows_the_namespace_data_format(start_server, redis_client):
+    prefix = unique_prefix()
+    running = await start_server({"engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}}})
+    from livegate.channels.broker import HistoryOptions
+
+    async def fcall(channel: str, data: bytes) -> Any:
+        return await redis_client.fcall("livegate_publish", 1, channel, data, orjson.dumps({"prefix": prefix}))
+
+    try:
+        raw = b"\x00\xff\n{binary"
+        assert (await fcall("bin:f", raw))[0] == 1
+        assert (await fcall("bin:f", b""))[0] == 2  # empty data is data in a binary namespace
+        history = await running.node.broker.history("bin:f", HistoryOptions(limit=10))
+        assert [p.data for p in history.publications] == [raw, b""]  # byte for byte, newline included
+        assert (await fcall("obj:f", b' {"a": 1}'))[0] == 0  # no history in "obj"
+        for channel, bad, why in [("obj:f", b"[1]", "must be a JSON object"), ("obj:f", b"{", "must be JSON"),
+                                  ("chat:f", raw, "must be JSON"), ("chat:f", b"", "data is empty")]:
+            with pytest.raises(aioredis.ResponseError, match=why):
+                await fcall(channel, bad)
+    finally:
+        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await redis_client.delete(*keys)

@@ -360,3 +360,23 @@ def test_a_payload_too_deep_to_encode_is_an_error_reply_not_a_crash():
     assert "publish.data" in cmd.error.message and "250" in cmd.error.message
     with pytest.raises(FrameError, match="depth"):  # deeper than the parser takes: the frame is refused
         decode_frame('{"id":1,"publish":{"channel":"a","data":' + "[" * 1100 + "]" * 1100 + "}}")
+
+
+def test_data_that_is_not_json_is_never_embedded():
+    from livegate.protocol.codec import Unencodable
+
+    for data in (b"\x00\xff", b"{", b"", b"nan", b'{"a":1} trailing'):
+        with pytest.raises(Unencodable):
+            encode_pub_push("ch", Publication(data, 1))
+        with pytest.raises(Unencodable):
+            encode_reply(1, "history", HistoryResult([Publication(data, 1)], "e", 1))
+        with pytest.raises(Unencodable):
+            encode_reply(1, "rpc", RPCResult(data))
+        with pytest.raises(Unencodable):
+            JSON.encode_message(data)
+    # Valid JSON from a binary namespace: compacted onto one line; a lone surrogate escape is JSON.
+    raw = encode_pub_push("ch", Publication(b'{\n  "a": [1,\r\n 2]\n}', 1))
+    assert b"\n" not in raw and b"\r" not in raw  # the data keeps its spaces, as written
+    assert orjson.loads(raw)["push"]["pub"]["data"] == {"a": [1, 2]}
+    assert one_line(encode_pub_push("ch", Publication(b'"\\ud83d"', 1)))["push"]["pub"]["data"] == "\ud83d"
+    assert one_line(JSON.encode_message(b'{"m":1}')) == {"push": {"message": {"data": {"m": 1}}}}

@@ -10,10 +10,12 @@ import pytest
 
 from livegate.channels.hub import JOIN_LEAVE, Hub
 from livegate.metrics import NodeMetrics
+from livegate.protocol import codes
 from livegate.protocol.codec import Wire
+from livegate.protocol.codes import Disconnect
 from livegate.protocol.json_codec import JSON, JsonCodec
 from livegate.protocol.types import ClientInfo, Publication
-from livegate.server.websocket import WS_JSON
+from livegate.server.websocket import WIRES, WS_JSON
 
 encode_pub_push = JSON.encode_publication
 
@@ -53,8 +55,13 @@ class Sub:
         if self.wire is None:
             self.wire = type(self).default_wire
 
+    closed: Disconnect | None = None
+
     def write(self, payload: bytes, frame: bytes | None = None) -> None:
         self.writes.append((payload, frame))
+
+    def close(self, disconnect: Disconnect) -> None:
+        self.closed = disconnect
 
     def messages(self) -> list[dict]:
         return [orjson.loads(line) for payload, _ in self.writes for line in payload.split(b"\n")]
@@ -374,3 +381,32 @@ def test_join_without_subscribers_encodes_nothing(hub, framer):
     hub.handle_join("nobody", ClientInfo("x", "y"))
     hub.handle_leave("nobody", ClientInfo("x", "y"))
     assert framer.calls == []
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_binary_publications_reach_protobuf_and_close_json_subscribers(batch):
+    hub: Hub[Sub] = Hub(NodeMetrics())
+    js, pb = Sub("js"), Sub("pb", wire=WIRES["protobuf"])
+    pending_js = Sub("pending-js")
+    live(hub, "bin", js)
+    live(hub, "bin", pb)
+    hub.subscribe("bin", pending_js)
+    pubs = [("bin", Publication(b'{"ok":1}', 1)), ("bin", Publication(b"\x00\xff", 2))][-batch:]
+    hub.handle_publications(pubs)
+    assert js.closed is codes.INAPPROPRIATE_PROTOCOL and pending_js.closed is codes.INAPPROPRIATE_PROTOCOL
+    assert pb.closed is None and len(pb.writes) == 1 and b"\x00\xff" in pb.writes[0][0]
+    assert js.writes == []  # nothing at all: the JSON it could carry was in the same frame
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_with_only_json_subscribers_binary_closes_them_all_and_json_goes_on(batch):
+    hub: Hub[Sub] = Hub(NodeMetrics())
+    subs = [Sub(f"s{n}") for n in range(3)]
+    for sub in subs:
+        live(hub, "bin", sub)
+    live(hub, "other", other := Sub("other"))
+    batch_pubs = [("bin", Publication(b"\x01", 1)), ("other", Publication(b"[1]", 1)), ("bin", Publication(b"2", 2))]
+    hub.handle_publications(batch_pubs[:batch])
+    assert all(sub.closed is codes.INAPPROPRIATE_PROTOCOL for sub in subs)
+    assert other.closed is None and other.messages() == ([{"push": {"channel": "other", "pub": {
+        "data": [1], "offset": 1}}}] if batch > 1 else [])

@@ -139,8 +139,8 @@ class RedisEngine:
         return {self.nodes.channel} if shard_index == 0 else set()
 
     async def write_config(self, client: aioredis.Redis) -> None:
-        """Namespace history settings (and the envelope version) for backends that FCALL
-        livegate_publish directly."""
+        """Namespace history settings and data formats (and the envelope version) for backends
+        that FCALL livegate_publish directly."""
         ch = self.config.channel
         fields: dict[FieldT, EncodableT] = {
             "private_prefix": ch.private_prefix,
@@ -151,7 +151,8 @@ class RedisEngine:
         }
         for name, opts in [("", ch.without_namespace), *((ns.name, ns) for ns in ch.namespaces)]:
             size, ttl = (opts.history_size, opts.history_ttl) if opts.history_enabled else (0, 0.0)
-            fields[f"ns:{name}"] = f"{size} {ttl:.3f} {opts.history_meta_ttl:.3f}"  # plain decimals: Lua parses them
+            # plain decimals: Lua parses them
+            fields[f"ns:{name}"] = f"{size} {ttl:.3f} {opts.history_meta_ttl:.3f} {opts.publication_data_format}"
         key = f"{self.prefix}.config"
         async with client.pipeline(transaction=True) as pipe:
             pipe.delete(key)

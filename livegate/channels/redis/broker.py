@@ -40,6 +40,7 @@ class RedisBroker:
             "history_size": opts.history_size if opts.history_ttl > 0 else 0,
             "history_ttl": opts.history_ttl,
             "history_meta_ttl": opts.history_meta_ttl,
+            "format": opts.data_format,
         }
         if opts.idempotency_key:
             options["idempotency_key"] = opts.idempotency_key

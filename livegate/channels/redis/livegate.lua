@@ -17,7 +17,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 16
+local VERSION = 17
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
@@ -236,15 +236,18 @@ end
 
 -- FCALL livegate_publish 1 <channel> <data> [<options-json>] [<info-json>]
 -- options: prefix, idempotency_key, idempotent_ttl (s), tags {str:str}, envelope (version to write),
---          history_size, history_ttl (s), history_meta_ttl (s) (default: from <prefix>.config),
---          (data and info are always checked: strict JSON, info a JSON object, max_publication_size)
+--          history_size, history_ttl (s), history_meta_ttl (s), format (the namespace's
+--          publication_data_format) (default: from <prefix>.config),
+--          (data is checked as the namespace's publication_data_format says: strict JSON by
+--          default, a JSON object for "json_object", anything for "binary"; info is always a
+--          JSON object; max_publication_size)
 -- Returns {offset, epoch}: 0 and "" when the channel keeps no history; {offset, epoch, 1} when
 -- an earlier publish with the same idempotency key won (nothing was published again).
 local function publish(keys, args)
   local channel = keys[1]
   local data = args[1]
   if channel == nil or channel == '' then return redis.error_reply('ERR livegate_publish: channel is empty') end
-  if data == nil or data == '' then return redis.error_reply('ERR livegate_publish: data is empty') end
+  if data == nil then return redis.error_reply('ERR livegate_publish: data is empty') end
   local opts = {}
   if args[2] and args[2] ~= '' then
     local ok, decoded = pcall(cjson.decode, args[2])
@@ -253,14 +256,33 @@ local function publish(keys, args)
     end
     opts = decoded
   end
-  local why = json_error(data, MAX_DEPTH)
-  if why then return redis.error_reply('ERR livegate_publish: data must be JSON: ' .. why) end
-  -- Clients read one message per line: raw newlines, which valid JSON has only as whitespace
-  -- between tokens, are dropped.
-  if string.find(data, '[\r\n]') then data = string.gsub(data, '[\r\n]', '') end
+  local prefix = opts['prefix'] or 'livegate'
+  local config_key = prefix .. '.config'
+  local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl', 'envelope',
+                          'max_publication_size')
+  -- The namespace's entry: "<history_size> <history_ttl> <history_meta_ttl> [<data format>]".
+  local size = tonumber(opts['history_size'])
+  local format = opts['format']
+  local entry, ns = nil, nil
+  if conf[2] and (size == nil or format == nil) then
+    ns = namespace_of(channel, conf[1] or '', conf[2])
+    entry = redis.call('HGET', config_key, 'ns:' .. ns)
+  end
+  if format == nil then format = entry and string.match(entry, '^%d+ [%d.]+ [%d.]+ (%S+)$') or 'json' end
+  if format ~= 'binary' then
+    if data == '' then return redis.error_reply('ERR livegate_publish: data is empty') end
+    local why = json_error(data, MAX_DEPTH)
+    if why then return redis.error_reply('ERR livegate_publish: data must be JSON: ' .. why) end
+    if format == 'json_object' and not string.find(data, '^[ \t\r\n]*{') then
+      return redis.error_reply('ERR livegate_publish: data must be a JSON object in this namespace')
+    end
+    -- Clients read one message per line: raw newlines, which valid JSON has only as whitespace
+    -- between tokens, are dropped.
+    if string.find(data, '[\r\n]') then data = string.gsub(data, '[\r\n]', '') end
+  end
   local info = args[3] or ''
   if info ~= '' then
-    why = json_error(info, MAX_DEPTH)
+    local why = json_error(info, MAX_DEPTH)
     if why or not string.find(info, '^[ \t\r\n]*{') then
       return redis.error_reply('ERR livegate_publish: info must be a JSON object' .. (why and (': ' .. why) or ''))
     end
@@ -274,8 +296,6 @@ local function publish(keys, args)
       end
     end
   end
-  local prefix = opts['prefix'] or 'livegate'
-  local size = tonumber(opts['history_size'])
   local ttl = tonumber(opts['history_ttl'])
   local meta_ttl = tonumber(opts['history_meta_ttl'])
   if size ~= nil and (ttl == nil or size < 0 or ttl < 0) then
@@ -286,9 +306,6 @@ local function publish(keys, args)
   -- "trusted" (which nothing honours any more) comes from a release before versioned
   -- envelopes, which reads version 1 only.
   if ev == nil and opts['trusted'] then ev = 1 end
-  local config_key = prefix .. '.config'
-  local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl', 'envelope',
-                          'max_publication_size')
   if ev == nil then ev = tonumber(conf[4]) or 1 end
   local max_size = tonumber(conf[5])
   if max_size and #data > max_size then
@@ -298,10 +315,10 @@ local function publish(keys, args)
     if not conf[2] then
       return redis.error_reply('ERR livegate_publish: no livegate config under prefix "' .. prefix .. '"')
     end
-    local ns = namespace_of(channel, conf[1] or '', conf[2])
-    local entry = redis.call('HGET', config_key, 'ns:' .. ns)
-    if not entry then return redis.error_reply('ERR livegate_publish: unknown channel namespace "' .. ns .. '"') end
-    local s, t, m = string.match(entry, '^(%d+) ([%d.]+) ([%d.]+)$')
+    if not entry then
+      return redis.error_reply('ERR livegate_publish: unknown channel namespace "' .. ns .. '"')
+    end
+    local s, t, m = string.match(entry, '^(%d+) ([%d.]+) ([%d.]+)')
     if not s then return redis.error_reply('ERR livegate_publish: bad config entry for namespace "' .. ns .. '"') end
     size, ttl, meta_ttl = tonumber(s), tonumber(t), tonumber(m)
     if meta_ttl == 0 then meta_ttl = tonumber(conf[3]) or 0 end
