@@ -190,10 +190,13 @@ async def test_same_host_origin_allowed_without_list(server):
         await websockets.connect(server.url, origin="http://elsewhere.test")
 
 
-async def test_protobuf_only_subprotocol_is_refused(server):
-    with pytest.raises(websockets.InvalidStatus) as err:
-        await websockets.connect(server.url, subprotocols=["centrifuge-protobuf"])
-    assert err.value.response.status_code == 400
+async def test_subprotocol_picks_the_codec(server):
+    async with websockets.connect(server.url, subprotocols=["centrifuge-protobuf"]) as ws:
+        assert ws.subprotocol == "centrifuge-protobuf"
+        await ws.send('{"id":1,"connect":{}}')  # a text frame to a Protobuf connection
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 3501
     async with websockets.connect(server.url, subprotocols=["centrifuge-json"]) as ws:
         assert ws.subprotocol == "centrifuge-json"
 
