@@ -248,11 +248,20 @@ class Publisher:
 # -- scenarios -------------------------------------------------------------------------------
 
 
-def connect_commands(channel_of: Any) -> Any:
+def connect_commands(channel_of: Any, protobuf: Any = lambda i: False) -> Any:
+    """The connect and subscribe commands of connection i: JSON, or encoded Protobuf `Command`s
+    where ``protobuf(i)``."""
     def commands(i: int) -> list[bytes]:
+        if protobuf(i):
+            from livegate.protocol.proto import client_pb2 as pb
+            return [pb.Command(id=1, connect=pb.ConnectRequest(token=token(f"u{i}"))).SerializeToString(),
+                    pb.Command(id=2, subscribe=pb.SubscribeRequest(channel=channel_of(i))).SerializeToString()]
         return [orjson.dumps({"id": 1, "connect": {"token": token(f"u{i}")}}),
                 orjson.dumps({"id": 2, "subscribe": {"channel": channel_of(i)}})]
     return commands
+
+
+PROTOBUF_SHARE = {"json": lambda i: False, "protobuf": lambda i: True, "mixed": lambda i: i % 2 == 1}
 
 
 async def wait_drained(stats: Stats, expected: int, timeout: float = 15.0) -> int:
@@ -264,11 +273,14 @@ async def wait_drained(stats: Stats, expected: int, timeout: float = 15.0) -> in
 
 
 async def closed_loop(server: Server, n_clients: int, channels: list[str], window_msgs: int, seconds: float,
-                      warmup: float) -> dict[str, Any]:
+                      warmup: float, codecs: str = "json") -> dict[str, Any]:
+    """``codecs``: the subscribers' codec, "json", "protobuf" or "mixed" (every other one)."""
     stats = Stats()
     per_channel = n_clients // len(channels)
+    proto = PROTOBUF_SHARE[codecs]
     clients, _ = await open_clients("127.0.0.1", server.port, "/connection/websocket", n_clients,
-                                    connect_commands(lambda i: channels[i % len(channels)]), stats)
+                                    connect_commands(lambda i: channels[i % len(channels)], proto), stats,
+                                    protobuf=proto)
     pub = Publisher(server)
     await pub.open()
     expected = 0
@@ -306,8 +318,9 @@ async def closed_loop(server: Server, n_clients: int, channels: list[str], windo
             "frames": stats.frames, "errors": errors[:3]}
 
 
-async def s1(server: Server, quick: bool, ns: str = "bench") -> dict[str, Any]:
-    return await closed_loop(server, 1000, [f"{ns}:s1"], window_msgs=1000 * 32, seconds=2 if quick else 4, warmup=1)
+async def s1(server: Server, quick: bool, ns: str = "bench", codecs: str = "json") -> dict[str, Any]:
+    return await closed_loop(server, 1000, [f"{ns}:s1"], window_msgs=1000 * 32, seconds=2 if quick else 4, warmup=1,
+                             codecs=codecs)
 
 
 async def s3(server: Server, quick: bool, ns: str = "bench") -> dict[str, Any]:
@@ -370,10 +383,11 @@ async def s4(server: Server, quick: bool) -> dict[str, Any]:
             "server_cpu_us_per_connect": cpu_per_connect, "lost": n - alive}
 
 
-async def loadgen_ceiling(per_frame: int) -> float:
+async def loadgen_ceiling(per_frame: int, protobuf: bool = False) -> float:
     port = free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-        _pinned([sys.executable, "-m", "bench.trivial", str(port), str(per_frame)], "0"), cwd=ROOT)
+        _pinned([sys.executable, "-m", "bench.trivial", str(port), str(per_frame), *(["protobuf"] if protobuf else [])],
+                "0"), cwd=ROOT)
     try:
         _wait_port(port)
         stats = Stats()
@@ -449,8 +463,10 @@ async def run(args: argparse.Namespace) -> int:
     started = time.time()
     ceiling1 = await loadgen_ceiling(1)
     ceiling16 = await loadgen_ceiling(16)
+    ceiling16p = await loadgen_ceiling(16, protobuf=True)
     print(f"load generator ceiling: {ceiling1:,.0f} msgs/s at 1 message per frame, "
-          f"{ceiling16:,.0f} msgs/s at 16 per frame", flush=True)
+          f"{ceiling16:,.0f} msgs/s at 16 per frame, {ceiling16p:,.0f} msgs/s at 16 Protobuf replies per frame",
+          flush=True)
     groups = [("S1", ["S1"]), ("S2", ["S2@10", "S2@50"]), ("S3", ["S3"]), ("S4", ["S4-rss"])]
     for _, names in groups:
         names = [n for n in names if only is None or n.split("@")[0].split("-")[0] in only or n in only]
@@ -482,7 +498,9 @@ async def run(args: argparse.Namespace) -> int:
                               flush=True)
                 finally:
                     server.stop()
-    extras = [("S1", "livegate-redis-2w", s1), ("S1", "livegate-redis-history", lambda s, q: s1(s, q, "benchh")),
+    extras = [("S1", "livegate-redis-protobuf", lambda s, q: s1(s, q, codecs="protobuf")),
+              ("S1", "livegate-redis-mixed", lambda s, q: s1(s, q, codecs="mixed")),
+              ("S1", "livegate-redis-2w", s1), ("S1", "livegate-redis-history", lambda s, q: s1(s, q, "benchh")),
               ("S3", "livegate-redis-history", lambda s, q: s3(s, q, "benchh"))]
     for name, label, fn in extras:
         if only is not None and name not in only:
@@ -500,7 +518,7 @@ async def run(args: argparse.Namespace) -> int:
             cell.extra.setdefault("cpu_us", []).append(result["cpu_us_per_msg"])
             print(f"  {name:<7} {label} run {run_no + 1}: msgs/s={fmt(result['msgs_per_s'])} "
                   f"cpu_us/msg={fmt(result['cpu_us_per_msg'])} lost={result['lost']}", flush=True)
-    report = render(table, ceiling1, ceiling16, args, time.time() - started)
+    report = render(table, (ceiling1, ceiling16, ceiling16p), args, time.time() - started)
     print()
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -513,8 +531,9 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def render(table: dict[tuple[str, str], Cell], ceiling1: float, ceiling16: float, args: argparse.Namespace,
+def render(table: dict[tuple[str, str], Cell], ceilings: tuple[float, float, float], args: argparse.Namespace,
            took: float) -> str:
+    ceiling1, ceiling16, ceiling16p = ceilings
     import hiredis
     import websockets
 
@@ -531,7 +550,7 @@ def render(table: dict[tuple[str, str], Cell], ceiling1: float, ceiling16: float
         "closed loop windows: S1 32 publications, S3 2,000 messages; took "
         f"{took:.0f} s",
         f"- load generator ceiling: {ceiling1:,.0f} msgs/s (1 message per frame), {ceiling16:,.0f} msgs/s "
-        "(16 per frame)",
+        f"(16 per frame), {ceiling16p:,.0f} msgs/s (16 Protobuf replies per frame)",
         "",
         "| scenario | baseline (raw websockets) | livegate, redis engine | ratio | livegate, memory engine | ratio | target | met |",
         "|---|---|---|---|---|---|---|---|",
@@ -564,6 +583,17 @@ def render(table: dict[tuple[str, str], Cell], ceiling1: float, ceiling16: float
             lines.append(f"{title} with history and recovery on (namespace with history_size 100, force_recovery): "
                          f"{fmt(hist.median())} msgs/s ({fmt(min(hist.values))}–{fmt(max(hist.values))}) = "
                          f"{hist.median() / base.median():.2f}x of the baseline, which keeps no history.")
+    codec_rows = [(label, table.get(("S1", kind))) for label, kind in (
+        ("JSON only", "livegate-redis"), ("Protobuf only", "livegate-redis-protobuf"),
+        ("mixed, half and half", "livegate-redis-mixed"))]
+    if all(c is not None for _, c in codec_rows[1:]):
+        lines += ["", "S1 by subscriber codec (livegate, redis engine; the same 100-byte JSON publications):", "",
+                  "| subscribers | delivered msgs/s | server CPU µs per message |", "|---|---|---|"]
+        for label, c in codec_rows:
+            if c is not None and c.values:
+                cpu_us = statistics.median(c.extra["cpu_us"]) if c.extra.get("cpu_us") else float("nan")
+                lines.append(f"| {label} | {fmt(c.median())} ({fmt(min(c.values))}–{fmt(max(c.values))}) | "
+                             f"{cpu_us:.2f} |")
     two = table.get(("S1", "livegate-redis-2w"))
     if two is not None and ("S1", "livegate-redis") in table:
         one = table[("S1", "livegate-redis")]

@@ -20,19 +20,56 @@ PUSH = b'{"push"'
 TS = re.compile(rb'"ts":(\d+)')
 
 
-def ws_client_frame(payload: bytes) -> bytes:
-    """A masked text frame (clients must mask)."""
+def ws_client_frame(payload: bytes, binary: bool = False) -> bytes:
+    """A masked text (or binary) frame (clients must mask)."""
     mask = os.urandom(4)
     n = len(payload)
+    first = 0x82 if binary else 0x81
     if n < 126:
-        header = bytes((0x81, 0x80 | n))
+        header = bytes((first, 0x80 | n))
     elif n < 65536:
-        header = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+        header = bytes((first, 0x80 | 126)) + n.to_bytes(2, "big")
     else:
-        header = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+        header = bytes((first, 0x80 | 127)) + n.to_bytes(8, "big")
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
     masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big") if n else b""
     return header + mask + masked
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def count_protobuf_pushes(payload: bytes) -> tuple[int, list[bytes]]:
+    """Walk the varint-delimited Replies of a binary frame: the number whose first field is
+    `push` (tag 0x22; the id, field 1, is absent in pushes), and the other replies (for
+    `_control`: results of commands and the empty ping)."""
+    pos, n, pushes = 0, len(payload), 0
+    others: list[bytes] = []
+    while pos < n:
+        length = payload[pos]
+        pos += 1
+        if length & 0x80:
+            length &= 0x7F
+            shift = 7
+            while True:
+                b = payload[pos]
+                pos += 1
+                length |= (b & 0x7F) << shift
+                if not b & 0x80:
+                    break
+                shift += 7
+        if length and payload[pos] == 0x22:
+            pushes += 1
+        else:
+            others.append(payload[pos:pos + length])
+        pos += length
+    return pushes, others
 
 
 @dataclass
@@ -44,13 +81,20 @@ class Stats:
 
 
 class WSClient(asyncio.Protocol):
-    __slots__ = ("stats", "request", "buf", "handshaken", "transport", "ready", "commands", "replies", "closed")
+    __slots__ = ("stats", "request", "buf", "handshaken", "transport", "ready", "commands", "replies", "closed",
+                 "protobuf")
 
-    def __init__(self, stats: Stats, host: str, port: int, path: str, commands: list[bytes]) -> None:
+    def __init__(self, stats: Stats, host: str, port: int, path: str, commands: list[bytes],
+                 protobuf: bool = False) -> None:
+        """``protobuf``: negotiate `centrifuge-protobuf`; ``commands`` are then encoded
+        `Command` messages (without their length prefix)."""
         self.stats = stats
+        self.protobuf = protobuf
         key = base64.b64encode(os.urandom(16)).decode()
+        sub = "Sec-WebSocket-Protocol: centrifuge-protobuf\r\n" if protobuf else ""
         self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                        f"{sub}\r\n").encode()
         self.buf = b""
         self.handshaken = False
         self.commands = commands  # sent one after another, each after the previous reply
@@ -113,6 +157,12 @@ class WSClient(asyncio.Protocol):
                         stats.latencies.extend(now - int(ts) for ts in TS.findall(payload))
                 if count == 0 or b'"id"' in payload or b"{}" in payload:
                     self._control(payload)
+            elif opcode == 2:
+                stats.frames += 1
+                count, others = count_protobuf_pushes(payload)
+                stats.delivered += count
+                for reply in others:
+                    self._control_protobuf(reply)
             elif opcode == 8:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
                 self.closed = (code, payload[2:].decode(errors="replace"))
@@ -133,17 +183,36 @@ class WSClient(asyncio.Protocol):
                 self.replies += 1
                 self._next_command()
 
+    def _control_protobuf(self, reply: bytes) -> None:
+        if not reply:
+            self.transport.write(ws_client_frame(b"\x00", binary=True))  # pong: an empty Command
+            return
+        from livegate.protocol.proto.client_pb2 import Reply
+        msg = Reply.FromString(reply)
+        if msg.HasField("error"):
+            if not self.ready.done():
+                self.ready.set_exception(RuntimeError(f"error reply: {msg.error.code} {msg.error.message}"))
+            return
+        self.replies += 1
+        self._next_command()
+
     def _next_command(self) -> None:
         if self.replies < len(self.commands):
-            self.transport.write(ws_client_frame(self.commands[self.replies]))
+            command = self.commands[self.replies]
+            if self.protobuf:
+                self.transport.write(ws_client_frame(varint(len(command)) + command, binary=True))
+            else:
+                self.transport.write(ws_client_frame(command))
         elif not self.ready.done():
             self.ready.set_result(None)
 
 
 async def open_clients(host: str, port: int, path: str, count: int, commands_for: Callable[[int], list[bytes]],
-                       stats: Stats, concurrency: int = 200) -> tuple[list[WSClient], float]:
+                       stats: Stats, concurrency: int = 200,
+                       protobuf: Callable[[int], bool] = lambda i: False) -> tuple[list[WSClient], float]:
     """Open ``count`` connections (at most ``concurrency`` handshakes at once); returns them
-    and the wall time it took until every one was connected and subscribed."""
+    and the wall time it took until every one was connected and subscribed. ``protobuf(i)``
+    says whether connection i speaks Protobuf (its commands then are encoded `Command`s)."""
     loop = asyncio.get_running_loop()
     clients: list[WSClient] = [None] * count  # type: ignore[list-item]
     sem = asyncio.Semaphore(concurrency)
@@ -151,7 +220,7 @@ async def open_clients(host: str, port: int, path: str, count: int, commands_for
     async def one(i: int) -> None:
         async with sem:
             _, proto = await loop.create_connection(
-                lambda: WSClient(stats, host, port, path, commands_for(i)), host, port)
+                lambda: WSClient(stats, host, port, path, commands_for(i), protobuf(i)), host, port)
             clients[i] = proto
             await asyncio.wait_for(proto.ready, 30)
 

@@ -1,14 +1,23 @@
 """A trivial server for measuring the load generator's own ceiling: it accepts any WebSocket
 handshake and then writes pre-built push frames to every connection as fast as the
-connections take them. `python -m bench.trivial PORT MESSAGES_PER_FRAME`"""
+connections take them. `python -m bench.trivial PORT MESSAGES_PER_FRAME [protobuf]`"""
 
 import asyncio
 import sys
 
 PORT, PER_FRAME = int(sys.argv[1]), int(sys.argv[2])
-MESSAGE = b'{"push":{"channel":"bench:s1","pub":{"data":{"ts":1,"seq":1,"pad":"' + b"x" * 60 + b'"},"offset":1}}}'
-PAYLOAD = b"\n".join([MESSAGE] * PER_FRAME)
-FRAME = (bytes((0x81, 126)) + len(PAYLOAD).to_bytes(2, "big") if len(PAYLOAD) >= 126 else bytes((0x81, len(PAYLOAD)))) + PAYLOAD
+DATA = b'{"ts":1,"seq":1,"pad":"' + b"x" * 60 + b'"}'
+MESSAGE = b'{"push":{"channel":"bench:s1","pub":{"data":' + DATA + b',"offset":1}}}'
+PROTOBUF = sys.argv[3:] == ["protobuf"]
+if PROTOBUF:  # the same publication as a varint-delimited Reply{push{channel, pub{data, offset}}}
+    PUB = b"\x22" + bytes((len(DATA),)) + DATA + b"\x30\x01"
+    PUSH = b"\x12\x08bench:s1\x22" + bytes((len(PUB),)) + PUB
+    REPLY = b"\x22" + bytes((len(PUSH),)) + PUSH
+    PAYLOAD = (bytes((len(REPLY),)) + REPLY) * PER_FRAME
+else:
+    PAYLOAD = b"\n".join([MESSAGE] * PER_FRAME)
+OPCODE = 0x82 if PROTOBUF else 0x81
+FRAME = (bytes((OPCODE, 126)) + len(PAYLOAD).to_bytes(2, "big") if len(PAYLOAD) >= 126 else bytes((OPCODE, len(PAYLOAD)))) + PAYLOAD
 CHUNK = FRAME * max(1, 16384 // len(FRAME))
 
 
