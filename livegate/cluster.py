@@ -102,6 +102,8 @@ class Cluster:
         self._heartbeat: asyncio.Task[None] | None = None
         self._listening_since = 0.0
         self.envelope_version = 1  # what the engine writes; raised once every node reads more
+        #: Operations other nodes may ask this one for (``ask``): name -> handler(data) -> answer.
+        self.operations: dict[str, Callable[[Any], Any]] = {}
 
     @property
     def clustered(self) -> bool:
@@ -247,14 +249,43 @@ class Cluster:
 
     # -- surveys ----------------------------------------------------------------------
 
-    def _survey_local(self, op: str) -> Any:
+    def _survey_local(self, op: str, data: Any = None) -> Any:
         if op == "channels":
             return self.hub.channels()
+        handler = self.operations.get(op)
+        if handler is not None:
+            return handler(data)
         raise ValueError(f"unknown survey {op!r}")
 
     async def _answer(self, m: dict[str, Any]) -> None:
+        to = m.get("to")
+        if to is not None and to != self.me.uid:
+            return  # asked of another node
         await self._send_remote({"t": "survey_reply", "id": m["id"], "to": m["from"],
-                                 "data": self._survey_local(m["op"])})
+                                 "data": self._survey_local(m["op"], m.get("data"))})
+
+    def knows(self, node_uid: str) -> bool:
+        """A live node of the cluster (this one included)."""
+        return node_uid == self.me.uid or node_uid in self._live_nodes()
+
+    async def ask(self, node_uid: str, op: str, data: Any) -> Any:
+        """Ask one other node to run ``op`` (one of its ``operations``) on ``data``; its
+        answer, or None when it did not answer within SURVEY_TIMEOUT."""
+        sid = uuid.uuid4().hex
+        replies: list[Any] = []
+        done = asyncio.Event()
+        self._surveys[sid] = (replies, done, 1)
+        try:
+            await self._send_remote({"t": "survey", "id": sid, "op": op, "to": node_uid, "data": data})
+            try:
+                async with asyncio.timeout(SURVEY_TIMEOUT):
+                    await done.wait()
+            except TimeoutError:
+                log.warning("node did not answer", extra={"op": op, "node": node_uid})
+                return None
+        finally:
+            del self._surveys[sid]
+        return replies[0]
 
     async def survey(self, op: str) -> list[Any]:
         """Ask every node (this one included) and collect the answers that arrive in time."""

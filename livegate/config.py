@@ -102,6 +102,7 @@ class HttpServer(_Section):
     port: Port = 8000
     workers: PosInt = 1
     shutdown_drain: Duration = 2.0  # livegate: window over which clients are closed on SIGTERM
+    demo: bool = False  # livegate: the demo chat page at / and its token endpoint (never in production)
 
 
 class WebSocket(_Section):
@@ -109,6 +110,27 @@ class WebSocket(_Section):
     message_size_limit: PosInt = 65536
     compression: bool = False  # livegate: permessage-deflate; ~50 KiB per connection, breaks shared frames
     write_timeout: Duration = 1.0  # livegate: how long a closing slow connection may take before it is aborted
+    disabled: bool = False  # Centrifugo's websocket.disabled: no WebSocket handler (HTTP fallbacks only)
+
+
+class StreamTransport(_Section):
+    """An HTTP fallback transport (Centrifugo's http_stream, sse, uni_http_stream, uni_sse)."""
+
+    enabled: bool = False
+    handler_prefix: str = ""
+    max_request_body_size: PosInt = 65536  # the connect request (POST body or cf_connect)
+    max_lifetime: Duration = 0.0  # livegate: a stream is closed with 3001 (reconnect) after this long; 0: never
+
+
+def _stream(prefix: str) -> Any:
+    return Field(default_factory=lambda: StreamTransport(handler_prefix=prefix))
+
+
+class Emulation(_Section):
+    """The endpoint that takes a bidirectional-emulation client's later commands."""
+
+    handler_prefix: str = "/emulation"
+    max_request_body_size: PosInt = 65536
 
 
 class TokenConfig(_Section):
@@ -293,6 +315,28 @@ class Persistence(_Section):
         return self
 
 
+_ADMIN_PREFIX = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
+
+
+class Admin(_Section):
+    """Centrifugo's ``admin``: the admin web page on the API port (README, "Admin page"). Off
+    unless ``enabled``, and off too while neither ``password`` nor ``http_api.key`` is set."""
+
+    enabled: bool = False
+    password: str = Field(default="", repr=False)  # what an operator types to log in (the API key works too)
+    # HMAC-SHA256 key of admin session tokens; empty: derived from password and http_api.key
+    # (scrypt), so every worker accepts the tokens of the others and a new password ends them
+    secret: str = Field(default="", repr=False)
+    handler_prefix: str = "/admin"
+
+    @model_validator(mode="after")
+    def _prefix(self) -> Admin:
+        if not _ADMIN_PREFIX.fullmatch(self.handler_prefix):
+            raise ValueError(f"handler_prefix: {self.handler_prefix!r} is not a path like '/admin' "
+                             "(letters, digits, -._~ in segments)")
+        return self
+
+
 class Log(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "text"] = "auto"
@@ -393,12 +437,27 @@ class Channel(_Section):
 class Config(_Section):
     http_server: HttpServer = Field(default_factory=HttpServer)
     websocket: WebSocket = Field(default_factory=WebSocket)
+    http_stream: StreamTransport = _stream("/connection/http_stream")
+    sse: StreamTransport = _stream("/connection/sse")
+    uni_http_stream: StreamTransport = _stream("/connection/uni_http_stream")
+    uni_sse: StreamTransport = _stream("/connection/uni_sse")
+    emulation: Emulation = Field(default_factory=Emulation)
     client: Client = Field(default_factory=Client)
     http_api: HttpApi = Field(default_factory=HttpApi)
     engine: Engine = Field(default_factory=Engine)
     persistence: Persistence = Field(default_factory=Persistence)
     channel: Channel = Field(default_factory=Channel)
     log: Log = Field(default_factory=Log)
+    admin: Admin = Field(default_factory=Admin)
+
+    @model_validator(mode="after")
+    def _admin_prefix(self) -> Config:
+        if self.admin.enabled:
+            taken = {self.http_api.handler_prefix.rstrip("/"), "/metrics", "/health", "/ready"}
+            if self.admin.handler_prefix.rstrip("/") in taken:
+                raise ValueError(f"admin.handler_prefix: {self.admin.handler_prefix!r} is taken on the API port "
+                                 "(http_api.handler_prefix, /metrics, /health, /ready)")
+        return self
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:

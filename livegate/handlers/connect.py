@@ -106,6 +106,9 @@ async def _complete(session: Session, req: ConnectRequest, channels: dict[str, G
     expiry = expiry_result(expire_at)
     result = ConnectResult(client=session.client_id, version=node.version, ping=int(cfg.ping_interval), pong=True,
                            expires=expiry.expires, ttl=expiry.ttl, data=payload_bytes(data))
+    if session.transport.session_token:  # an emulated transport: where its later commands go
+        result.session = session.transport.session_token
+        result.node = node.uid
     flights: list[InFlight] = []
     if channels:
         subs: dict[str, SubscribeResult] = {}

@@ -129,6 +129,9 @@ def _result_fields(result: Result) -> dict[str, Any]:
             out["data"] = data_fragment(result.data)
         if result.subs is not None:
             out["subs"] = {ch: _subscribe_fields(r) for ch, r in result.subs.items()}
+        if result.session:
+            out["session"] = result.session
+            out["node"] = result.node
         return out
     if isinstance(result, HistoryResult):
         return {"publications": [publication_fields(p) for p in result.publications],
@@ -207,6 +210,9 @@ class JsonCodec:
 
     def encode_message(self, data: bytes) -> bytes:
         return orjson.dumps({"push": {"message": {"data": data_fragment(data)}}})
+
+    def encode_disconnect(self, code: int, reason: str) -> bytes:
+        return orjson.dumps({"push": {"disconnect": {"code": code, "reason": reason}}})
 
     def join(self, messages: Sequence[bytes]) -> bytes:
         return messages[0] if len(messages) == 1 else b"\n".join(messages)

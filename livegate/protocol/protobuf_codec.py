@@ -144,7 +144,7 @@ def _connect_result(r: ConnectResult) -> bytes:
     subs = b"".join(_ld(6, _text(1, ch) + _ld(2, _subscribe_result(sub))) for ch, sub in (r.subs or {}).items())
     return b"".join((
         _text(1, r.client), _text(2, r.version), _flag(3, r.expires), _uint(4, r.ttl if r.expires else 0),
-        _blob(5, r.data), subs, _uint(7, r.ping), _flag(8, r.pong),
+        _blob(5, r.data), subs, _uint(7, r.ping), _flag(8, r.pong), _text(9, r.session), _text(10, r.node),
     ))
 
 
@@ -333,6 +333,9 @@ class ProtobufCodec:
 
     def encode_message(self, data: bytes) -> bytes:
         return _push("", 8, _blob(1, data))
+
+    def encode_disconnect(self, code: int, reason: str) -> bytes:
+        return _push("", 11, _uint(1, code) + _text(2, reason))
 
     def join(self, messages: Sequence[bytes]) -> bytes:
         return messages[0] if len(messages) == 1 else b"".join(messages)

@@ -44,6 +44,8 @@ class ConnectResult:
     ttl: int = 0
     data: bytes | None = None
     subs: dict[str, SubscribeResult] | None = None
+    session: str = ""  # emulated transports: where the client's later commands go (/emulation)
+    node: str = ""
 
 
 @dataclass(slots=True)

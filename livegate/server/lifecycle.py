@@ -25,6 +25,8 @@ from livegate.metrics import NodeCollector
 from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, build_node
 from livegate.persistence.store import Persistence
 from livegate.protocol import codes
+from livegate.server.client_http import make_client_app
+from livegate.server.front import front_connection_class
 from livegate.server.http_api import ApiSite, MetricsFiles, start_api
 from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection
 from livegate.session import Session
@@ -72,6 +74,7 @@ class Server:
         self.persistence: Persistence | None = None
         self._ws: WsServer | None = None
         self._api_runner: web.AppRunner | None = None
+        self._client_runner: web.AppRunner | None = None
         self._api_site: ApiSite | None = None
         self.metrics_files = MetricsFiles(os.environ.get("LIVEGATE_WORKER_METRICS_DIR"))
         self.metrics_registry = CollectorRegistry(auto_describe=False)
@@ -114,7 +117,16 @@ class Server:
                                                 max_length=rcfg.api_stream_max_length)
             self.api_stream.start()
         cfg = self.config
+        client_app, self.streams = make_client_app(node, self.clients)
+        # Plain HTTP on the client port (fallback transports, /health, pages): aiohttp, behind
+        # the front door; handler_cancellation ends a stream's handler when its client leaves.
+        self._client_runner = web.AppRunner(client_app, access_log=None, handle_signals=False,
+                                            handler_cancellation=True)
+        await self._client_runner.setup()
+        assert self._client_runner.server is not None
+        ws_paths = [] if cfg.websocket.disabled else [cfg.websocket.handler_prefix]
         kwargs: dict[str, Any] = dict(
+            create_connection=front_connection_class(ws_paths, self._client_runner.server),
             process_request=make_process_request(node),
             select_subprotocol=select_subprotocol,
             max_size=cfg.websocket.message_size_limit,
@@ -242,6 +254,9 @@ class Server:
         if self._api_runner is not None:
             await self._api_runner.cleanup()
             self._api_runner = None
+        if self._client_runner is not None:
+            await self._client_runner.cleanup()
+            self._client_runner = None
         if self.persistence is not None:
             await self.persistence.stop()
         await self.node.close()

@@ -65,6 +65,7 @@ class WebSocketTransport:
     """The session's Transport over one ``websockets`` server connection."""
 
     __slots__ = ("ws", "wire", "_proto", "_transport")  # few: one of these per connection
+    session_token = ""  # not emulated
 
     def __init__(self, ws: ServerConnection, wire: Wire) -> None:
         self.ws = ws
@@ -156,14 +157,8 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
     limits = node.limits
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        # The front door sends only WebSocket upgrades to the WebSocket path here (front.py).
         path = request.path.partition("?")[0]
-        if path == "/health":
-            return connection.respond(http.HTTPStatus.OK, '{"status":"ok"}\n')
-        if path == "/ready":
-            if not node.ready:
-                status = "draining" if node.draining else "engine unavailable"
-                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f'{{"status":"{status}"}}\n')
-            return connection.respond(http.HTTPStatus.OK, '{"status":"ready"}\n')
         if path != prefix:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         if node.draining:

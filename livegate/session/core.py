@@ -46,6 +46,9 @@ class Transport(Protocol):
 
     #: The codec and framing of this connection: shared by all connections of its kind.
     wire: Wire
+    #: Emulated transports (HTTP-streaming, SSE): the secret the client's later commands
+    #: name (the connect reply's ``session``); "" for others.
+    session_token: str
 
     @property
     def remote(self) -> str:

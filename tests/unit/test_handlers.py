@@ -36,6 +36,7 @@ class RecordingTransport:
 
     wire = TEST_WIRE
     remote = "test"
+    session_token = ""
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []

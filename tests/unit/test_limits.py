@@ -290,6 +290,7 @@ WIRE = Wire("test/json", JSON, lambda payload: payload)
 class Transport:
     wire = WIRE
     remote = "test"
+    session_token = ""
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
