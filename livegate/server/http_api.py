@@ -11,6 +11,9 @@ Limits of the port (``start_api``): a request's head and body must arrive within
 from the first byte of a request until its body is read), a keep-alive connection waits
 ``http_api.idle_timeout`` for its next request (aiohttp's ``keepalive_timeout``). Malformed
 HTTP is answered by aiohttp with a 400 and logged at debug level without a traceback.
+
+With ``admin.enabled`` the port also serves the admin page (``livegate.server.admin``), and an
+admin session token (``Authorization: token <t>``) authorizes API calls as the key does.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from livegate.errors import ClientError
 from livegate.metrics import merge_snapshots
 from livegate.node import Node
 from livegate.protocol.jsontext import JsonTextError, loads, loads_with_spans
+from livegate.server.admin import admin_page
 
 __all__ = ["make_api_app", "openapi_document", "MetricsFiles", "ApiConnection", "ApiSite", "start_api",
            "API_HEADERS"]
@@ -302,9 +306,14 @@ def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
     prefix = cfg.handler_prefix.rstrip("/")
     key = cfg.key.encode()
     metrics_of = node.metrics
+    admin = admin_page(node.config)
+    if admin is not None:
+        admin.on_limited = lambda: metrics_of.count(metrics_of.limited, "admin_login")
 
     def authorized(request: web.Request) -> bool:
         if cfg.insecure:
+            return True
+        if admin is not None and admin.authorizes(request.headers.get("Authorization")):
             return True
         if not key:
             return False
@@ -425,4 +434,6 @@ def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    if admin is not None:
+        admin.add_routes(app)
     return app
