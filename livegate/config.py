@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from livegate.errors import ConfigError
 
@@ -117,13 +117,28 @@ class StreamTransport(_Section):
     """An HTTP fallback transport (Centrifugo's http_stream, sse, uni_http_stream, uni_sse)."""
 
     enabled: bool = False
-    handler_prefix: str = ""
+    handler_prefix: str = "/connection/http_stream"
     max_request_body_size: PosInt = 65536  # the connect request (POST body or cf_connect)
     max_lifetime: Duration = 0.0  # livegate: a stream is closed with 3001 (reconnect) after this long; 0: never
 
+    @field_validator("handler_prefix")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be a path starting with /")
+        return v
 
-def _stream(prefix: str) -> Any:
-    return Field(default_factory=lambda: StreamTransport(handler_prefix=prefix))
+
+class Sse(StreamTransport):
+    handler_prefix: str = "/connection/sse"
+
+
+class UniHttpStream(StreamTransport):
+    handler_prefix: str = "/connection/uni_http_stream"
+
+
+class UniSse(StreamTransport):
+    handler_prefix: str = "/connection/uni_sse"
 
 
 class Emulation(_Section):
@@ -437,10 +452,10 @@ class Channel(_Section):
 class Config(_Section):
     http_server: HttpServer = Field(default_factory=HttpServer)
     websocket: WebSocket = Field(default_factory=WebSocket)
-    http_stream: StreamTransport = _stream("/connection/http_stream")
-    sse: StreamTransport = _stream("/connection/sse")
-    uni_http_stream: StreamTransport = _stream("/connection/uni_http_stream")
-    uni_sse: StreamTransport = _stream("/connection/uni_sse")
+    http_stream: StreamTransport = Field(default_factory=StreamTransport)
+    sse: Sse = Field(default_factory=Sse)
+    uni_http_stream: UniHttpStream = Field(default_factory=UniHttpStream)
+    uni_sse: UniSse = Field(default_factory=UniSse)
     emulation: Emulation = Field(default_factory=Emulation)
     client: Client = Field(default_factory=Client)
     http_api: HttpApi = Field(default_factory=HttpApi)
@@ -464,6 +479,15 @@ class Config(_Section):
         if self.channel.max_publication_size >= self.client.queue_max_size:
             raise ValueError("channel.max_publication_size: must be under client.queue_max_size, or every "
                              "subscriber of a publication that large is disconnected as slow")
+        paths = {"websocket.handler_prefix": self.websocket.handler_prefix,
+                 "emulation.handler_prefix": self.emulation.handler_prefix}
+        for key in ("http_stream", "sse", "uni_http_stream", "uni_sse"):
+            section = getattr(self, key)
+            if section.enabled:
+                if section.handler_prefix in paths.values():
+                    raise ValueError(f"{key}.handler_prefix: {section.handler_prefix} is already the path of another "
+                                     "handler")
+                paths[f"{key}.handler_prefix"] = section.handler_prefix
         if self.http_server.workers > 1 and self.engine.type == "memory":
             raise ValueError("http_server.workers: more than one worker needs engine.type = \"redis\"")
         archived = [ns.name for ns in self.channel.namespaces if ns.archive]

@@ -128,6 +128,13 @@ _GAUGES = (
 )
 
 
+# (snapshot key, metric name, help, label names) of the labelled gauges
+_LABELLED_GAUGES = (
+    ("transport_connections", "livegate_transport_connections",
+     "Open client connections by transport (websocket, http_stream, sse) and codec.", ("transport", "codec")),
+)
+
+
 def _bound(value: float) -> str:
     """A bucket's ``le`` label as livegate has always written it: "+Inf", "1", "0.25"."""
     if value == float("inf"):
@@ -164,3 +171,8 @@ class NodeCollector(Collector):
             yield hist
         for key, name, help_text in _GAUGES:
             yield GaugeMetricFamily(name, help_text, value=snap.get(key, 0))
+        for key, name, help_text, labels in _LABELLED_GAUGES:
+            gauge = GaugeMetricFamily(name, help_text, labels=labels)
+            for label, v in sorted(snap.get(key, {}).items()):
+                gauge.add_metric(label.split("|"), v)
+            yield gauge

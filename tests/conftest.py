@@ -125,6 +125,8 @@ BASE_CONFIG: dict[str, Any] = {
     "http_api": {"address": "127.0.0.1", "port": 0, "key": "test-api-key"},
     "client": {"token": {"hmac_secret_key": SECRET}, "ping_interval": "25s", "pong_timeout": "8s"},
     "websocket": {"write_timeout": dur(0.5)},
+    "http_stream": {"enabled": True},
+    "sse": {"enabled": True},
     "log": {"level": "warning"},
     "channel": {
         "without_namespace": {"allow_subscribe_for_client": True, "allow_publish_for_client": True},

@@ -155,7 +155,12 @@ class Server:
         """This process's counters and gauges, as plain data."""
         node, hub, persistence = self.node, self.node.hub, self.persistence
         snap = node.metrics.snapshot()
+        by_transport: dict[str, int] = {}
+        for client in self.clients:
+            label = client.wire.name.replace("/", "|")  # "<transport>/<codec>"
+            by_transport[label] = by_transport.get(label, 0) + 1
         snap.update(connections=hub.num_clients, subscriptions=hub.num_subscriptions, channels=len(hub.channels()),
+                    transport_connections=by_transport,
                     engine_up=1 if node.engine.healthy else 0,
                     postgres_up=1 if persistence is not None and persistence.healthy else 0)
         if persistence is not None and persistence.archive is not None:

@@ -235,10 +235,12 @@ async def test_protobuf_rpc_json_and_raw_payloads(start_server, js, frames):
 # -- recovery after a forced reconnect ------------------------------------------------------------
 
 
-async def test_protobuf_recovery_after_force_reconnect(start_server, js, frames):
+@pytest.mark.parametrize("transport", ["websocket", "http_stream"])
+async def test_protobuf_recovery_after_force_reconnect(start_server, js, frames, transport):
     running: Running = await start_server()
     node = running.node
     script = await js("listen.mjs", url=running.url, token=token("carol"), channels=["chat:r"], protobuf=True,
+                      transport=transport,
                       clientOptions={"minReconnectDelay": round(scaled(500)), "maxReconnectDelay": round(scaled(800))})
     await script.wait_for("ready")
     for n in range(1, 4):

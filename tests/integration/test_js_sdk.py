@@ -168,6 +168,12 @@ async def js() -> AsyncIterator[Callable[..., Awaitable[NodeScript]]]:
             await s.proc.wait()
 
 
+@pytest.fixture(params=["websocket", "http_stream", "sse"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The transport every client of a scenario uses (HTTP ones with bidirectional emulation)."""
+    return request.param
+
+
 def only(events: list[dict[str, Any]]) -> dict[str, Any]:
     assert len(events) == 1, events
     return events[0]
@@ -181,14 +187,14 @@ async def stream_top(running: Running, channel: str) -> tuple[int, str]:
 # -- 1. connect, subscribe, publish, own publication ----------------------------------------
 
 
-async def test_connect_subscribe_publish_receives_own_publication(start_server, js):
+async def test_connect_subscribe_publish_receives_own_publication(start_server, js, transport):
     running = await start_server()
-    script = await js("pubsub.mjs", url=running.url, token=token("alice", info={"name": "Alice"}),
+    script = await js("pubsub.mjs", url=running.url, transport=transport, token=token("alice", info={"name": "Alice"}),
                       channel="chat:room", data={"text": "hello", "n": 1})
     events = await script.finish()
 
     connected = only(script.of("connected", who="a"))
-    assert connected["transport"] == "websocket"
+    assert connected["transport"] == transport
     assert isinstance(connected["client"], str) and connected["client"]
 
     subscribed = only(script.of("subscribed", channel="chat:room"))
@@ -302,7 +308,7 @@ async def test_connect_and_subscribes_batched_in_one_frame(start_server, js, mon
 # -- 4. presence, presence stats, history -----------------------------------------------------
 
 
-async def test_presence_and_history_through_sdk(start_server, js):
+async def test_presence_and_history_through_sdk(start_server, js, transport):
     running = await start_server()
     queries = [
         {"name": "presence", "op": "presence", "channel": "chat:q"},
@@ -323,7 +329,7 @@ async def test_presence_and_history_through_sdk(start_server, js):
         {"name": "unknown_namespace", "op": "presenceStats", "channel": "nope:q"},
     ]
     users = [["a1", token("alice", info={"dev": 1})], ["a2", token("alice", info={"dev": 2})], ["b", token("bob")]]
-    script = await js("queries.mjs", url=running.url, channel="chat:q", users=users,
+    script = await js("queries.mjs", url=running.url, transport=transport, channel="chat:q", users=users,
                       publish=[{"n": n} for n in range(1, 6)], queries=queries)
     await script.finish()
 
@@ -367,7 +373,7 @@ async def test_presence_and_history_through_sdk(start_server, js):
 # -- 5. RPC --------------------------------------------------------------------------------------
 
 
-async def test_rpc_through_sdk(start_server, js):
+async def test_rpc_through_sdk(start_server, js, transport):
     app = livegate.App()
 
     @app.rpc("echo")
@@ -384,7 +390,7 @@ async def test_rpc_through_sdk(start_server, js):
 
     running = await start_server(app=app)
     payload = {"x": [1, 2.5, None], "s": "é\n\"q\"", "nested": {"t": True}}
-    script = await js("rpc.mjs", url=running.url, token=token("gina"), calls=[
+    script = await js("rpc.mjs", url=running.url, transport=transport, token=token("gina"), calls=[
         {"name": "echo", "method": "echo", "data": payload},
         {"name": "nothing", "method": "nothing", "data": {}},
         {"name": "unknown", "method": "no.such.method", "data": {}},
@@ -407,10 +413,10 @@ async def test_rpc_through_sdk(start_server, js):
 # -- 6. recovery after a forced reconnect ------------------------------------------------------
 
 
-async def test_recovery_after_force_reconnect(start_server, js):
+async def test_recovery_after_force_reconnect(start_server, js, transport):
     running = await start_server()
     node = running.node
-    script = await js("listen.mjs", url=running.url, token=token("carol"), channels=["chat:r"],
+    script = await js("listen.mjs", url=running.url, transport=transport, token=token("carol"), channels=["chat:r"],
                       clientOptions={"minReconnectDelay": round(scaled(500)), "maxReconnectDelay": round(scaled(800))})
     await script.wait_for("ready")
     for n in range(1, 4):
@@ -463,9 +469,9 @@ async def test_recovery_after_force_reconnect(start_server, js):
 # -- 7. join / leave -----------------------------------------------------------------------------
 
 
-async def test_join_and_leave_between_two_clients(start_server, js):
+async def test_join_and_leave_between_two_clients(start_server, js, transport):
     running = await start_server()
-    script = await js("joinleave.mjs", url=running.url, channel="chat:jl",
+    script = await js("joinleave.mjs", url=running.url, transport=transport, channel="chat:jl",
                       tokenA=token("alice"), tokenB=token("bob", info={"name": "Bob"}))
     await script.finish()
     a_id = only(script.of("connected", who="a"))["client"]
@@ -524,7 +530,7 @@ async def test_connection_token_refresh_keeps_connection(start_server, js):
 # -- 9. disconnect codes as the SDK reports them --------------------------------------------------
 
 
-async def test_terminal_disconnects_as_sdk_sees_them(start_server, js):
+async def test_terminal_disconnects_as_sdk_sees_them(start_server, js, transport):
     app = livegate.App()
 
     @app.on_connect
@@ -545,7 +551,7 @@ async def test_terminal_disconnects_as_sdk_sees_them(start_server, js):
         {"name": "send_without_handler", "token": token("eve"), "send": {"hello": 1}},
         {"name": "force_disconnect", "token": token("eve"), "serverCloses": True},
     ]
-    script = await js("disconnect.mjs", url=running.url, cases=cases)
+    script = await js("disconnect.mjs", url=running.url, transport=transport, cases=cases)
     ready = await script.wait_for("ready", who="force_disconnect", within=12)
     conn = running.node.hub.connection(ready["client"])
     assert conn is not None

@@ -7,6 +7,10 @@
 //     nextCommand() when the server side has to act in the middle of a scenario.
 //   * a script ends with {"ev":"done"} and exit code 0; a failure prints {"ev":"fatal"} and exits 1.
 //
+// Transports. args.transport ('websocket' by default, 'http_stream' or 'sse') picks the one
+// every client uses: the HTTP ones with bidirectional emulation (the SDK POSTs its later
+// commands to /emulation), on the same host and port as args.url.
+//
 // Protobuf. With args.protobuf the clients come from the SDK's Protobuf build
 // ('centrifuge/build/protobuf', WebSocket subprotocol centrifuge-protobuf); a client can
 // also ask for a build itself (newClient(who, options, { protobuf })), which a script that
@@ -18,6 +22,7 @@
 // as {"$bytes": [numbers]}.
 import readline from 'node:readline';
 import { Centrifuge as CentrifugeJson } from 'centrifuge';
+import { EventSource } from 'eventsource';
 import WebSocket from 'ws';
 
 export const args = JSON.parse(process.argv[2] || '{}');
@@ -174,8 +179,19 @@ function clientInfo(info) {
 export function newClient(who, options = {}, { protobuf = PROTOBUF } = {}) {
   if (protobuf && CentrifugeProtobuf === null) throw new Error('the Protobuf build is not loaded (args.builds)');
   const Centrifuge = protobuf ? CentrifugeProtobuf : CentrifugeJson;
-  const client = new Centrifuge(args.url, {
+  const transport = args.transport || 'websocket';
+  let endpoint = args.url;
+  const emulation = {};
+  if (transport !== 'websocket') {
+    const base = new URL(args.url);
+    base.protocol = 'http:';
+    endpoint = [{ transport, endpoint: new URL(`/connection/${transport}`, base).toString() }];
+    emulation.emulationEndpoint = new URL('/emulation', base).toString();
+    emulation.eventsource = EventSource;
+  }
+  const client = new Centrifuge(endpoint, {
     websocket: WebSocket,
+    ...emulation,
     // Reconnects happen within a test's time budget.
     minReconnectDelay: 100,
     maxReconnectDelay: 400,
