@@ -104,7 +104,8 @@ async def _complete(session: Session, req: ConnectRequest, channels: dict[str, G
         raise DisconnectRequested(session.closing.code, session.closing.reason)
     now = node.clock.monotonic()
     expiry = expiry_result(expire_at)
-    result = ConnectResult(client=session.client_id, version=node.version, ping=int(cfg.ping_interval), pong=True,
+    result = ConnectResult(client=session.client_id, version=node.version, ping=int(cfg.ping_interval),
+                           pong=not session.wire.unidirectional,
                            expires=expiry.expires, ttl=expiry.ttl, data=payload_bytes(data))
     if session.transport.session_token:  # an emulated transport: where its later commands go
         result.session = session.transport.session_token

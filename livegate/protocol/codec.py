@@ -100,3 +100,6 @@ class Wire:
     name: str
     codec: Codec
     frame: Callable[[bytes], bytes]
+    #: A unidirectional transport (uni_sse, uni_http_stream): pushes only, the client sends
+    #: nothing after its connect request (so no pong is expected).
+    unidirectional: bool = False

@@ -5,6 +5,11 @@
   request's ``Content-Type`` is ``application/octet-stream``.
 - **SSE** (``sse``): the connect command in the ``cf_connect`` query parameter (or a POST
   body); replies and pushes as ``data:`` events (JSON only).
+- **Unidirectional** (``uni_http_stream``, ``uni_sse``): for clients without an SDK (a plain
+  ``fetch`` or ``EventSource``): the body (or ``cf_connect``) is a ConnectRequest object; the
+  client gets pushes only, without the Reply wrapper (``{"connect":{...}}``, then
+  ``{"channel":...,"pub":{...}}``), and subscriptions are the server-side ones (token
+  ``channels``, the connect hook).
 - **Emulation** (``/emulation``): the later commands of those clients, one POST each,
   naming the session and the node that holds it (``session``/``node`` of the connect
   reply). A POST for a session on another node is forwarded over the node channel.
@@ -37,7 +42,7 @@ from livegate.protocol.json_codec import JSON
 from livegate.protocol.proto.client_pb2 import EmulationRequest
 from livegate.protocol.protobuf_codec import PROTOBUF
 from livegate.server.websocket import origin_allowed
-from livegate.session import Session
+from livegate.session import Session, State
 
 __all__ = ["StreamTransport", "Streams", "STREAM_WIRES", "chunk", "add_stream_routes", "EMULATION_OP"]
 
@@ -66,11 +71,28 @@ def _sse_frame(body: bytes) -> bytes:
     return chunk(b"data: " + body.replace(b"\n", b"\ndata: ") + b"\n\n")
 
 
+def _unwrapped(body: bytes) -> bytes:
+    """JSON messages as a unidirectional client gets them: a push without its Reply wrapper
+    (``{"push":{...}}`` -> ``{...}``), the connect result as a ``connect`` push (the reply's
+    ``"id":N,`` removed); the ping ``{}`` as it is. Per frame, shared by the Wire's clients."""
+    out = []
+    for line in body.split(b"\n"):
+        if line.startswith(b'{"push":'):
+            line = line[8:-1]
+        elif line.startswith(b'{"id":'):
+            line = b"{" + line[line.index(b",") + 1:]
+        out.append(line)
+    return b"\n".join(out)
+
+
 #: One Wire per (transport, codec): frames are shared by every connection of a Wire.
 STREAM_WIRES: dict[tuple[str, str], Wire] = {
     ("http_stream", "json"): Wire("http_stream/json", JSON, lambda body: chunk(body + b"\n")),
     ("http_stream", "protobuf"): Wire("http_stream/protobuf", PROTOBUF, chunk),
     ("sse", "json"): Wire("sse/json", JSON, _sse_frame),
+    ("uni_http_stream", "json"): Wire("uni_http_stream/json", JSON, lambda body: chunk(_unwrapped(body) + b"\n"),
+                                      unidirectional=True),
+    ("uni_sse", "json"): Wire("uni_sse/json", JSON, lambda body: _sse_frame(_unwrapped(body)), unidirectional=True),
 }
 
 
@@ -79,9 +101,10 @@ class StreamTransport:
 
     __slots__ = ("wire", "session_token", "remote", "_transport", "ended", "frames")
 
-    def __init__(self, wire: Wire, transport: asyncio.Transport, remote: str) -> None:
+    def __init__(self, wire: Wire, transport: asyncio.Transport, remote: str, *, emulated: bool = True) -> None:
         self.wire = wire
-        self.session_token = secrets.token_urlsafe(24)  # a secret: it lets its holder send commands
+        # A secret: it lets its holder send commands (emulation); none for unidirectional streams.
+        self.session_token = secrets.token_urlsafe(24) if emulated else ""
         self.remote = remote
         self._transport = transport
         self.ended: asyncio.Event = asyncio.Event()
@@ -184,6 +207,42 @@ class Streams:
             return body
         return await self._stream(request, "sse", JSON, body, "text/event-stream; charset=utf-8")
 
+    async def uni_http_stream(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return self.preflight(request, "POST, OPTIONS")
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST, OPTIONS"})
+        body = await self._body(request, self.node.config.uni_http_stream.max_request_body_size)
+        if isinstance(body, web.Response):
+            return body
+        return await self._uni(request, "uni_http_stream", body, "application/json")
+
+    async def uni_sse(self, request: web.Request) -> web.StreamResponse:
+        limit = self.node.config.uni_sse.max_request_body_size
+        if request.method == "GET":
+            connect = request.query.get("cf_connect", "{}")
+            if len(connect) > limit:
+                return web.Response(status=413, text=f"cf_connect over {limit} bytes\n")
+            body: bytes | web.Response = connect.encode()
+        elif request.method == "POST":
+            body = await self._body(request, limit)
+        else:
+            return web.Response(status=405, headers={"Allow": "GET, POST"})
+        if isinstance(body, web.Response):
+            return body
+        return await self._uni(request, "uni_sse", body, "text/event-stream; charset=utf-8")
+
+    async def _uni(self, request: web.Request, kind: str, connect: bytes, content_type: str) -> web.StreamResponse:
+        """A unidirectional stream: the body is a ConnectRequest (JSON object; empty: {}),
+        run as the connect command; the client gets pushes only."""
+        try:
+            parsed = orjson.loads(connect or b"{}")
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            return web.Response(status=400, text="the connect request must be a JSON object\n")
+        return await self._stream(request, kind, JSON, b'{"id":1,"connect":' + (connect or b"{}") + b"}", content_type)
+
     def _refused(self) -> web.Response | None:
         node = self.node
         if node.draining:
@@ -209,14 +268,18 @@ class Streams:
         await resp.prepare(request)
         await resp.write(b"\r\n" if kind == "sse" else b"")  # sends the head (SSE: a blank line, as Centrifugo)
         peer = request.remote or "?"
-        transport = StreamTransport(STREAM_WIRES[(kind, codec.name)], sock, peer)
+        wire = STREAM_WIRES[(kind, codec.name)]
+        transport = StreamTransport(wire, sock, peer, emulated=not wire.unidirectional)
         session = Session(self.node, transport, HANDLERS)
         self.registry.add(session)
-        self.sessions[transport.session_token] = transport
+        if transport.session_token:
+            self.sessions[transport.session_token] = transport
         lifetime = getattr(self.node.config, kind).max_lifetime
         timer = asyncio.get_running_loop().call_later(lifetime, session.close, codes.SHUTDOWN) if lifetime else None
         try:
             await session.handle_frame(first)
+            if wire.unidirectional and session.closing is None and session.state is not State.CONNECTED:
+                session.close(codes.BAD_REQUEST)  # the connect failed (its error was written): nothing more to do
             while session.closing is None:
                 frame = await self._next(transport)
                 if frame is None:
@@ -344,6 +407,10 @@ def add_stream_routes(app: web.Application, streams: Streams) -> None:
         routes.append((cfg.sse.handler_prefix, streams.sse))
     if routes:
         routes.append((cfg.emulation.handler_prefix, streams.emulation))
+    if cfg.uni_http_stream.enabled:
+        routes.append((cfg.uni_http_stream.handler_prefix, streams.uni_http_stream))
+    if cfg.uni_sse.enabled:
+        routes.append((cfg.uni_sse.handler_prefix, streams.uni_sse))
     for path, handler in routes:
         app.router.add_route("*", path, handler)
 

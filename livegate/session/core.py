@@ -350,7 +350,7 @@ class SessionCore:
             return
         if now_mono >= self.next_ping_at and self.reply_sent:
             self.next_ping_at = now_mono + cfg.ping_interval
-            if not self.pong_deadline:
+            if not self.pong_deadline and not self.wire.unidirectional:
                 self.pong_deadline = now_mono + cfg.pong_timeout
             self._emit(self.codec.ping, None)  # not held back behind a frame being processed
 

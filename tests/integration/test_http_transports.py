@@ -315,3 +315,44 @@ async def test_emulation_requests_reach_the_session_on_another_instance(two_inst
     # A session the other instance does not hold: a clear 404 from the instance asked.
     resp = await emulate(http, base_b, "no-such-session", connect["node"], [{"id": 4, "presence": {"channel": "c"}}])
     assert (resp.status, await resp.json()) == (404, {"error": "unknown or closed session"})
+
+
+# -- unidirectional ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["uni_http_stream", "uni_sse"])
+async def test_unidirectional_streams_get_pushes_of_server_side_subscriptions(start_server, http, kind):
+    running = await start_server({kind: {"enabled": True}})
+    base = base_of(running.url)
+    connect = json.dumps({"token": token("uma", channels=["chat:uni"]), "data": {"hello": 1}})
+    if kind == "uni_sse":
+        resp = await http.get(f"{base}/connection/uni_sse", params={"cf_connect": connect})
+    else:
+        resp = await http.post(f"{base}/connection/uni_http_stream", data=connect,
+                               headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    stream = Stream(resp, "sse" if kind == "uni_sse" else "json")
+    first = await stream.next()
+    assert set(first) == {"connect"}  # a push, without the Reply wrapper
+    result = first["connect"]
+    assert result["pong"] is False and "session" not in result
+    assert result["subs"]["chat:uni"]["recoverable"] is True
+    await running.node.publish("chat:uni", b'{"n":1}')
+    msg = await stream.next()
+    while "join" in msg:  # its own join in chat (join_leave)
+        msg = await stream.next()
+    assert msg == {"channel": "chat:uni", "pub": {"data": {"n": 1}, "offset": 1}}
+    [session] = running.node.hub.connections()
+    assert session.wire.unidirectional and session.pong_deadline == 0
+    session.close(codes.FORCE_DISCONNECT)
+    assert await stream.ended() == [{"disconnect": {"code": 3503, "reason": "force disconnect"}}]
+
+
+async def test_unidirectional_bad_connects(start_server, http):
+    running = await start_server({"uni_http_stream": {"enabled": True}, "uni_sse": {"enabled": True}})
+    base = base_of(running.url)
+    resp = await http.post(f"{base}/connection/uni_http_stream", data=b"[1]", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    resp = await http.get(f"{base}/connection/uni_sse", params={"cf_connect": '{"token":"nope"}'})
+    assert await Stream(resp, "sse").ended() == [{"disconnect": {"code": 3500, "reason": "invalid token"}}]
+    assert (await http.post(f"{base}/emulation", json={"session": "x", "data": "{}"})).status == 404
