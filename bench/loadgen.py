@@ -207,9 +207,52 @@ class WSClient(asyncio.Protocol):
             self.ready.set_result(None)
 
 
+class HTTPStreamClient(asyncio.Protocol):
+    """An HTTP-streaming client (POST /connection/http_stream): its commands go in the
+    request body, one per line (connect, then subscribe); it counts the pushes of the
+    chunked response with bytes.count (keeping a few bytes across reads, so a marker split
+    between two reads is counted once). Ready once the subscribe reply arrived."""
+
+    __slots__ = ("stats", "request", "transport", "ready", "head", "tail", "closed")
+
+    def __init__(self, stats: Stats, host: str, port: int, path: str, commands: list[bytes]) -> None:
+        self.stats = stats
+        body = b"\n".join(commands)
+        self.request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        self.ready = asyncio.get_running_loop().create_future()
+        self.head = b""
+        self.tail = b""
+        self.closed: tuple[int, str] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed before ready: {self.head[:200]!r}"))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.ready.done():
+            self.head += data
+            if b'"id":2,' in self.head:
+                if b'"error"' in self.head:
+                    self.ready.set_exception(RuntimeError(self.head[-200:].decode(errors="replace")))
+                    return
+                self.ready.set_result(None)
+                self.tail = self.head[-6:]
+            return
+        self.stats.frames += 1
+        joined = self.tail + data
+        self.stats.delivered += joined.count(PUSH)
+        self.tail = joined[-6:]
+
+
 async def open_clients(host: str, port: int, path: str, count: int, commands_for: Callable[[int], list[bytes]],
                        stats: Stats, concurrency: int = 200,
-                       protobuf: Callable[[int], bool] = lambda i: False) -> tuple[list[WSClient], float]:
+                       protobuf: Callable[[int], bool] = lambda i: False,
+                       http_stream: bool = False) -> tuple[list[WSClient], float]:
     """Open ``count`` connections (at most ``concurrency`` handshakes at once); returns them
     and the wall time it took until every one was connected and subscribed. ``protobuf(i)``
     says whether connection i speaks Protobuf (its commands then are encoded `Command`s)."""
@@ -219,8 +262,12 @@ async def open_clients(host: str, port: int, path: str, count: int, commands_for
 
     async def one(i: int) -> None:
         async with sem:
-            _, proto = await loop.create_connection(
-                lambda: WSClient(stats, host, port, path, commands_for(i), protobuf(i)), host, port)
+            if http_stream:
+                _, proto = await loop.create_connection(
+                    lambda: HTTPStreamClient(stats, host, port, path, commands_for(i)), host, port)
+            else:
+                _, proto = await loop.create_connection(
+                    lambda: WSClient(stats, host, port, path, commands_for(i), protobuf(i)), host, port)
             clients[i] = proto
             await asyncio.wait_for(proto.ready, 30)
 
