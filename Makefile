@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JS := tests/js/node_modules/.installed
+WEB := web/node_modules/.installed
 
-.PHONY: run test test-unit fuzz bench lint proto venv js clean clean-services
+.PHONY: run test test-unit test-browser fuzz bench lint proto venv js web browser clean clean-services
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -20,13 +21,26 @@ $(JS): tests/js/package.json
 	cd tests/js && npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-run: venv
+# The demo page's centrifuge-js browser bundle (web/node_modules, pinned in web/package-lock.json).
+# Without npm (or offline) this warns and `make run` still serves: the page then says the bundle is missing.
+web: $(WEB)
+$(WEB): web/package.json web/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+	  echo "make web: npm not found: the demo page will say that its centrifuge-js bundle is missing (apt-get install nodejs npm)" >&2; \
+	elif (cd web && npm ci --no-audit --no-fund --loglevel=error); then touch $@; \
+	else echo "make web: npm ci failed: the demo page will say that its centrifuge-js bundle is missing" >&2; fi
+
+# Chromium for the browser tests: Debian's package (installed with apt-get as root), never Playwright's download.
+browser:
+	@scripts/browser.sh >/dev/null
+
+run: venv web
 	$(BIN)/livegate serve --config config.toml
 
 # The suite under coverage (the `livegate serve` processes it starts included); fails when a test
 # fails or when line coverage is under the floor (fail_under in pyproject.toml); prints the total.
-test: venv js
-	@eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && rm -rf .tmp/coverage && mkdir -p .tmp/coverage && \
+test: venv js web
+	@eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && eval "$$(scripts/browser.sh)" && rm -rf .tmp/coverage && mkdir -p .tmp/coverage && \
 	$(BIN)/python -m coverage run -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	$(BIN)/python -m coverage combine -q; \
 	$(BIN)/python -m coverage report > .tmp/coverage/report.txt; floor=$$?; \
@@ -46,6 +60,10 @@ fuzz: venv
 test-unit: venv
 	$(BIN)/python -m pytest -q tests/unit
 
+# The browser tests alone (headless Debian Chromium through Playwright; they fail if it cannot start).
+test-browser: venv js web
+	eval "$$(scripts/browser.sh)" && $(BIN)/python -m pytest -q tests/browser $(PYTEST_ARGS)
+
 bench: venv
 	eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && $(BIN)/python -m bench $(BENCH_ARGS)
 
@@ -62,4 +80,4 @@ clean-services:
 	-for b in /usr/lib/postgresql/*/bin; do test -d .tmp/pgdata && runuser -u postgres -- $$b/pg_ctl -D .tmp/pgdata stop 2>/dev/null; done; true
 
 clean: clean-services
-	rm -rf $(VENV) tests/js/node_modules .tmp .pytest_cache
+	rm -rf $(VENV) tests/js/node_modules web/node_modules .tmp .pytest_cache
