@@ -356,3 +356,78 @@ async def test_unidirectional_bad_connects(start_server, http):
     resp = await http.get(f"{base}/connection/uni_sse", params={"cf_connect": '{"token":"nope"}'})
     assert await Stream(resp, "sse").ended() == [{"disconnect": {"code": 3500, "reason": "invalid token"}}]
     assert (await http.post(f"{base}/emulation", json={"session": "x", "data": "{}"})).status == 404
+
+
+class PathBalancer:
+    """An HTTP-aware balancer for one test: a connection whose first request is an emulation
+    POST goes to ``emulation_port``, any other to ``stream_port`` (so every command after the
+    connect reaches the instance that does not hold the session)."""
+
+    def __init__(self, stream_port: int, emulation_port: int) -> None:
+        self.ports = (stream_port, emulation_port)
+        self.server: asyncio.Server | None = None
+        self.routed: list[tuple[str, int]] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        path = line.split(b" ")[1].decode() if line.count(b" ") >= 2 else ""
+        port = self.ports[1] if path.startswith("/emulation") else self.ports[0]
+        self.routed.append((path, port))
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        up_writer.write(line)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_centrifuge_js_behind_a_balancer_that_splits_its_requests(two_instances, http):
+    from test_js_sdk import NodeScript
+
+    a, b = two_instances
+    balancer = PathBalancer(a.port, b.port)
+    port = await balancer.start()
+    try:
+        # b must know a (heartbeats) before it can forward: wait until it answers 404, not "unknown node".
+        stream = await open_stream(http, f"http://127.0.0.1:{a.port}", "json", [{"id": 1, "connect": {"token": token("w")}}])
+        connect = (await stream.next())["connect"]
+        deadline = asyncio.get_running_loop().time() + scaled(10)
+        while (await emulate(http, f"http://127.0.0.1:{b.port}", connect["session"], connect["node"], [{}])).status != 204:
+            assert asyncio.get_running_loop().time() < deadline, "instance b never learned of instance a"
+            await asyncio.sleep(0.2)
+        stream.resp.close()
+        script = await NodeScript.start("pubsub.mjs", url=f"ws://127.0.0.1:{port}/connection/websocket",
+                                        transport="http_stream", token=token("alice"), channel="chat:lb",
+                                        data={"text": "through b"})
+        try:
+            await script.finish()
+        finally:
+            script.kill()
+        assert script.of("connected")[0]["transport"] == "http_stream"
+        assert only_one(script.of("own_publication"))["data"] == {"text": "through b"}
+        assert ("/connection/http_stream", a.port) in balancer.routed
+        assert ("/emulation", b.port) in balancer.routed
+        assert all(port_ == b.port for path, port_ in balancer.routed if path == "/emulation")
+    finally:
+        await balancer.close()
+
+
+def only_one(events: list[dict[str, Any]]) -> dict[str, Any]:
+    assert len(events) == 1, events
+    return events[0]
