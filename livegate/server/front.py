@@ -17,11 +17,13 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
-__all__ = ["FrontConnection", "front_connection_class", "MAX_HEAD"]
+__all__ = ["FrontConnection", "front_connection_class", "MAX_HEAD", "HEAD_TIMEOUT"]
 
 #: A request head larger than this is refused (aiohttp and websockets limit headers to 8 KiB
 #: per line; this bounds what the front holds before either sees it).
 MAX_HEAD = 65536
+#: Seconds a new connection has to send its whole request head (websockets' open_timeout).
+HEAD_TIMEOUT = 10.0
 
 
 def _is_websocket_request(head: bytes, paths: Collection[bytes]) -> bool:
@@ -52,6 +54,13 @@ class FrontConnection(ServerConnection):
         # Not passed to websockets yet: its handler task starts only for WebSocket requests.
         self._front_transport = transport
         self._front_head = b""
+        # A peer that never completes its request head (a slowloris) is cut off.
+        asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        transport = self._front_transport
+        if isinstance(self, FrontConnection) and transport.get_protocol() is self:
+            transport.close()  # still reading the head
 
     def data_received(self, data: bytes) -> None:
         head = self._front_head + data

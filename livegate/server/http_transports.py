@@ -260,6 +260,8 @@ class Streams:
         refused = self._refused()
         if refused is not None:
             return refused
+        if request.version < (1, 1):  # the stream is chunked
+            return web.Response(status=505, text="streaming needs HTTP/1.1\n")
         sock = request.transport
         if sock is None:
             return web.Response(status=499)

@@ -211,6 +211,12 @@ async def test_bad_requests_get_clear_http_errors(start_server, http):
     resp = await http.post(f"{base}/emulation", json={"session": "no-such", "node": "elsewhere", "data": "{}"})
     assert (resp.status, await resp.json()) == (404, {"error": "unknown or closed session"})
     assert (await http.get(f"{base}/nope")).status == 404
+    # HTTP/1.0 cannot carry a chunked stream: a clear answer, not a server error.
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /connection/sse?cf_connect=%7B%7D HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert (await reader.readline()).split()[1] == b"505"
+    writer.close()
     assert (await http.get(f"{base}/health")).status == 200
 
 
@@ -431,3 +437,20 @@ async def test_centrifuge_js_behind_a_balancer_that_splits_its_requests(two_inst
 def only_one(events: list[dict[str, Any]]) -> dict[str, Any]:
     assert len(events) == 1, events
     return events[0]
+
+
+async def test_a_peer_that_never_finishes_its_request_head_is_cut_off(server, monkeypatch):
+    from livegate.server import front
+    monkeypatch.setattr(front, "HEAD_TIMEOUT", 0.2)
+    host, port = base_of(server.url).removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    async with asyncio.timeout(scaled(3)):
+        assert await reader.read() == b""  # closed by the server
+    writer.close()
+    # Big heads are refused at once.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (front.MAX_HEAD + 10))
+    async with asyncio.timeout(scaled(3)):
+        assert await reader.read() == b""
+    writer.close()
