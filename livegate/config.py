@@ -141,6 +141,12 @@ class UniSse(StreamTransport):
     handler_prefix: str = "/connection/uni_sse"
 
 
+class UniWebSocket(StreamTransport):
+    """Centrifugo's uni_websocket: the first message is a ConnectRequest; pushes only after."""
+
+    handler_prefix: str = "/connection/uni_websocket"
+
+
 class Emulation(_Section):
     """The endpoint that takes a bidirectional-emulation client's later commands."""
 
@@ -456,6 +462,7 @@ class Config(_Section):
     sse: Sse = Field(default_factory=Sse)
     uni_http_stream: UniHttpStream = Field(default_factory=UniHttpStream)
     uni_sse: UniSse = Field(default_factory=UniSse)
+    uni_websocket: UniWebSocket = Field(default_factory=UniWebSocket)
     emulation: Emulation = Field(default_factory=Emulation)
     client: Client = Field(default_factory=Client)
     http_api: HttpApi = Field(default_factory=HttpApi)
@@ -481,7 +488,7 @@ class Config(_Section):
                              "subscriber of a publication that large is disconnected as slow")
         paths = {"websocket.handler_prefix": self.websocket.handler_prefix,
                  "emulation.handler_prefix": self.emulation.handler_prefix}
-        for key in ("http_stream", "sse", "uni_http_stream", "uni_sse"):
+        for key in ("http_stream", "sse", "uni_http_stream", "uni_sse", "uni_websocket"):
             section = getattr(self, key)
             if section.enabled:
                 if section.handler_prefix in paths.values():

@@ -41,6 +41,7 @@ from livegate.protocol.codec import Codec, Unencodable, Wire
 from livegate.protocol.json_codec import JSON
 from livegate.protocol.proto.client_pb2 import EmulationRequest
 from livegate.protocol.protobuf_codec import PROTOBUF
+from livegate.protocol.unidirectional import connect_command, unwrapped
 from livegate.server.websocket import origin_allowed
 from livegate.session import Session, State
 
@@ -71,28 +72,14 @@ def _sse_frame(body: bytes) -> bytes:
     return chunk(b"data: " + body.replace(b"\n", b"\ndata: ") + b"\n\n")
 
 
-def _unwrapped(body: bytes) -> bytes:
-    """JSON messages as a unidirectional client gets them: a push without its Reply wrapper
-    (``{"push":{...}}`` -> ``{...}``), the connect result as a ``connect`` push (the reply's
-    ``"id":N,`` removed); the ping ``{}`` as it is. Per frame, shared by the Wire's clients."""
-    out = []
-    for line in body.split(b"\n"):
-        if line.startswith(b'{"push":'):
-            line = line[8:-1]
-        elif line.startswith(b'{"id":'):
-            line = b"{" + line[line.index(b",") + 1:]
-        out.append(line)
-    return b"\n".join(out)
-
-
 #: One Wire per (transport, codec): frames are shared by every connection of a Wire.
 STREAM_WIRES: dict[tuple[str, str], Wire] = {
     ("http_stream", "json"): Wire("http_stream/json", JSON, lambda body: chunk(body + b"\n")),
     ("http_stream", "protobuf"): Wire("http_stream/protobuf", PROTOBUF, chunk),
     ("sse", "json"): Wire("sse/json", JSON, _sse_frame),
-    ("uni_http_stream", "json"): Wire("uni_http_stream/json", JSON, lambda body: chunk(_unwrapped(body) + b"\n"),
+    ("uni_http_stream", "json"): Wire("uni_http_stream/json", JSON, lambda body: chunk(unwrapped(body) + b"\n"),
                                       unidirectional=True),
-    ("uni_sse", "json"): Wire("uni_sse/json", JSON, lambda body: _sse_frame(_unwrapped(body)), unidirectional=True),
+    ("uni_sse", "json"): Wire("uni_sse/json", JSON, lambda body: _sse_frame(unwrapped(body)), unidirectional=True),
 }
 
 
@@ -235,13 +222,10 @@ class Streams:
     async def _uni(self, request: web.Request, kind: str, connect: bytes, content_type: str) -> web.StreamResponse:
         """A unidirectional stream: the body is a ConnectRequest (JSON object; empty: {}),
         run as the connect command; the client gets pushes only."""
-        try:
-            parsed = orjson.loads(connect or b"{}")
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
+        command = connect_command(connect)
+        if command is None:
             return web.Response(status=400, text="the connect request must be a JSON object\n")
-        return await self._stream(request, kind, JSON, b'{"id":1,"connect":' + (connect or b"{}") + b"}", content_type)
+        return await self._stream(request, kind, JSON, command, content_type)
 
     def _refused(self) -> web.Response | None:
         node = self.node

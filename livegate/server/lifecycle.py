@@ -125,6 +125,8 @@ class Server:
         await self._client_runner.setup()
         assert self._client_runner.server is not None
         ws_paths = [] if cfg.websocket.disabled else [cfg.websocket.handler_prefix]
+        if cfg.uni_websocket.enabled:
+            ws_paths.append(cfg.uni_websocket.handler_prefix)
         kwargs: dict[str, Any] = dict(
             create_connection=front_connection_class(ws_paths, self._client_runner.server),
             process_request=make_process_request(node),

@@ -26,9 +26,10 @@ from livegate.node import Node
 from livegate.protocol import codes
 from livegate.protocol.codec import Wire
 from livegate.protocol.codecs import CODECS, DEFAULT_CODEC
-from livegate.session import Handler, Session
+from livegate.protocol.unidirectional import connect_command, unwrapped
+from livegate.session import Handler, Session, State
 
-__all__ = ["WebSocketTransport", "WIRES", "WS_JSON", "text_frame", "origin_allowed", "select_subprotocol",
+__all__ = ["WebSocketTransport", "WIRES", "WS_JSON", "UNI_WS_JSON", "text_frame", "origin_allowed", "select_subprotocol",
            "requested_format", "make_process_request", "serve_connection"]
 
 log = logging.getLogger("livegate.websocket")
@@ -142,8 +143,15 @@ def requested_format(query: str) -> str | None:
     return None
 
 
-def wire_for(ws: ServerConnection) -> Wire:
-    """The negotiated codec's Wire: the subprotocol, else the URL, else the default codec."""
+#: Unidirectional WebSocket (JSON): pushes without their Reply wrapper, in text frames.
+UNI_WS_JSON = Wire("uni_websocket/json", WS_JSON.codec, lambda body: text_frame(unwrapped(body)), unidirectional=True)
+
+
+def wire_for(ws: ServerConnection, uni_path: str | None = None) -> Wire:
+    """The negotiated codec's Wire: the subprotocol, else the URL, else the default codec
+    (the unidirectional WebSocket speaks JSON only)."""
+    if uni_path is not None and ws.request is not None and ws.request.path.partition("?")[0] == uni_path:
+        return UNI_WS_JSON
     sub = ws.subprotocol
     if sub is not None and sub.startswith(_SUBPROTOCOL):
         return WIRES[sub[len(_SUBPROTOCOL):]]
@@ -152,14 +160,17 @@ def wire_for(ws: ServerConnection) -> Wire:
 
 
 def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Response | None]:
-    prefix = node.config.websocket.handler_prefix
+    cfg = node.config
+    paths = {cfg.websocket.handler_prefix} if not cfg.websocket.disabled else set()
+    if cfg.uni_websocket.enabled:
+        paths.add(cfg.uni_websocket.handler_prefix)
     origins = node.config.client.allowed_origins
     limits = node.limits
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         # The front door sends only WebSocket upgrades to the WebSocket path here (front.py).
         path = request.path.partition("?")[0]
-        if path != prefix:
+        if path not in paths:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         if node.draining:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
@@ -187,12 +198,33 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
     return process_request
 
 
+async def _unidirectional(session: Session, ws: ServerConnection) -> None:
+    """uni_websocket: the first message is a ConnectRequest object; later messages are
+    ignored (the client only listens)."""
+    first = await ws.recv()
+    command = connect_command(first.encode() if isinstance(first, str) else first)
+    if command is None:
+        session.close(codes.BAD_REQUEST)
+        return
+    await session.handle_frame(command)
+    if session.closing is None and session.state is not State.CONNECTED:
+        session.close(codes.BAD_REQUEST)
+    async for _ in ws:
+        if session.closing is not None:
+            break
+
+
 async def serve_connection(node: Node, ws: ServerConnection, handlers: Mapping[str, Handler],
                            registry: set[Session]) -> None:
     """The read loop of one connection: the only task a connection has."""
-    session = Session(node, WebSocketTransport(ws, wire_for(ws)), handlers)
+    cfg = node.config
+    wire = wire_for(ws, cfg.uni_websocket.handler_prefix if cfg.uni_websocket.enabled else None)
+    session = Session(node, WebSocketTransport(ws, wire), handlers)
     registry.add(session)
     try:
+        if wire.unidirectional:
+            await _unidirectional(session, ws)
+            return
         async for message in ws:
             if isinstance(message, str) == session.codec.binary:
                 log.info("frame of the wrong type", extra={"client": session.client_id, "user": session.user})

@@ -454,3 +454,28 @@ async def test_a_peer_that_never_finishes_its_request_head_is_cut_off(server, mo
     async with asyncio.timeout(scaled(3)):
         assert await reader.read() == b""
     writer.close()
+
+
+async def test_unidirectional_websocket(start_server):
+    import websockets
+    running = await start_server({"uni_websocket": {"enabled": True}})
+    url = running.url.replace("/connection/websocket", "/connection/uni_websocket")
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"token": token("uwe", channels=["feed:u"])}))
+        first = orjson.loads(await ws.recv())
+        assert set(first) == {"connect"} and first["connect"]["pong"] is False
+        assert "feed:u" in first["connect"]["subs"]
+        await ws.send('{"id":2,"publish":{"channel":"feed:u","data":{}}}')  # the client only listens: ignored
+        await running.node.publish("feed:u", b'{"n":1}')
+        assert orjson.loads(await ws.recv()) == {"channel": "feed:u", "pub": {"data": {"n": 1}, "offset": 1}}
+        [session] = running.node.hub.connections()
+        assert session.wire.name == "uni_websocket/json"
+        session.close(codes.FORCE_RECONNECT)
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 3011
+    async with websockets.connect(url) as ws:
+        await ws.send("[1]")
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 3501

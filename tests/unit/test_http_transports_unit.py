@@ -6,8 +6,10 @@ import pytest
 from conftest import make_config
 
 from livegate.protocol.proto import client_pb2 as pb
+from livegate.protocol.unidirectional import connect_command
+from livegate.protocol.unidirectional import unwrapped as _unwrapped
 from livegate.server.front import _is_websocket_request
-from livegate.server.http_transports import STREAM_WIRES, _emulation_request, _sse_frame, _unwrapped, chunk
+from livegate.server.http_transports import STREAM_WIRES, _emulation_request, _sse_frame, chunk
 
 
 def test_chunks_and_sse_events():
@@ -24,6 +26,9 @@ def test_unidirectional_messages_lose_their_reply_wrapper():
     assert _unwrapped(body) == b'{"connect":{"client":"c"}}\n{"channel":"ch","pub":{"data":{"x":"}"}}}\n{}'
     assert _unwrapped(b'{"id":12,"error":{"code":103}}') == b'{"error":{"code":103}}'
     assert STREAM_WIRES[("uni_sse", "json")].unidirectional and not STREAM_WIRES[("sse", "json")].unidirectional
+    assert connect_command(b' {"token":"t"} ') == b'{"id":1,"connect":{"token":"t"}}'
+    assert connect_command(b"") == b'{"id":1,"connect":{}}'
+    assert connect_command(b"[1]") is None and connect_command(b"{") is None
 
 
 def test_emulation_request_bodies():
