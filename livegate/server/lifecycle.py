@@ -9,6 +9,7 @@ import os
 import random
 import resource
 import signal
+import time
 from typing import Any
 
 from aiohttp import web
@@ -75,6 +76,7 @@ class Server:
         self._ws: WsServer | None = None
         self._api_runner: web.AppRunner | None = None
         self._client_runner: web.AppRunner | None = None
+        self._front: Any = None  # the client port's connection class (front.py)
         self._api_site: ApiSite | None = None
         self.metrics_files = MetricsFiles(os.environ.get("LIVEGATE_WORKER_METRICS_DIR"))
         self.metrics_registry = CollectorRegistry(auto_describe=False)
@@ -127,8 +129,9 @@ class Server:
         ws_paths = [] if cfg.websocket.disabled else [cfg.websocket.handler_prefix]
         if cfg.uni_websocket.enabled:
             ws_paths.append(cfg.uni_websocket.handler_prefix)
+        self._front = front_connection_class(ws_paths, self._client_runner.server)
         kwargs: dict[str, Any] = dict(
-            create_connection=front_connection_class(ws_paths, self._client_runner.server),
+            create_connection=self._front,
             process_request=make_process_request(node),
             select_subprotocol=select_subprotocol,
             max_size=cfg.websocket.message_size_limit,
@@ -193,6 +196,8 @@ class Server:
         expired connections, expired subscriptions, the presence refresh and (with workers)
         the metrics snapshot. The sweep loop calls it; tests call it with a moved clock."""
         now_mono, now_wall = self.clock.monotonic(), self.clock.time()
+        if self._front is not None:
+            self._front.close_stalled(time.monotonic())  # real time: it is about sockets
         if self.metrics_files.mine is not None and now_mono >= self._next_metrics:
             self._next_metrics = now_mono + 1.0
             self.metrics_files.write(self.local_metrics())
