@@ -93,14 +93,20 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, "LIVEGATE_WORKER": str(i), "LIVEGATE_WORKER_METRICS_DIR": metrics_dir}
-        return subprocess.Popen(argv, env=env)
+        return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl
 
     workers = {i: spawn(i) for i in range(config.http_server.workers)}
     stopping = False
 
+    # A worker still running this long after the signal is killed (its own shutdown is bounded
+    # well below this: drain window, then a bounded stop).
+    kill_after = config.http_server.shutdown_drain + config.websocket.write_timeout + 30.0
+    deadline = float("inf")
+
     def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
+        nonlocal stopping, deadline
         stopping = True
+        deadline = min(deadline, time.monotonic() + kill_after)
         for proc in workers.values():
             if proc.poll() is None:
                 proc.send_signal(signum)
@@ -125,10 +131,28 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
                     alive = True
             if not alive:
                 break
+            if time.monotonic() > deadline:
+                for i, proc in workers.items():
+                    if proc.poll() is None:
+                        log.error("worker did not stop; killing it", extra={"worker": i, "pid": proc.pid})
+                        proc.kill()
+                deadline = float("inf")
             time.sleep(0.1)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if all(p.returncode == 0 for p in workers.values()) else 1
+
+
+def _die_with_parent() -> None:
+    """In a worker, before exec: the kernel sends it SIGTERM when the supervisor dies (Linux's
+    PR_SET_PDEATHSIG), so a killed supervisor never leaves workers holding the port."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's forwarding and kill deadline still apply
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

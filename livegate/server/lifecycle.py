@@ -31,7 +31,7 @@ from livegate.server.front import front_connection_class
 from livegate.server.http_api import ApiSite, MetricsFiles, start_api
 from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection
 from livegate.session import Session
-from livegate.tasks import cancel_and_wait
+from livegate.tasks import STOP_TIMEOUT, cancel_and_wait
 
 __all__ = ["Server", "sweep_interval", "raise_open_files_limit"]
 
@@ -284,5 +284,12 @@ class Server:
         await stop.wait()
         log.info("shutdown requested")
         await self.drain()
-        await self.stop()
+        # Bounded: a step that hangs (a client library stuck in a cancelled call) must not
+        # keep the process alive; exiting closes what is left.
+        try:
+            async with asyncio.timeout(self.config.websocket.write_timeout + STOP_TIMEOUT * 2 + 5):
+                await self.stop()
+        except TimeoutError:
+            log.error("shutdown did not finish in time; exiting anyway")
+            return
         log.info("stopped")

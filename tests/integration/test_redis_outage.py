@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 from cent import AsyncClient, PublishRequest
@@ -127,3 +128,33 @@ async def test_workers_share_the_port(tmp_path, workers):
             await c.disconnect()
         await api.close()
     assert await inst.stop(signal.SIGTERM) == 0
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(tmp_path):
+    override = {"engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": unique_prefix()}},
+                "http_server": {"workers": 2}}
+    inst = await start_instance(tmp_path, override)
+    workers = _children(inst.proc.pid)
+    assert len(workers) == 2
+    await inst.stop(signal.SIGKILL)  # the supervisor dies without forwarding anything
+    async with asyncio.timeout(scaled(10)):
+        while any(_state(pid) not in ("gone", "Z") for pid in workers):
+            await asyncio.sleep(0.1)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").glob("[0-9]*") if _parent_of(p) == pid]
+
+
+def _parent_of(proc_dir: Path) -> int:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
