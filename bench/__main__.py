@@ -139,18 +139,22 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def start_server(kind: str) -> Server:
+def start_server(kind: str, workers: int | None = None, cpus: str | None = None) -> Server:
+    """``workers`` (default: 2 for a kind ending in "2w", else 1) and ``cpus`` (a taskset CPU
+    list; default: CPU 0 for one worker, unpinned for more) are the many-core layout's."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if kind == "baseline":
-        proc = subprocess.Popen(_pinned([sys.executable, "-m", "bench.baseline", str(port), REDIS_URL, SECRET], "0"),
+        proc = subprocess.Popen(_pinned([sys.executable, "-m", "bench.baseline", str(port), REDIS_URL, SECRET],
+                                        cpus or "0"),
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         _wait_port(port)
         time.sleep(0.3)  # its Redis subscription
         return Server(kind, proc, port)
     api_port = free_port()
     prefix = f"lgbench-{uuid.uuid4().hex[:8]}"
-    workers = 2 if kind.endswith("2w") else 1
+    if workers is None:
+        workers = 2 if kind.endswith("2w") else 1
     engine = "memory" if "memory" in kind else "redis"
     tmp = Path(tempfile.mkdtemp(prefix="livegate-bench-"))
     (tmp / "config.toml").write_text(f"""
@@ -184,7 +188,7 @@ force_recovery = true
 allow_subscribe_for_client = true
 """)
     cmd = [sys.executable, "-m", "livegate.cli", "serve", "--config", str(tmp / "config.toml")]
-    proc = subprocess.Popen(_pinned(cmd, None if workers > 1 else "0"), cwd=ROOT, env=env)
+    proc = subprocess.Popen(_pinned(cmd, cpus or (None if workers > 1 else "0")), cwd=ROOT, env=env)
     _wait_port(api_port)
     _wait_port(port)
     time.sleep(0.3 if workers == 1 else 1.5)
@@ -275,17 +279,26 @@ async def wait_drained(stats: Stats, expected: int, timeout: float = 15.0) -> in
 
 
 async def closed_loop(server: Server, n_clients: int, channels: list[str], window_msgs: int, seconds: float,
-                      warmup: float, codecs: str = "json") -> dict[str, Any]:
+                      warmup: float, codecs: str = "json", load_cpus: list[int] | None = None) -> dict[str, Any]:
     """``codecs``: the subscribers' codec, "json", "protobuf" or "mixed" (every other one), or
-    "http_stream" (JSON over HTTP-streaming)."""
-    stats = Stats()
+    "http_stream" (JSON over HTTP-streaming). ``load_cpus``: the clients are spread over load
+    generator processes, one pinned to each of these CPUs (the many-core layout); else they
+    live in this process."""
     per_channel = n_clients // len(channels)
-    stream = codecs == "http_stream"
-    proto = PROTOBUF_SHARE["json" if stream else codecs]
-    clients, _ = await open_clients("127.0.0.1", server.port,
-                                    "/connection/http_stream" if stream else "/connection/websocket", n_clients,
-                                    connect_commands(lambda i: channels[i % len(channels)], proto), stats,
-                                    protobuf=proto, http_stream=stream)
+    stats: Any
+    procs: LoadProcs | None = None
+    clients: list[Any] = []
+    if load_cpus:
+        procs = stats = await LoadProcs.start(load_cpus, [server.port], "/connection/websocket", n_clients,
+                                              channels=channels)
+    else:
+        stats = Stats()
+        stream = codecs == "http_stream"
+        proto = PROTOBUF_SHARE["json" if stream else codecs]
+        clients, _ = await open_clients("127.0.0.1", server.port,
+                                        "/connection/http_stream" if stream else "/connection/websocket", n_clients,
+                                        connect_commands(lambda i: channels[i % len(channels)], proto), stats,
+                                        protobuf=proto, http_stream=stream)
     pub = Publisher(server)
     await pub.open()
     expected = 0
@@ -317,20 +330,96 @@ async def closed_loop(server: Server, n_clients: int, channels: list[str], windo
     finally:
         await pub.close()
         close_clients(clients)
+        if procs is not None:
+            await procs.close()
     errors = pub.errors()
     return {"msgs_per_s": delivered / elapsed, "lost": lost, "published": seq,
             "cpu_us_per_msg": cpu / delivered * 1e6 if delivered else None,
             "frames": stats.frames, "errors": errors[:3]}
 
 
-async def s1(server: Server, quick: bool, ns: str = "bench", codecs: str = "json") -> dict[str, Any]:
+async def s1(server: Server, quick: bool, ns: str = "bench", codecs: str = "json",
+             load_cpus: list[int] | None = None) -> dict[str, Any]:
     return await closed_loop(server, 1000, [f"{ns}:s1"], window_msgs=1000 * 32, seconds=2 if quick else 4, warmup=1,
-                             codecs=codecs)
+                             codecs=codecs, load_cpus=load_cpus)
 
 
-async def s3(server: Server, quick: bool, ns: str = "bench") -> dict[str, Any]:
+async def s3(server: Server, quick: bool, ns: str = "bench", load_cpus: list[int] | None = None) -> dict[str, Any]:
     return await closed_loop(server, 5000, [f"{ns}:c{i}" for i in range(5000)], window_msgs=2000,
-                             seconds=2 if quick else 4, warmup=1)
+                             seconds=2 if quick else 4, warmup=1, load_cpus=load_cpus)
+
+
+class LoadProcs:
+    """Load generator processes (bench/loadworker.py), one pinned to each CPU given, sharing
+    the connections; ``delivered`` and ``frames`` add up what they report every 50 ms."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.counts: list[int] = []
+        self.frame_counts: list[int] = []
+        self.readers: list[asyncio.Task[None]] = []
+
+    @property
+    def delivered(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def frames(self) -> int:
+        return sum(self.frame_counts)
+
+    @classmethod
+    async def start(cls, cpus: list[int], ports: list[int], path: str, n_clients: int,
+                    channels: list[str] | None = None, go: bool = False) -> LoadProcs:
+        self = cls()
+        share, extra = divmod(n_clients, len(cpus))
+        first = 0
+        ready: list[asyncio.Future[None]] = []
+        for k, cpu in enumerate(cpus):
+            count = share + (1 if k < extra else 0)
+            params = {"port": ports[k % len(ports)], "path": path, "first": first, "count": count, "go": go,
+                      "subscribe": channels is not None, "channels": channels or [], "secret": SECRET}
+            first += count
+            proc = await asyncio.create_subprocess_exec(
+                *_pinned([sys.executable, "-m", "bench.loadworker", orjson.dumps(params).decode()], str(cpu)),
+                cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            self.procs.append(proc)
+            self.counts.append(0)
+            self.frame_counts.append(0)
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ready.append(fut)
+            self.readers.append(asyncio.get_running_loop().create_task(self._read(k, proc, fut)))
+        try:
+            async with asyncio.timeout(120):
+                await asyncio.gather(*ready)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _read(self, k: int, proc: asyncio.subprocess.Process, ready: asyncio.Future[None]) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            parts = line.split()
+            if parts[0] == b"ready":
+                ready.set_result(None)
+            elif parts[0] == b"d":
+                self.counts[k], self.frame_counts[k] = int(parts[1]), int(parts[2])
+        if not ready.done():
+            ready.set_exception(ConnectionError(f"load generator {k} exited with {await proc.wait()}"))
+
+    async def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for task in self.readers:
+            task.cancel()
 
 
 def pct(values: list[int], q: float) -> float:
@@ -550,8 +639,7 @@ def render(table: dict[tuple[str, str], Cell], ceilings: tuple[float, float, flo
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; server pinned to CPU 0; "
         "load generator, publisher and the benchmark's own redis-server on CPU 1",
         f"- versions: livegate {livegate.__version__}, Python {platform.python_version()}, websockets "
-        f"{websockets.__version__}, hiredis {hiredis.__version__}, redis-server "
-        f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2][2:]}",
+        f"{websockets.__version__}, hiredis {hiredis.__version__}, redis-server {redis_version()}",
         f"- settings: runs={args.runs}{' (quick)' if args.quick else ''}, 100-byte JSON publications, "
         "closed loop windows: S1 32 publications, S3 2,000 messages; took "
         f"{took:.0f} s",
@@ -614,20 +702,141 @@ def render(table: dict[tuple[str, str], Cell], ceilings: tuple[float, float, flo
     return "\n".join(lines) + "\n"
 
 
-def start_redis() -> subprocess.Popen[bytes] | None:
-    """A Redis of the benchmark's own, pinned to the load generator's CPU, so that the server
-    under test has CPU 0 to itself. Falls back to $REDIS_URL without redis-server."""
+def redis_version() -> str:
+    """The redis-server binary's version; "unknown" without one on PATH (then $REDIS_URL is used)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return "unknown (no redis-server on PATH; $REDIS_URL used)"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()
+    return next((w[2:] for w in out if w.startswith("v=")), "unknown")
+
+
+def start_redis(cpu: str = "1") -> subprocess.Popen[bytes] | None:
+    """A Redis of the benchmark's own, pinned to ``cpu`` (the load generator's CPU in the
+    2-core layout), so that the server under test has CPU 0 to itself. Falls back to
+    $REDIS_URL without redis-server."""
     global REDIS_URL
     binary = shutil.which("redis-server")
     if binary is None:
         return None
     port = free_port()
     proc = subprocess.Popen(_pinned([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                     "--appendonly", "no", "--loglevel", "warning"], "1"),
+                                     "--appendonly", "no", "--loglevel", "warning"], cpu),
                             stdout=subprocess.DEVNULL)
     _wait_port(port)
     REDIS_URL = f"redis://127.0.0.1:{port}/0"
     return proc
+
+
+# -- the many-core layout ------------------------------------------------------------------
+
+
+@dataclass
+class Layout:
+    """Which CPUs do what in the many-core layout: Redis on one, the server's workers on the
+    next ``max(workers)``, the load generator processes (and this coordinating process, on
+    the first of them) on the rest. With too few CPUs (this 2-core machine) the roles share
+    CPUs: the mechanics run, the figures do not scale."""
+
+    redis: int
+    server: list[int]
+    load: list[int]
+
+    @classmethod
+    def plan(cls, workers: int, load_procs: int | None) -> Layout:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        redis = cpus[0]
+        rest = cpus[1:] or cpus
+        server = rest[:workers] if len(rest) > workers else rest[:max(1, len(rest) - 1)] or rest
+        load = [c for c in rest if c not in server] or [rest[-1]]
+        if load_procs:
+            load = (load * load_procs)[:load_procs]
+        return cls(redis, server, load)
+
+    def describe(self) -> str:
+        return (f"Redis on CPU {self.redis}; server workers on CPUs {','.join(map(str, self.server))}; "
+                f"{len(self.load)} load generator processes on CPUs {','.join(map(str, self.load))}")
+
+
+async def many_core_ceiling(layout: Layout) -> float:
+    """The load generator's ceiling with the layout's processes: trivial servers (one per
+    server CPU) write 16 messages per frame as fast as the connections take them."""
+    servers, ports = [], []
+    for cpu in layout.server:
+        port = free_port()
+        servers.append(subprocess.Popen(  # noqa: ASYNC220 - started before anything is measured
+            _pinned([sys.executable, "-m", "bench.trivial", str(port), "16"], str(cpu)), cwd=ROOT))
+        ports.append(port)
+    try:
+        for port in ports:
+            _wait_port(port)
+        procs = await LoadProcs.start(layout.load, ports, "/", 200 * len(layout.load), go=True)
+        try:
+            await asyncio.sleep(0.5)
+            d0, t0 = procs.delivered, time.monotonic()
+            await asyncio.sleep(2.0)
+            return (procs.delivered - d0) / (time.monotonic() - t0)
+        finally:
+            await procs.close()
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.wait()
+
+
+async def run_many_core(args: argparse.Namespace, layout: Layout) -> int:
+    workers = [int(w) for w in args.workers.split(",")]
+    started = time.time()
+    print(f"many-core layout: {layout.describe()}", flush=True)
+    ceiling = await many_core_ceiling(layout)
+    print(f"load generator ceiling: {ceiling:,.0f} msgs/s ({len(layout.load)} processes, 16 messages per frame)",
+          flush=True)
+    scenarios = {"S1": lambda srv, q: s1(srv, q, load_cpus=layout.load),
+                 "S3": lambda srv, q: s3(srv, q, load_cpus=layout.load)}
+    table: dict[tuple[str, str], Cell] = {}
+    kinds = [("baseline", 1)] + [(f"livegate-redis x{n}", n) for n in workers]
+    for name, fn in scenarios.items():
+        for label, n in kinds:
+            for run_no in range(args.runs):
+                kind = "baseline" if label == "baseline" else "livegate-redis"
+                server = start_server(kind, workers=n, cpus=",".join(map(str, layout.server[:n])))
+                try:
+                    await asyncio.sleep(0.5 if n == 1 else 1.0)
+                    result = await fn(server, args.quick)
+                finally:
+                    server.stop()
+                cell = table.setdefault((name, label), Cell())
+                cell.values.append(result["msgs_per_s"])
+                cell.lost += result["lost"]
+                if result.get("cpu_us_per_msg"):
+                    cell.extra.setdefault("cpu_us", []).append(result["cpu_us_per_msg"])
+                print(f"  {name} {label:<20} run {run_no + 1}: msgs/s={fmt(result['msgs_per_s'])} "
+                      f"cpu_us/msg={fmt(result['cpu_us_per_msg'] or float('nan'))} lost={result['lost']}", flush=True)
+    lines = ["# livegate benchmark, many-core layout", "",
+             f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; {layout.describe()}",
+             f"- redis-server {redis_version()}; runs={args.runs}{' (quick)' if args.quick else ''}; took "
+             f"{time.time() - started:.0f} s",
+             f"- load generator ceiling: {ceiling:,.0f} msgs/s ({len(layout.load)} processes, 16 messages per frame)",
+             "", "| scenario | server | delivered msgs/s | × baseline | × one worker | server CPU µs per message |",
+             "|---|---|---|---|---|---|"]
+    for name in scenarios:
+        base = table[(name, "baseline")].median()
+        one = table[(name, f"livegate-redis x{workers[0]}")].median() / workers[0]
+        for label, n in kinds:
+            c = table[(name, label)]
+            cpu_us = statistics.median(c.extra["cpu_us"]) if c.extra.get("cpu_us") else float("nan")
+            scale = "—" if label == "baseline" else f"{c.median() / one:.2f}x (target >= {0.8 * n:.1f}x)"
+            lines.append(f"| {name} | {label} | {fmt(c.median())} ({fmt(min(c.values))}–{fmt(max(c.values))}) | "
+                         f"{c.median() / base:.2f}x | {scale} | {cpu_us:.2f} |")
+    lost = sum(c.lost for c in table.values())
+    lines += ["", "Lost messages: 0 in every scenario and run." if lost == 0 else f"LOST MESSAGES: {lost}"]
+    report = "\n".join(lines) + "\n"
+    print()
+    print(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"many-core-{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(report)
+    (RESULTS / "latest-many-core.md").write_text(report)
+    return 0 if lost == 0 else 1
 
 
 def main() -> int:
@@ -635,12 +844,29 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", help="comma-separated: S1,S2,S3,S4")
     parser.add_argument("--quick", action="store_true", help="shorter measurements, S4 with 3,000 connections")
+    parser.add_argument("--layout", choices=["two-core", "many-core"], default="two-core",
+                        help="two-core (default): server on CPU 0, everything else on CPU 1; many-core: Redis, "
+                             "server workers and several load generator processes on CPUs of their own (S1, S3)")
+    parser.add_argument("--workers", default="1,2,4", help="many-core: the http_server.workers values to run")
+    parser.add_argument("--load-procs", type=int, default=None,
+                        help="many-core: load generator processes (default: one per CPU left)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    import uvloop
+    if args.layout == "many-core":
+        layout = Layout.plan(max(int(w) for w in args.workers.split(",")), args.load_procs)
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {layout.load[0]})
+        redis_proc = start_redis(str(layout.redis))
+        try:
+            return uvloop.run(run_many_core(args, layout))
+        finally:
+            if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
-    import uvloop
     redis_proc = start_redis()
     try:
         return uvloop.run(run(args))
