@@ -3,8 +3,9 @@
     python -m bench.loadworker '<json params>'
 
 It opens its share of the connections (``count`` clients, indexes ``first``..), prints
-``ready <seconds>`` once every one is connected and subscribed, then ``d <delivered> <frames>``
-every 50 ms until its stdin closes. With ``go`` (the ceiling measurement) it sends one frame
+``ready <seconds>`` once every one is connected and subscribed, then ``d <delivered> <frames>
+<its monotonic clock>`` every 10 ms (less often when its loop is busy reading) until its stdin
+closes. With ``go`` (the ceiling measurement) it sends one frame
 on every connection once they are open, which makes the trivial server start writing.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -23,8 +25,6 @@ from bench.loadgen import Stats, close_clients, open_clients, ws_client_frame
 def commands_for(params: dict[str, Any]) -> Any:
     if not params.get("subscribe"):
         return lambda i: []
-    import time
-
     import jwt
     secret, channels = params["secret"], params["channels"]
 
@@ -59,10 +59,10 @@ async def main(params: dict[str, Any]) -> None:
     watcher = loop.create_task(watch())
     try:
         while not stdin_closed.done():
-            out.write(f"d {stats.delivered} {stats.frames}\n")
+            out.write(f"d {stats.delivered} {stats.frames} {time.monotonic():.6f}\n")
             out.flush()
-            await asyncio.wait([stdin_closed], timeout=0.05)
-        out.write(f"d {stats.delivered} {stats.frames}\n")
+            await asyncio.wait([stdin_closed], timeout=0.01)
+        out.write(f"d {stats.delivered} {stats.frames} {time.monotonic():.6f}\n")
         out.flush()
     finally:
         watcher.cancel()
