@@ -60,3 +60,39 @@ async def test_fcall_follows_the_namespace_data_format(start_server, redis_clien
         keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
         if keys:
             await redis_client.delete(*keys)
+
+
+async def test_history_and_position_outlive_every_publish_with_expiries_renewed_at_the_half(start_server,
+                                                                                           redis_client):
+    """Expiries are set 1.5 TTL ahead and renewed only once a publish is past the half: after
+    any publish the history lives >= history_ttl and the position >= history_meta_ttl, and a
+    history read never shortens the position's expiry."""
+    prefix = unique_prefix()
+    running = await start_server({
+        "engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}},
+        "channel": {"namespaces": [{"name": "ex", "history_size": 10, "history_ttl": "4s", "history_meta_ttl": "8s",
+                                    "allow_subscribe_for_client": True, "allow_history_for_client": True}]},
+    })
+    from livegate.channels.broker import HistoryOptions
+    meta, hist = f"{prefix}.meta.{{ex:x}}", f"{prefix}.history.{{ex:x}}"
+    opts = orjson.dumps({"prefix": prefix})
+    try:
+        await redis_client.fcall("livegate_publish", 1, "ex:x", b"1", opts)
+        assert 5900 < await redis_client.pttl(hist) <= 6000 and 11900 < await redis_client.pttl(meta) <= 12000
+        renewed_until = int(await redis_client.hget(meta, "x"))
+        for _ in range(3):  # within the first half: nothing renewed, every publish still covered
+            await running.node.publish("ex:x", b"2")
+            assert await redis_client.pttl(hist) >= 4000 and await redis_client.pttl(meta) >= 8000
+        assert int(await redis_client.hget(meta, "x")) == renewed_until
+        await running.node.broker.history("ex:x", HistoryOptions(limit=10))  # a read: GT, never shorter
+        assert await redis_client.pttl(meta) > 11000
+        await redis_client.hset(meta, "x", 0)  # as if past the half: the next publish renews both
+        await redis_client.pexpire(hist, 100)
+        await redis_client.fcall("livegate_publish", 1, "ex:x", b"3", opts)
+        assert await redis_client.pttl(hist) > 5000 and int(await redis_client.hget(meta, "x")) > renewed_until
+        history = await running.node.broker.history("ex:x", HistoryOptions(limit=10))
+        assert [p.data for p in history.publications] == [b"1", b"2", b"2", b"2", b"3"]
+    finally:
+        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await redis_client.delete(*keys)

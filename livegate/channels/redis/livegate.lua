@@ -17,7 +17,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 17
+local VERSION = 18
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
@@ -249,7 +249,11 @@ local function publish(keys, args)
   if channel == nil or channel == '' then return redis.error_reply('ERR livegate_publish: channel is empty') end
   if data == nil then return redis.error_reply('ERR livegate_publish: data is empty') end
   local opts = {}
-  if args[2] and args[2] ~= '' then
+  -- The common options, {"prefix":"<name>"} alone, without a JSON decode.
+  local only_prefix = args[2] and string.match(args[2], '^{"prefix":"([%w_.:-]*)"}$')
+  if only_prefix then
+    opts = {prefix = only_prefix}
+  elseif args[2] and args[2] ~= '' then
     local ok, decoded = pcall(cjson.decode, args[2])
     if not ok or type(decoded) ~= 'table' then
       return redis.error_reply('ERR livegate_publish: options must be a JSON object')
@@ -341,25 +345,42 @@ local function publish(keys, args)
     local meta_key = prefix .. '.meta.' .. tag
     local hist_key = prefix .. '.history.' .. tag
     local ttl_ms = math.floor(ttl * 1000)
-    local meta = redis.call('HMGET', meta_key, 'e', 'n', 't')
+    local meta = redis.call('HMGET', meta_key, 'e', 'n', 't', 'x')
     epoch = meta[1]
+    local covered = tonumber(meta[4]) or 0
     if not epoch then
       epoch = new_epoch(t)
       redis.call('HSET', meta_key, 'e', epoch)
       redis.call('DEL', hist_key)
+      covered = 0
     end
     if tonumber(meta[2]) ~= size or tonumber(meta[3]) ~= ttl_ms then
       redis.call('HSET', meta_key, 'n', size, 't', ttl_ms)  -- what reads trim to
+      covered = 0
     end
     offset = redis.call('HINCRBY', meta_key, 's', 1)
-    if meta_ttl > 0 then redis.call('PEXPIRE', meta_key, math.floor(meta_ttl * 1000)) end
+    -- Expiry: the history must live history_ttl, the position history_meta_ttl, after every
+    -- publish. Both are set one and a half times ahead and renewed only once a publish is past
+    -- the half ("x" in the meta hash: until when the current expiries cover a publish), so a
+    -- busy channel pays two PEXPIREs once per half TTL instead of on every publish. (Reads
+    -- extend the position's expiry only with GT, so they never shorten what this counts on;
+    -- what a read returns is trimmed by time, so a key living longer changes no reply.)
+    local meta_ms = meta_ttl > 0 and math.floor(meta_ttl * 1000) or 0
+    if ms > covered then
+      local half = ttl_ms
+      if meta_ms > 0 and meta_ms < half then half = meta_ms end
+      half = math.floor(half / 2)
+      if meta_ms > 0 then redis.call('PEXPIRE', meta_key, meta_ms + math.floor(meta_ms / 2)) end
+      redis.call('HSET', meta_key, 'x', ms + half)
+      covered = -1  -- the history's expiry is renewed after the XADD below
+    end
     local tags_json = ''
     if type(opts['tags']) == 'table' and next(opts['tags']) ~= nil then tags_json = cjson.encode(opts['tags']) end
     local envelope = pack_publication(ev, offset, epoch, data, info, tags_json, ms)
     -- Approximate trimming is much cheaper than exact; reads keep only the newest
     -- history_size entries and drop those past history_ttl, so clients see exact limits.
     redis.call('XADD', hist_key, 'MAXLEN', '~', size, offset .. '-0', 't', ms, 'p', envelope)
-    redis.call('PEXPIRE', hist_key, ttl_ms)
+    if covered == -1 then redis.call('PEXPIRE', hist_key, ttl_ms + math.floor(ttl_ms / 2)) end
     redis.call('PUBLISH', prefix .. '.client.' .. channel, envelope)
   else
     local tags_json = ''
@@ -398,7 +419,14 @@ local function history(keys, args)
   local top, size, ttl_ms = tonumber(meta[1] or '0'), tonumber(meta[2] or '0'), tonumber(meta[3] or '0')
   local keep = meta_ttl
   if top == 0 and unpublished_ttl > 0 then keep = unpublished_ttl end
-  if keep > 0 then redis.call('PEXPIRE', meta_key, math.floor(keep * 1000)) end
+  if keep > 0 then
+    if top > 0 then
+      -- Published: only ever extended here (GT), so publishes can count on their expiry.
+      redis.call('PEXPIRE', meta_key, math.floor(keep * 1000), 'GT')
+    else
+      redis.call('PEXPIRE', meta_key, math.floor(keep * 1000))
+    end
+  end
   local out = {top, epoch}
   if limit == 0 then return out end
   if ttl_ms > 0 then trim_expired(hist_key, ms - ttl_ms) end
