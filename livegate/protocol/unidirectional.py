@@ -33,4 +33,5 @@ def connect_command(request: bytes) -> bytes | None:
         return None
     if not isinstance(parsed, dict):
         return None
-    return b'{"id":1,"connect":' + request + b"}"
+    # Raw newlines (whitespace in valid JSON) go: the JSON codec reads one command per line.
+    return b'{"id":1,"connect":' + request.replace(b"\r", b"").replace(b"\n", b"") + b"}"

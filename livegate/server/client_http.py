@@ -21,6 +21,12 @@ CLIENT_HEADERS = {"Server": "livegate", "X-Content-Type-Options": "nosniff"}
 
 async def _prepare_headers(request: web.Request, resp: web.StreamResponse) -> None:
     resp.headers.update(CLIENT_HEADERS)
+    # One request per connection: the front door decides per connection between websockets and
+    # aiohttp, so a WebSocket upgrade reusing a kept-alive connection (a proxy pooling its
+    # upstream connections) would otherwise reach aiohttp; and no idle connection outlives its
+    # request (the front's head timeout covers only a connection's first request).
+    resp.force_close()
+    resp.headers["Connection"] = "close"  # said, so that clients do not pool the connection
 
 
 def make_client_app(node: Node, registry: set[Session]) -> tuple[web.Application, Streams]:

@@ -60,7 +60,7 @@ class FrontConnection(ServerConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not passed to websockets yet: its handler task starts only for WebSocket requests.
         self.transport = transport  # type: ignore[assignment]  # websockets sets it again at the hand-over
-        self._front_head: bytes | None = b""
+        self._front_head: bytes | bytearray | None = b""
         self._front_since = time.monotonic()
         self.pending.add(self)
 
@@ -80,15 +80,22 @@ class FrontConnection(ServerConnection):
         if head is None:
             ServerConnection.data_received(self, data)
             return
-        head += data
         transport = self.transport
-        if b"\r\n\r\n" not in head:
+        if isinstance(head, bytearray):  # the head comes in pieces: search the new bytes (and 3 before)
+            start = len(head) - 3
+            head.extend(data)
+            complete = head.find(b"\r\n\r\n", start) >= 0
+        else:
+            complete = b"\r\n\r\n" in data
+            head = data
+        if not complete:
             if len(head) > MAX_HEAD:
                 self.pending.discard(self)
                 transport.close()
-            else:
-                self._front_head = head
+            elif isinstance(head, bytes):
+                self._front_head = bytearray(head)
             return
+        head = bytes(head)
         self._front_head = None
         self.pending.discard(self)
         if self.http_factory is None or _is_websocket_request(head, self.ws_paths):

@@ -79,7 +79,9 @@ STREAM_WIRES: dict[tuple[str, str], Wire] = {
     ("sse", "json"): Wire("sse/json", JSON, _sse_frame),
     ("uni_http_stream", "json"): Wire("uni_http_stream/json", JSON, lambda body: chunk(unwrapped(body) + b"\n"),
                                       unidirectional=True),
-    ("uni_sse", "json"): Wire("uni_sse/json", JSON, lambda body: _sse_frame(unwrapped(body)), unidirectional=True),
+    # One event per message: a client without an SDK JSON.parses each event's data.
+    ("uni_sse", "json"): Wire("uni_sse/json", JSON, lambda body: chunk(b"".join(
+        b"data: " + line + b"\n\n" for line in unwrapped(body).split(b"\n"))), unidirectional=True),
 }
 
 
@@ -128,6 +130,7 @@ class Streams:
         self.node = node
         self.registry = registry
         self.sessions: dict[str, StreamTransport] = {}
+        self._running: set[asyncio.Task[None]] = set()  # the streams' session tasks
         cfg = node.config
         self.origins = cfg.client.allowed_origins
         self.write_timeout = cfg.websocket.write_timeout
@@ -156,12 +159,17 @@ class Streams:
             "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "Content-Type")})
 
     async def _body(self, request: web.Request, limit: int) -> bytes | web.Response:
+        """The whole request body (it may arrive in many segments), or 413 over ``limit``."""
         if request.content_length is not None and request.content_length > limit:
             return web.Response(status=413, text=f"request body over {limit} bytes\n")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            return web.Response(status=413, text=f"request body over {limit} bytes\n")
-        return body
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return web.Response(status=413, text=f"request body over {limit} bytes\n")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     # -- streams ------------------------------------------------------------------------
 
@@ -206,6 +214,8 @@ class Streams:
 
     async def uni_sse(self, request: web.Request) -> web.StreamResponse:
         limit = self.node.config.uni_sse.max_request_body_size
+        if request.method == "OPTIONS":
+            return self.preflight(request, "GET, POST, OPTIONS")
         if request.method == "GET":
             connect = request.query.get("cf_connect", "{}")
             if len(connect) > limit:
@@ -262,6 +272,29 @@ class Streams:
             self.sessions[transport.session_token] = transport
         lifetime = getattr(self.node.config, kind).max_lifetime
         timer = asyncio.get_running_loop().call_later(lifetime, session.close, codes.SHUTDOWN) if lifetime else None
+        # The session runs in a task of its own: aiohttp cancels this handler when the client
+        # goes away, and a cancellation landing in a command or in release() would leave
+        # subscriptions and presence behind. The task ends the session and cleans up whatever
+        # happens to the handler.
+        task = asyncio.get_running_loop().create_task(self._serve(session, transport, wire, first, timer))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            transport.ended.set()  # the client left: the task stops at its next frame and releases
+            raise
+        if not sock.is_closing():
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    await resp.write_eof()
+            except (TimeoutError, ConnectionError):
+                sock.abort()
+        return resp
+
+    async def _serve(self, session: Session, transport: StreamTransport, wire: Wire, first: bytes,
+                     timer: asyncio.TimerHandle | None) -> None:
+        """A stream's session from its first frame to its release."""
         try:
             await session.handle_frame(first)
             if wire.unidirectional and session.closing is None and session.state is not State.CONNECTED:
@@ -277,13 +310,6 @@ class Streams:
             self.sessions.pop(transport.session_token, None)
             self.registry.discard(session)
             await session.release()
-        if not sock.is_closing():
-            try:
-                async with asyncio.timeout(self.write_timeout):
-                    await resp.write_eof()
-            except (TimeoutError, ConnectionError):
-                sock.abort()
-        return resp
 
     @staticmethod
     async def _next(transport: StreamTransport) -> bytes | None:
@@ -348,7 +374,11 @@ class Streams:
         cluster = self.node.cluster
         if not cluster.knows(node_id):
             return 404
-        answer = await cluster.ask(node_id, EMULATION_OP, {"session": session, "data": data})
+        try:
+            answer = await cluster.ask(node_id, EMULATION_OP, {"session": session, "data": data})
+        except Exception as exc:  # the engine is unreachable: nothing was delivered
+            log.warning("emulation request not forwarded: %s", exc, extra={"node": node_id})
+            return 503
         return 503 if answer is None else int(answer)
 
 

@@ -123,7 +123,7 @@ class Server:
         # Plain HTTP on the client port (fallback transports, /health, pages): aiohttp, behind
         # the front door; handler_cancellation ends a stream's handler when its client leaves.
         self._client_runner = web.AppRunner(client_app, access_log=None, handle_signals=False,
-                                            handler_cancellation=True)
+                                            handler_cancellation=True, shutdown_timeout=cfg.websocket.write_timeout)
         await self._client_runner.setup()
         assert self._client_runner.server is not None
         ws_paths = [] if cfg.websocket.disabled else [cfg.websocket.handler_prefix]
@@ -269,6 +269,8 @@ class Server:
         if self._client_runner is not None:
             await self._client_runner.cleanup()
             self._client_runner = None
+        if self._front is not None:
+            self._front.close_stalled(time.monotonic(), timeout=-1.0)  # connections still sending their head
         if self.persistence is not None:
             await self.persistence.stop()
         await self.node.close()

@@ -144,7 +144,10 @@ def requested_format(query: str) -> str | None:
 
 
 #: Unidirectional WebSocket (JSON): pushes without their Reply wrapper, in text frames.
-UNI_WS_JSON = Wire("uni_websocket/json", WS_JSON.codec, lambda body: text_frame(unwrapped(body)), unidirectional=True)
+#: One message per WebSocket message (a client without an SDK JSON.parses each).
+UNI_WS_JSON = Wire("uni_websocket/json", WS_JSON.codec,
+                   lambda body: b"".join(text_frame(line) for line in unwrapped(body).split(b"\n")),
+                   unidirectional=True)
 
 
 def wire_for(ws: ServerConnection, uni_path: str | None = None) -> Wire:

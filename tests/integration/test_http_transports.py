@@ -479,3 +479,84 @@ async def test_unidirectional_websocket(start_server):
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
         assert ws.close_code == 3501
+
+
+# -- regressions found in review --------------------------------------------------------------
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(server):
+    host, port = base_of(server.url).removeprefix("http://").split(":")
+    body = json.dumps({"id": 1, "connect": {"token": token("pat")}}).encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /connection/http_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:20])
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(body[20:])
+    async with asyncio.timeout(scaled(3)):
+        received = b""
+        while b'"connect"' not in received and b"disconnect" not in received:
+            received += await reader.read(4096)
+    assert b'{"id":1,"connect":{"client"' in received
+    writer.close()
+
+
+async def test_a_client_that_leaves_during_the_release_leaves_nothing_behind(server, http, monkeypatch):
+    presence = server.node.presence
+    original = presence.remove_presence
+
+    async def slow_remove(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - as a slow Redis would be
+        await asyncio.sleep(0.3)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(presence, "remove_presence", slow_remove)
+    base = base_of(server.url)
+    stream = await open_stream(http, base, "json", [{"id": 1, "connect": {"token": token("lea")}}])
+    connect = (await stream.next())["connect"]
+    await emulate(http, base, connect["session"], connect["node"], [
+        {"id": 2, "subscribe": {"channel": "chat:lv1"}}, {"id": 3, "subscribe": {"channel": "chat:lv2"}}])
+    got = [await stream.next() for _ in range(4)]  # two replies, two joins of its own
+    assert {m.get("id") for m in got} >= {2, 3}
+    assert sorted(server.node.hub.channels()) == ["chat:lv1", "chat:lv2"]
+    [session] = server.node.hub.connections()
+    session.close(codes.FORCE_RECONNECT)
+    assert "disconnect" in (await stream.next())["push"]  # the client leaves at once, during the release
+    stream.resp.close()
+    await wait_until(lambda: not server.node.hub.channels() and not server.server.clients, within=3,
+                     what="the release to finish although the client left")
+
+
+async def test_plain_http_connections_are_not_kept_alive(server):
+    host, port = base_of(server.url).removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                 b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    async with asyncio.timeout(scaled(3)):
+        answer = await reader.read()  # until the server closes: after the first answer
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer
+    assert answer.count(b"HTTP/1.1") == 1  # the upgrade was never answered by aiohttp (a 404)
+    writer.close()
+
+
+async def test_unidirectional_clients_get_one_message_per_frame_and_event(start_server, http):
+    import websockets
+    running = await start_server({"uni_websocket": {"enabled": True}, "uni_sse": {"enabled": True}})
+    url = running.url.replace("/connection/websocket", "/connection/uni_websocket")
+    pretty = json.dumps({"token": token("ivo", channels=["feed:many"])}, indent=2)  # newlines in it
+    async with websockets.connect(url) as ws:
+        await ws.send(pretty)
+        assert "connect" in orjson.loads(await ws.recv())
+        resp = await http.get(f"{base_of(running.url)}/connection/uni_sse", params={"cf_connect": pretty})
+        sse_raw = b""
+        while b'"connect"' not in sse_raw:
+            sse_raw += await resp.content.readany()
+        await asyncio.gather(*(running.node.publish("feed:many", b'{"n":%d}' % n) for n in range(5)))
+        got = [orjson.loads(await ws.recv()) for _ in range(5)]  # each message one JSON value
+        assert [m["pub"]["data"]["n"] for m in got] == [0, 1, 2, 3, 4]
+        async with asyncio.timeout(scaled(3)):
+            while sse_raw.count(b'"pub"') < 5:
+                sse_raw += await resp.content.readany()
+        events = [e for e in sse_raw.split(b"\n\n") if e.strip()]
+        assert all(e.count(b"data: ") == 1 for e in events), events  # one data line per event
+        resp.close()
