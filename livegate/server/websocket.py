@@ -9,14 +9,17 @@ buffer is the connection's queue; the session bounds it (``client.queue_max_size
 from __future__ import annotations
 
 import asyncio
+import collections
 import fnmatch
 import http
 import logging
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State as WsState
@@ -143,6 +146,31 @@ def requested_format(query: str) -> str | None:
     return None
 
 
+class _SmallQueue(list[Any]):
+    """What websockets' frame queue needs of a deque (append, popleft, extendleft), on a list:
+    an empty deque takes 760 bytes, and this queue holds a frame or two at a time."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+    def extendleft(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self.insert(0, item)
+
+
+def _small_frame_queue(ws: ServerConnection) -> None:
+    """Give the connection's incoming-frame queue the small list above (when this websockets
+    keeps it where 17.x does, as an empty deque; otherwise leave it)."""
+    queue = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
+    if type(queue) is collections.deque and not queue:
+        ws.recv_messages.frames.queue = _SmallQueue()  # type: ignore[assignment]
+
+
+#: What stands in for a connection's handshake request once the handshake is over.
+_HANDSHAKE_DONE = Request("", Headers())
+
 #: Unidirectional WebSocket (JSON): pushes without their Reply wrapper, in text frames.
 #: One message per WebSocket message (a client without an SDK JSON.parses each).
 UNI_WS_JSON = Wire("uni_websocket/json", WS_JSON.codec,
@@ -222,6 +250,14 @@ async def serve_connection(node: Node, ws: ServerConnection, handlers: Mapping[s
     """The read loop of one connection: the only task a connection has."""
     cfg = node.config
     wire = wire_for(ws, cfg.uni_websocket.handler_prefix if cfg.uni_websocket.enabled else None)
+    # The handshake's request and response (their headers: about 2 KiB) are not read again;
+    # websockets keeps them for the connection's life, so they go here. (websockets tells the
+    # handshake phase by ``request is None``: a shared, empty request stands in.)
+    ws.request, ws.response = _HANDSHAKE_DONE, None
+    # websockets' writers wait in a deque (760 bytes, empty); nothing here awaits drain (frames go
+    # straight to the transport), so a list does (append, remove, iterate: all it needs).
+    ws.drain_waiters = []  # type: ignore[assignment]
+    _small_frame_queue(ws)
     session = Session(node, WebSocketTransport(ws, wire), handlers)
     registry.add(session)
     try:

@@ -210,3 +210,15 @@ async def test_health_ready_and_unknown_path(server):
         line = await reader.readline()
         writer.close()
         assert line.split()[1] == str(status).encode(), path
+
+
+async def test_a_connection_keeps_no_handshake_headers_and_small_queues(server, peer_factory):
+    from livegate.server.websocket import _SmallQueue
+    peer = await peer_factory(server.url)
+    await peer.connect("mem")
+    [session] = server.node.hub.connections()
+    ws = session.transport.ws
+    assert not ws.request.headers and ws.response is None  # about 2 KiB a connection, gone
+    assert isinstance(ws.drain_waiters, list) and type(ws.recv_messages.frames.queue) is _SmallQueue
+    await peer.ws.send(orjson.dumps({"id": 9, "rpc": {"method": "x", "data": {}}}).decode())  # still reads
+    assert (await peer.reply(9))["error"]["code"] in (104, 108)
