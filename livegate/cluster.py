@@ -268,23 +268,31 @@ class Cluster:
         """A live node of the cluster (this one included)."""
         return node_uid == self.me.uid or node_uid in self._live_nodes()
 
-    async def ask(self, node_uid: str, op: str, data: Any) -> Any:
-        """Ask one other node to run ``op`` (one of its ``operations``) on ``data``; its
-        answer, or None when it did not answer within SURVEY_TIMEOUT."""
+    async def _gather(self, message: dict[str, Any], expected: int) -> tuple[list[Any], bool]:
+        """Send a survey message and collect up to ``expected`` replies for SURVEY_TIMEOUT:
+        (the replies, whether all came)."""
         sid = uuid.uuid4().hex
         replies: list[Any] = []
         done = asyncio.Event()
-        self._surveys[sid] = (replies, done, 1)
+        self._surveys[sid] = (replies, done, expected)
         try:
-            await self._send_remote({"t": "survey", "id": sid, "op": op, "to": node_uid, "data": data})
+            await self._send_remote({**message, "t": "survey", "id": sid})
             try:
                 async with asyncio.timeout(SURVEY_TIMEOUT):
                     await done.wait()
             except TimeoutError:
-                log.warning("node did not answer", extra={"op": op, "node": node_uid})
-                return None
+                return replies, False
         finally:
             del self._surveys[sid]
+        return replies, True
+
+    async def ask(self, node_uid: str, op: str, data: Any) -> Any:
+        """Ask one other node to run ``op`` (one of its ``operations``) on ``data``; its
+        answer, or None when it did not answer within SURVEY_TIMEOUT."""
+        replies, complete = await self._gather({"op": op, "to": node_uid, "data": data}, 1)
+        if not complete:
+            log.warning("node did not answer", extra={"op": op, "node": node_uid})
+            return None
         return replies[0]
 
     async def survey(self, op: str) -> list[Any]:
@@ -293,17 +301,7 @@ class Cluster:
         expected = len(self._live_nodes())
         if not self.clustered or expected == 0:
             return results
-        sid = uuid.uuid4().hex
-        replies: list[Any] = []
-        done = asyncio.Event()
-        self._surveys[sid] = (replies, done, expected)
-        try:
-            await self._send_remote({"t": "survey", "id": sid, "op": op})
-            try:
-                async with asyncio.timeout(SURVEY_TIMEOUT):
-                    await done.wait()
-            except TimeoutError:
-                log.warning("survey incomplete", extra={"op": op, "expected": expected, "got": len(replies)})
-        finally:
-            del self._surveys[sid]
+        replies, complete = await self._gather({"op": op}, expected)
+        if not complete:
+            log.warning("survey incomplete", extra={"op": op, "expected": expected, "got": len(replies)})
         return results + replies

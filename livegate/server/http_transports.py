@@ -173,58 +173,47 @@ class Streams:
 
     # -- streams ------------------------------------------------------------------------
 
-    async def http_stream(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "OPTIONS":
-            return self.preflight(request, "POST, OPTIONS")
-        if request.method != "POST":
-            return web.Response(status=405, headers={"Allow": "POST, OPTIONS"})
-        codec = PROTOBUF if request.content_type == "application/octet-stream" else JSON
-        body = await self._body(request, self.node.config.http_stream.max_request_body_size)
-        if isinstance(body, web.Response):
-            return body
-        return await self._stream(request, "http_stream", codec, body,
-                                  "application/octet-stream" if codec is PROTOBUF else "application/json")
-
-    async def sse(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "GET":
-            connect = request.query.get("cf_connect", "")
+    async def _connect_request(self, request: web.Request, kind: str, methods: str,
+                               cf_connect_default: str = "") -> bytes | web.Response:
+        """What opens a stream of ``kind``: a POST body, or with GET (SSE) the ``cf_connect``
+        query parameter (``cf_connect_default`` when absent; "": required); or the answer to
+        give instead (a CORS preflight when ``methods`` has OPTIONS, 400, 405, 413)."""
+        limit = getattr(self.node.config, kind).max_request_body_size
+        if request.method == "OPTIONS" and "OPTIONS" in methods:
+            return self.preflight(request, methods)
+        if request.method == "GET" and "GET" in methods:
+            connect = request.query.get("cf_connect", cf_connect_default)
             if not connect:
                 return web.Response(status=400, text="cf_connect: the connect command is missing\n")
-            limit = self.node.config.sse.max_request_body_size
             if len(connect) > limit:
                 return web.Response(status=413, text=f"cf_connect over {limit} bytes\n")
-            body: bytes | web.Response = connect.encode()
-        elif request.method == "POST":
-            body = await self._body(request, self.node.config.sse.max_request_body_size)
-        else:
-            return web.Response(status=405, headers={"Allow": "GET, POST"})
+            return connect.encode()
+        if request.method == "POST":
+            return await self._body(request, limit)
+        return web.Response(status=405, headers={"Allow": methods})
+
+    async def http_stream(self, request: web.Request) -> web.StreamResponse:
+        body = await self._connect_request(request, "http_stream", "POST, OPTIONS")
+        if isinstance(body, web.Response):
+            return body
+        protobuf = request.content_type == "application/octet-stream"
+        return await self._stream(request, "http_stream", PROTOBUF if protobuf else JSON, body,
+                                  "application/octet-stream" if protobuf else "application/json")
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        body = await self._connect_request(request, "sse", "GET, POST")
         if isinstance(body, web.Response):
             return body
         return await self._stream(request, "sse", JSON, body, "text/event-stream; charset=utf-8")
 
     async def uni_http_stream(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "OPTIONS":
-            return self.preflight(request, "POST, OPTIONS")
-        if request.method != "POST":
-            return web.Response(status=405, headers={"Allow": "POST, OPTIONS"})
-        body = await self._body(request, self.node.config.uni_http_stream.max_request_body_size)
+        body = await self._connect_request(request, "uni_http_stream", "POST, OPTIONS")
         if isinstance(body, web.Response):
             return body
         return await self._uni(request, "uni_http_stream", body, "application/json")
 
     async def uni_sse(self, request: web.Request) -> web.StreamResponse:
-        limit = self.node.config.uni_sse.max_request_body_size
-        if request.method == "OPTIONS":
-            return self.preflight(request, "GET, POST, OPTIONS")
-        if request.method == "GET":
-            connect = request.query.get("cf_connect", "{}")
-            if len(connect) > limit:
-                return web.Response(status=413, text=f"cf_connect over {limit} bytes\n")
-            body: bytes | web.Response = connect.encode()
-        elif request.method == "POST":
-            body = await self._body(request, limit)
-        else:
-            return web.Response(status=405, headers={"Allow": "GET, POST"})
+        body = await self._connect_request(request, "uni_sse", "GET, POST, OPTIONS", cf_connect_default="{}")
         if isinstance(body, web.Response):
             return body
         return await self._uni(request, "uni_sse", body, "text/event-stream; charset=utf-8")

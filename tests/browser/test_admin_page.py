@@ -11,21 +11,20 @@ run in the session's event loop.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import test_browser
 from centrifuge import Client, ClientEventHandler, ClientState, SubscriptionEventHandler
 from conftest import Running, make_config, scaled, token
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from livegate.server.lifecycle import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 PASSWORD = "admin-page-password-5f3a9c1e7b"
 API_KEY = "test-api-key"  # conftest.BASE_CONFIG's http_api.key
 CHANNEL = "chat:admin"  # the "chat" namespace of the test config: presence, history
@@ -33,18 +32,7 @@ CHANNEL = "chat:admin"  # the "chat" namespace of the test config: presence, his
 
 # -- fixtures -------------------------------------------------------------------------------------
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def browser() -> AsyncIterator[Browser]:
-    """A headless Chromium; a failure to start it fails the test."""
-    async with async_playwright() as pw:
-        try:
-            b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
-        except Exception as exc:
-            pytest.fail(f"Chromium cannot start (executable {CHROMIUM}; set CHROMIUM, or run `make browser` "
-                        f"to install Debian's chromium): {exc}", pytrace=False)
-        yield b
-        await b.close()
+browser = test_browser.browser  # the run's one headless Chromium (a failure to start it fails the test)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -116,6 +116,18 @@ async def start_instance(tmp_path: Path, override: dict[str, Any], name: str = "
     return instance
 
 
+async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """Copy ``src`` to ``dst`` until either side ends; then ``dst`` is cut off."""
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    except (OSError, asyncio.CancelledError):
+        pass
+    finally:
+        dst.transport.abort()
+
+
 class Balancer:
     """Forwards each TCP connection to the first backend that accepts it. ``cut()`` stops
     listening and drops every open connection (the backend becomes unreachable); ``start()``
@@ -144,18 +156,11 @@ class Balancer:
             return
         self.writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-                self.writers.discard(dst)
+        async def forward(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            await pipe(src, dst)
+            self.writers.discard(dst)
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(forward(reader, up_writer), forward(up_reader, writer))
 
     async def cut(self) -> None:
         if self.server is not None:

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 from conftest import REDIS_URL, proto_to_dict, read_varint, scaled, token, unique_prefix, varint, wait_until
-from procs import start_instance
+from procs import pipe, start_instance
 
 from livegate.protocol import codes
 from livegate.protocol.proto import client_pb2 as pb
@@ -385,17 +385,6 @@ class PathBalancer:
         self.routed.append((path, port))
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
         up_writer.write(line)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     async def close(self) -> None:
