@@ -1,4 +1,8 @@
-"""livegate serve | token | check-config
+"""livegate serve | token | migrate | check-config | genconfig
+
+Every command but genconfig reads its config from ``--config FILE``, else ``$LIVEGATE_CONFIG``,
+else ``./config.toml`` when the current directory has one, else the built-in defaults, and says
+on stderr which it used; ``LIVEGATE_<PATH>`` variables apply on top in every case.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage (no traceback).
 """
@@ -11,9 +15,11 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from livegate import genconfig
 from livegate.config import Config, load_config
 from livegate.errors import BrokerUnavailable, ConfigError, LivegateError
 
@@ -25,8 +31,42 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _load(path: str | None) -> Config:
-    return load_config(path)
+#: The file looked for in the current directory when neither --config nor $LIVEGATE_CONFIG names one.
+DEFAULT_CONFIG = "config.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Which config file a command reads (None: the built-in defaults), and why."""
+
+    path: str | None
+    origin: str
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.origin})" if self.path is not None else f"none ({self.origin})"
+
+
+def discover_config(explicit: str | None, environ: Mapping[str, str] | None = None,
+                    cwd: str | None = None, given: str = "from --config") -> ConfigSource:
+    """``--config FILE`` (``given`` says how it came), else ``$LIVEGATE_CONFIG``, else
+    ``./config.toml`` when it exists, else none. A file named by the first two must exist
+    (loading it says so); the third is looked for only."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return ConfigSource(explicit, given)
+    if environ.get("LIVEGATE_CONFIG"):
+        return ConfigSource(environ["LIVEGATE_CONFIG"], "from $LIVEGATE_CONFIG")
+    if os.path.isfile(os.path.join(cwd or os.getcwd(), DEFAULT_CONFIG)):
+        return ConfigSource(f"./{DEFAULT_CONFIG}", "found in the current directory")
+    return ConfigSource(None, f"built-in defaults; no --config, no $LIVEGATE_CONFIG, no ./{DEFAULT_CONFIG}; "
+                              "`livegate genconfig` writes one")
+
+
+def _load(explicit: str | None, given: str = "from --config") -> tuple[Config, ConfigSource]:
+    source = discover_config(explicit, given=given)
+    if not os.environ.get("LIVEGATE_WORKER"):  # a supervisor's worker: the supervisor said it already
+        print(f"livegate: config: {source.describe()}", file=sys.stderr)
+    return load_config(source.path), source
 
 
 def _duration(text: str) -> float:
@@ -68,7 +108,18 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
     asyncio.run(coro_factory())
 
 
-def _supervise(args: argparse.Namespace, config: Config) -> int:
+def worker_argv(config_path: str | None, app: str | None) -> list[str]:
+    """The command line of a supervisor's worker: the config file the supervisor found, made
+    absolute, so that a worker reads the same file whatever told the supervisor about it."""
+    argv = [sys.executable, "-m", "livegate.cli", "serve"]
+    if config_path is not None:
+        argv += ["--config", os.path.abspath(config_path)]
+    if app:
+        argv += ["--app", app]
+    return argv
+
+
+def _supervise(config: Config, argv: list[str]) -> int:
     """``http_server.workers = N``: N full instances sharing the ports (SO_REUSEPORT).
 
     Signals are forwarded to the workers; a worker that dies unexpectedly is restarted
@@ -85,11 +136,6 @@ def _supervise(args: argparse.Namespace, config: Config) -> int:
     setup_logging(config.log.level, config.log.format)
     log = __import__("logging").getLogger("livegate.supervisor")
     metrics_dir = tempfile.mkdtemp(prefix="livegate-metrics-")
-    argv = [sys.executable, "-m", "livegate.cli", "serve"]
-    if args.config:
-        argv += ["--config", args.config]
-    if args.app:
-        argv += ["--app", args.app]
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, "LIVEGATE_WORKER": str(i), "LIVEGATE_WORKER_METRICS_DIR": metrics_dir}
@@ -159,10 +205,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from livegate.server.lifecycle import Server
     from livegate.server.logs import setup_logging
 
-    config = _load(args.config)
+    config, source = _load(args.config)
     app = _import_app(args.app) if args.app else None
     if config.http_server.workers > 1 and not os.environ.get("LIVEGATE_WORKER"):
-        return _supervise(args, config)
+        return _supervise(config, worker_argv(source.path, args.app))
     setup_logging(config.log.level, config.log.format)
     server = Server(config, app)  # builds the node: key and engine errors surface here
     try:
@@ -180,14 +226,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from livegate.auth import make_hmac_token
 
-    config = _load(args.config)
+    config, source = _load(args.config)
     # A subscription token is signed with client.subscription_token's key when that section is on.
     section, tokens = ("client.token", config.client.token)
     if args.channel and config.client.subscription_token.enabled:
         section, tokens = ("client.subscription_token", config.client.subscription_token)
     secret = tokens.hmac_secret_key
     if not secret:
-        raise ConfigError(f"{section}.hmac_secret_key", "is empty: set it to sign tokens")
+        hint = "" if source.path else " (`livegate genconfig` writes a config.toml with fresh secrets)"
+        raise ConfigError(f"{section}.hmac_secret_key", f"is empty: set it to sign tokens{hint}")
     claims: dict[str, Any] = {}
     if args.info:
         try:
@@ -203,7 +250,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from livegate.persistence import migrate as m
 
-    config = _load(args.config)
+    config, _ = _load(args.config)
     dsn, schema = config.persistence.dsn, config.persistence.schema_name
     if not dsn:
         raise ConfigError("persistence.dsn", "is empty: set it (or LIVEGATE_PERSISTENCE_DSN) to migrate")
@@ -228,12 +275,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from livegate.config_warnings import warnings
     from livegate.node import build_node
 
-    config = _load(args.file)
+    if args.file and args.config and args.file != args.config:
+        return _fail(f"check-config: two files given ({args.file} and --config {args.config}): give one")
+    if args.file:
+        config, source = _load(args.file, "given on the command line")
+    else:
+        config, source = _load(args.config)
     build_node(config)  # keys parse, engine known
-    print(f"{args.file}: ok")
+    found = warnings(config)
+    for key, why in found:
+        print(f"livegate: warning: {key}: {why}", file=sys.stderr)
+    name = source.path if source.path is not None else "built-in defaults"
+    print(f"{name}: ok" + (f" ({len(found)} warning{'s' if len(found) != 1 else ''})" if found else ""))
     return 0
+
+
+def cmd_genconfig(args: argparse.Namespace) -> int:
+    text = genconfig.render(args.engine)
+    if args.file == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        genconfig.write(args.file, text, force=args.force)
+    except FileExistsError:
+        return _fail(f"genconfig: {args.file} exists; not overwriting it (--force replaces it)")
+    except OSError as exc:
+        return _fail(f"genconfig: cannot write {args.file}: {exc.strerror}", 1)
+    print(f"livegate: wrote {args.file} (mode 0600) with fresh secrets; fill in client.allowed_origins, "
+          f"then run `livegate check-config {args.file}`", file=sys.stderr)
+    return 0
+
+
+_CONFIG_HELP = ("TOML config file (default: $LIVEGATE_CONFIG, else ./config.toml if present, "
+                "else built-in defaults)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,26 +318,34 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve clients")
-    p.add_argument("--config", default=os.environ.get("LIVEGATE_CONFIG"), help="TOML config file")
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--app", help="MODULE:ATTR of a livegate.App with RPC methods and hooks")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("token", help="print a connection (or, with --channel, subscription) token")
     p.add_argument("--user", required=True)
     p.add_argument("--ttl", type=_duration, default=3600.0, help="e.g. 1h, 30m; 0 for no exp")
-    p.add_argument("--config", default=os.environ.get("LIVEGATE_CONFIG"))
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--info", help="JSON for the info claim")
     p.add_argument("--channel", help="make a subscription token for this channel")
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("migrate", help="apply pending PostgreSQL migrations (persistence.dsn)")
-    p.add_argument("--config", default=os.environ.get("LIVEGATE_CONFIG"))
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--status", action="store_true", help="list applied and pending migrations")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("check-config", help="validate a config file")
-    p.add_argument("file")
+    p = sub.add_parser("check-config", help="validate a config file; warn about risky settings")
+    p.add_argument("file", nargs="?", help="the file (default: as --config)")
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("genconfig", help="write a production-leaning config with fresh random secrets")
+    p.add_argument("file", nargs="?", default=DEFAULT_CONFIG, help="where to write it (default: config.toml; - for stdout)")
+    p.add_argument("--engine", choices=genconfig.ENGINES, default="redis",
+                   help="redis (default: several instances share channels) or memory (one instance)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_genconfig)
 
     args = parser.parse_args(argv)
     try:

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2] / "livegate"
 LAYERS: list[tuple[str, ...]] = [
     ("livegate", "livegate.errors", "livegate.tasks", "livegate.app", "livegate.clock"),
     ("livegate.protocol",),
-    ("livegate.config", "livegate.auth", "livegate.metrics", "livegate.limits"),
+    ("livegate.config", "livegate.config_warnings", "livegate.genconfig", "livegate.auth", "livegate.metrics",
+     "livegate.limits"),
     ("livegate.channels",),
     ("livegate.cluster", "livegate.node"),
     ("livegate.session",),
