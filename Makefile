@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JS := tests/js/node_modules/.installed
 WEB := web/node_modules/.installed
 
-.PHONY: run test test-unit test-browser fuzz bench lint proto venv js web browser clean clean-services
+.PHONY: run test test-unit test-browser fuzz bench lint proto docs venv js web browser clean clean-services
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -70,6 +70,12 @@ bench: venv
 # Regenerate livegate/protocol/proto/client_pb2.py(i) from client.proto (committed; a test fails when stale).
 proto: venv
 	$(BIN)/python scripts/gen_proto.py
+
+# The documentation site: regenerate the reference pages (config keys, server API) from the code,
+# then build docs/ into site/; --strict fails on any warning (a broken link or anchor).
+docs: venv
+	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/mkdocs build --strict
 
 lint: venv
 	$(BIN)/ruff check livegate tests bench scripts
