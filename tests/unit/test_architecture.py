@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("livegate.api",),
     ("livegate.persistence",),
     ("livegate.server",),
-    ("livegate.cli",),
+    ("livegate.cli", "livegate.publisher"),  # entry points: the command line; the backends' client
 ]
 
 #: Third-party libraries allowed only from the given layer up.
