@@ -40,7 +40,7 @@ run: venv web
 # The suite under coverage (the `livegate serve` processes it starts included); fails when a test
 # fails or when line coverage is under the floor (fail_under in pyproject.toml); prints the total.
 test: venv js web
-	@eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && eval "$$(scripts/browser.sh)" && rm -rf .tmp/coverage && mkdir -p .tmp/coverage && \
+	@eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && eval "$$(scripts/browser.sh)" && eval "$$(scripts/promtool.sh)" && rm -rf .tmp/coverage && mkdir -p .tmp/coverage && \
 	$(BIN)/python -m coverage run -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	$(BIN)/python -m coverage combine -q; \
 	$(BIN)/python -m coverage report > .tmp/coverage/report.txt; floor=$$?; \
