@@ -1,11 +1,10 @@
 """The client port's front door: one listener for WebSocket and plain HTTP.
 
-``websockets`` serves the WebSocket handshakes and connections; aiohttp serves everything
-else on the same port (HTTP-streaming, SSE, the emulation endpoint, /health, /ready, the demo
-page). A new connection starts as a ``FrontConnection`` (the ``websockets`` connection class
-of the listener), which holds its first bytes until the request head is complete, then either
-behaves as a plain ``websockets`` connection (a WebSocket upgrade to a WebSocket path) or hands
-the socket to an aiohttp request handler. A peer must send its head within HEAD_TIMEOUT
+A new connection starts as a ``FrontDoor`` (the listener's asyncio Protocol), which holds its
+first bytes until the request head is complete, then hands the socket to a
+``WebSocketConnection`` (websocket.py: a WebSocket upgrade to a WebSocket path) or to an
+aiohttp request handler (everything else on the same port: HTTP-streaming, SSE, the emulation
+endpoint, /health, /ready, the demo page). A peer must send its head within HEAD_TIMEOUT
 (``close_stalled``, called by the server's sweep).
 """
 
@@ -17,14 +16,12 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection
-
-__all__ = ["FrontConnection", "front_connection_class", "MAX_HEAD", "HEAD_TIMEOUT"]
+__all__ = ["FrontDoor", "front_door_class", "MAX_HEAD", "HEAD_TIMEOUT"]
 
 #: A request head larger than this is refused (aiohttp and websockets limit headers to 8 KiB
 #: per line; this bounds what the front holds before either sees it).
 MAX_HEAD = 65536
-#: Seconds a new connection has to send its whole request head (websockets' open_timeout).
+#: Seconds a new connection has to send its whole request head.
 HEAD_TIMEOUT = 10.0
 
 
@@ -40,28 +37,24 @@ def _is_websocket_request(head: bytes, paths: Collection[bytes]) -> bool:
     return line is not None and line.group(1) in paths and _UPGRADE.search(head) is not None
 
 
-class FrontConnection(ServerConnection):
-    """A client-port connection (see the module docstring). Until its request head is read
-    it only buffers; then it either behaves as a plain ``websockets`` connection (every
-    method delegates to ``ServerConnection``) or hands its socket to aiohttp.
+class FrontDoor(asyncio.Protocol):
+    """A client-port connection until its request head is read (see the module docstring).
 
-    Subclasses made by ``front_connection_class`` set ``ws_paths`` (paths served by
-    ``websockets``), ``http_factory`` (aiohttp's protocol factory for the rest) and
-    ``pending`` (connections still reading their head, for ``close_stalled``). After the
-    hand-over a connection keeps two small attributes (``_front_head`` None, ``_front_since``):
-    measured, a WebSocket connection costs what it did before (S4 RSS within 0.05 KiB). A
-    dict of pending connections with their transports cost 1.3 KiB a connection in RSS,
-    a per-connection timer more: hence the set and the sweep."""
+    Subclasses made by ``front_door_class`` set ``ws_paths`` (paths served as WebSocket),
+    ``ws_factory`` (makes the WebSocket connection for a transport), ``http_factory``
+    (aiohttp's protocol factory for the rest) and ``pending`` (connections still reading
+    their head, for ``close_stalled``: a set and the sweep, not a timer per connection)."""
 
+    __slots__ = ("transport", "_head", "_since")
     ws_paths: Collection[bytes] = ()
+    ws_factory: Callable[[asyncio.Transport], Any] | None = None
     http_factory: Callable[[], asyncio.Protocol] | None = None
-    pending: set[FrontConnection] = set()
+    pending: set[FrontDoor] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not passed to websockets yet: its handler task starts only for WebSocket requests.
-        self.transport = transport  # type: ignore[assignment]  # websockets sets it again at the hand-over
-        self._front_head: bytes | bytearray | None = b""
-        self._front_since = time.monotonic()
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self._head: bytes | bytearray = b""
+        self._since = time.monotonic()
         self.pending.add(self)
 
     @classmethod
@@ -69,17 +62,14 @@ class FrontConnection(ServerConnection):
         """Close the connections that have not sent their whole request head within
         ``timeout`` (HEAD_TIMEOUT) seconds (a slowloris); returns how many."""
         limit = HEAD_TIMEOUT if timeout is None else timeout
-        stalled = [conn for conn in cls.pending if now - conn._front_since > limit]
+        stalled = [conn for conn in cls.pending if now - conn._since > limit]
         for conn in stalled:
             cls.pending.discard(conn)
             conn.transport.close()
         return len(stalled)
 
     def data_received(self, data: bytes) -> None:
-        head = self._front_head
-        if head is None:
-            ServerConnection.data_received(self, data)
-            return
+        head = self._head
         transport = self.transport
         if isinstance(head, bytearray):  # the head comes in pieces: search the new bytes (and 3 before)
             start = len(head) - 3
@@ -93,43 +83,32 @@ class FrontConnection(ServerConnection):
                 self.pending.discard(self)
                 transport.close()
             elif isinstance(head, bytes):
-                self._front_head = bytearray(head)
+                self._head = bytearray(head)
             return
         head = bytes(head)
-        self._front_head = None
         self.pending.discard(self)
-        if self.http_factory is None or _is_websocket_request(head, self.ws_paths):
-            ServerConnection.connection_made(self, transport)
-            ServerConnection.data_received(self, head)
+        if self.ws_factory is not None and (self.http_factory is None or _is_websocket_request(head, self.ws_paths)):
+            conn = self.ws_factory(transport)
+            transport.set_protocol(conn)
+            conn.start(head)
             return
+        assert self.http_factory is not None
         proto = self.http_factory()
         transport.set_protocol(proto)
         proto.connection_made(transport)
         proto.data_received(head)
 
-    def eof_received(self) -> None:
-        if self._front_head is None:
-            return ServerConnection.eof_received(self)
+    def eof_received(self) -> bool | None:
         return None  # before the head: the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._front_head is None:
-            ServerConnection.connection_lost(self, exc)
-        else:
-            self.pending.discard(self)  # closed before the head was complete: nothing was started
-
-    def pause_writing(self) -> None:
-        if self._front_head is None:
-            ServerConnection.pause_writing(self)
-
-    def resume_writing(self) -> None:
-        if self._front_head is None:
-            ServerConnection.resume_writing(self)
+        self.pending.discard(self)  # closed before the head was complete: nothing was started
 
 
-def front_connection_class(ws_paths: Collection[str], http_factory: Callable[[], asyncio.Protocol]) -> Any:
-    """The ``create_connection`` class for ``websockets.serve`` that sends WebSocket requests
-    to ``ws_paths`` to websockets and everything else to ``http_factory``."""
-    return type("ClientPortConnection", (FrontConnection,), {
-        "ws_paths": frozenset(p.encode() for p in ws_paths), "http_factory": staticmethod(http_factory),
-        "pending": set()})
+def front_door_class(ws_paths: Collection[str], ws_factory: Callable[[asyncio.Transport], Any],
+                     http_factory: Callable[[], asyncio.Protocol]) -> Any:
+    """The listener's protocol class: WebSocket requests to ``ws_paths`` go to ``ws_factory``,
+    everything else to ``http_factory``."""
+    return type("ClientPortDoor", (FrontDoor,), {
+        "ws_paths": frozenset(p.encode() for p in ws_paths), "ws_factory": staticmethod(ws_factory),
+        "http_factory": staticmethod(http_factory), "pending": set(), "__slots__": ()})

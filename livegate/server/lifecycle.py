@@ -14,8 +14,6 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import ServerConnection, serve
 
 from livegate.api.stream import ApiStreamConsumer
 from livegate.app import App
@@ -27,9 +25,9 @@ from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, build_node
 from livegate.persistence.store import Persistence
 from livegate.protocol import codes
 from livegate.server.client_http import make_client_app
-from livegate.server.front import front_connection_class
+from livegate.server.front import front_door_class
 from livegate.server.http_api import ApiSite, MetricsFiles, start_api
-from livegate.server.websocket import make_process_request, select_subprotocol, serve_connection
+from livegate.server.websocket import WebSocketConnection, WsContext
 from livegate.session import Session
 from livegate.tasks import STOP_TIMEOUT, cancel_and_wait
 
@@ -73,7 +71,8 @@ class Server:
         self.clients: set[Session] = set()
         self.api_stream: ApiStreamConsumer | None = None
         self.persistence: Persistence | None = None
-        self._ws: WsServer | None = None
+        self._ws: asyncio.Server | None = None  # the client port's listener
+        self._ws_context: WsContext | None = None
         self._api_runner: web.AppRunner | None = None
         self._client_runner: web.AppRunner | None = None
         self._front: Any = None  # the client port's connection class (front.py)
@@ -129,27 +128,16 @@ class Server:
         ws_paths = [] if cfg.websocket.disabled else [cfg.websocket.handler_prefix]
         if cfg.uni_websocket.enabled:
             ws_paths.append(cfg.uni_websocket.handler_prefix)
-        self._front = front_connection_class(ws_paths, self._client_runner.server)
-        kwargs: dict[str, Any] = dict(
-            create_connection=self._front,
-            process_request=make_process_request(node),
-            select_subprotocol=select_subprotocol,
-            max_size=cfg.websocket.message_size_limit,
-            compression="deflate" if cfg.websocket.compression else None,
-            ping_interval=None,  # the protocol's own {} pings do this job
-            close_timeout=cfg.websocket.write_timeout,
-            backlog=2048,  # reconnect waves: a short accept queue turns them into resets
-            server_header="livegate",  # no version: it tells an attacker which bugs to try
-        )
-
-        async def handler(ws: ServerConnection) -> None:
-            await serve_connection(node, ws, HANDLERS, self.clients)
-
+        ws = self._ws_context = WsContext(node, HANDLERS, self.clients)
+        self._front = front_door_class(ws_paths, lambda transport: WebSocketConnection(ws, transport),
+                                       self._client_runner.server)
+        loop = asyncio.get_running_loop()
         if sock is not None:
-            self._ws = await serve(handler, sock=sock, **kwargs)
+            self._ws = await loop.create_server(self._front, sock=sock, backlog=2048)
         else:
-            self._ws = await serve(handler, cfg.http_server.address, cfg.http_server.port,
-                                   reuse_port=cfg.http_server.workers > 1, **kwargs)
+            # backlog: reconnect waves; a short accept queue turns them into resets
+            self._ws = await loop.create_server(self._front, cfg.http_server.address, cfg.http_server.port,
+                                                reuse_port=cfg.http_server.workers > 1 or None, backlog=2048)
         await self._start_api()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         log.info("listening", extra={"address": cfg.http_server.address, "port": self.port,
@@ -237,7 +225,7 @@ class Server:
         node = self.node
         node.draining = True
         if self._ws is not None:
-            self._ws.close(close_connections=False)
+            self._ws.close()  # stops accepting; open connections stay
         window = self.config.http_server.shutdown_drain if window is None else window
         clients = list(self.clients)
         random.shuffle(clients)
@@ -257,10 +245,13 @@ class Server:
             self._sweeper.cancel()
             self._sweeper = None
         if self._ws is not None:
-            self._ws.close(close_connections=False)
+            self._ws.close()
             try:
+                # Clients closed by the drain answer (or are cut off after write_timeout);
+                # their sessions are released in tasks of their own.
                 async with asyncio.timeout(self.config.websocket.write_timeout + 1):
-                    await self._ws.wait_closed()
+                    while self.clients or (self._ws_context is not None and self._ws_context.releasing):
+                        await asyncio.sleep(0.01)
             except TimeoutError:
                 pass
         if self._api_runner is not None:

@@ -1,4 +1,12 @@
-"""The WebSocket transport shell: handshake checks, the read loop, and direct writes.
+"""The WebSocket transport shell: websockets' Sans-I/O protocol driven from an asyncio
+Protocol of our own, the handshake checks, and direct writes.
+
+``websockets`` implements the protocol (the opening handshake, frame parsing, pings, the
+closing handshake, size limits); this module does the I/O. A connection is one object, the
+socket's Protocol and the session's Transport at once, with no task while it is idle: a task
+runs only while a message is being handled (messages that arrive meanwhile wait in order).
+Measured against ``websockets``' asyncio server (a handler task, futures, a handshake
+timeout and a message assembler per connection): see the README's Performance section.
 
 Writes go straight into the asyncio transport, as ``websockets.broadcast`` does, but the
 frame is built once per payload and shared (the hub frames a publication once per Wire):
@@ -14,15 +22,16 @@ import fnmatch
 import http
 import logging
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Opcode
+from websockets.http11 import Request
 from websockets.protocol import State as WsState
+from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from livegate.node import Node
@@ -32,12 +41,15 @@ from livegate.protocol.codecs import CODECS, DEFAULT_CODEC
 from livegate.protocol.unidirectional import connect_command, unwrapped
 from livegate.session import Handler, Session, State
 
-__all__ = ["WebSocketTransport", "WIRES", "WS_JSON", "UNI_WS_JSON", "text_frame", "origin_allowed", "select_subprotocol",
-           "requested_format", "make_process_request", "serve_connection"]
+__all__ = ["WebSocketConnection", "WsContext", "WIRES", "WS_JSON", "UNI_WS_JSON", "text_frame", "origin_allowed",
+           "select_subprotocol", "requested_format", "make_request_check"]
 
 log = logging.getLogger("livegate.websocket")
 _OPEN = WsState.OPEN
-_CLOSED = WsState.CLOSED
+_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+#: Messages a connection may have waiting while one is handled; past this its socket is not
+#: read until half of them are done (TCP then pushes back on the client).
+INBOX_LIMIT = 64
 
 
 def _framer(first_byte: int) -> Callable[[bytes], bytes]:
@@ -65,56 +77,6 @@ WS_JSON = WIRES["json"]
 _SUBPROTOCOL = "centrifuge-"
 
 
-class WebSocketTransport:
-    """The session's Transport over one ``websockets`` server connection."""
-
-    __slots__ = ("ws", "wire", "_proto", "_transport")  # few: one of these per connection
-    session_token = ""  # not emulated
-
-    def __init__(self, ws: ServerConnection, wire: Wire) -> None:
-        self.ws = ws
-        self.wire = wire
-        self._proto = ws.protocol
-        self._transport = ws.transport
-
-    @property
-    def remote(self) -> str:
-        peer = self.ws.remote_address
-        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
-
-    def write(self, frame: bytes) -> bool:
-        if self._proto.state is _OPEN:
-            self._transport.write(frame)
-            return True
-        return False
-
-    def buffered(self) -> int:
-        return self._transport.get_write_buffer_size()
-
-    def is_open(self) -> bool:
-        return self._proto.state is _OPEN
-
-    def close(self, code: int, reason: str) -> None:
-        ws = self.ws
-        if ws.protocol.state is _OPEN:
-            # A close reason is at most 123 bytes of UTF-8; cut at a character boundary.
-            cut = reason.encode()[:123].decode(errors="ignore")
-            try:
-                ws.protocol.send_close(code, cut)
-                ws.send_data()
-            except Exception:
-                log.exception("close failed", extra={"remote": self.remote, "code": code})
-                ws.transport.abort()
-                return
-        # A peer that does not answer the close frame (or never reads) is cut off.
-        # (the server passes websocket.write_timeout to websockets as the close timeout)
-        asyncio.get_running_loop().call_later(self.ws.close_timeout or 1.0, self._abort)
-
-    def _abort(self) -> None:
-        if self.ws.protocol.state is not _CLOSED:
-            self.ws.transport.abort()
-
-
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
     """A request without Origin is not from a browser and passes; a browser needs its
     origin in the allow-list ("*" and shell-style patterns work), or the same host."""
@@ -127,7 +89,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
     return not allowed and host is not None and urlsplit(origin).netloc == host.lower()
 
 
-def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+def select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     """The first ``centrifuge-<codec>`` the client offers that the server speaks
     (``centrifuge-json``, ``centrifuge-protobuf``); none when it offers none of them (the
     codec may then come from the URL, else it is JSON), as with Centrifugo."""
@@ -146,31 +108,6 @@ def requested_format(query: str) -> str | None:
     return None
 
 
-class _SmallQueue(list[Any]):
-    """What websockets' frame queue needs of a deque (append, popleft, extendleft), on a list:
-    an empty deque takes 760 bytes, and this queue holds a frame or two at a time."""
-
-    __slots__ = ()
-
-    def popleft(self) -> Any:
-        return self.pop(0)
-
-    def extendleft(self, items: Iterable[Any]) -> None:
-        for item in items:
-            self.insert(0, item)
-
-
-def _small_frame_queue(ws: ServerConnection) -> None:
-    """Give the connection's incoming-frame queue the small list above (when this websockets
-    keeps it where 17.x does, as an empty deque; otherwise leave it)."""
-    queue = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
-    if type(queue) is collections.deque and not queue:
-        ws.recv_messages.frames.queue = _SmallQueue()  # type: ignore[assignment]
-
-
-#: What stands in for a connection's handshake request once the handshake is over.
-_HANDSHAKE_DONE = Request("", Headers())
-
 #: Unidirectional WebSocket (JSON): pushes without their Reply wrapper, in text frames.
 #: One message per WebSocket message (a client without an SDK JSON.parses each).
 UNI_WS_JSON = Wire("uni_websocket/json", WS_JSON.codec,
@@ -178,19 +115,21 @@ UNI_WS_JSON = Wire("uni_websocket/json", WS_JSON.codec,
                    unidirectional=True)
 
 
-def wire_for(ws: ServerConnection, uni_path: str | None = None) -> Wire:
+def wire_for(request: Request, subprotocol: Subprotocol | None, uni_path: str | None = None) -> Wire:
     """The negotiated codec's Wire: the subprotocol, else the URL, else the default codec
     (the unidirectional WebSocket speaks JSON only)."""
-    if uni_path is not None and ws.request is not None and ws.request.path.partition("?")[0] == uni_path:
+    path, _, query = request.path.partition("?")
+    if uni_path is not None and path == uni_path:
         return UNI_WS_JSON
-    sub = ws.subprotocol
-    if sub is not None and sub.startswith(_SUBPROTOCOL):
-        return WIRES[sub[len(_SUBPROTOCOL):]]
-    fmt = requested_format(ws.request.path.partition("?")[2]) if ws.request is not None else None
+    if subprotocol is not None and subprotocol.startswith(_SUBPROTOCOL):
+        return WIRES[subprotocol[len(_SUBPROTOCOL):]]
+    fmt = requested_format(query)
     return WIRES.get(fmt or DEFAULT_CODEC.name, WIRES[DEFAULT_CODEC.name])
 
 
-def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Response | None]:
+def make_request_check(node: Node) -> Callable[[Request], tuple[int, str] | None]:
+    """The server's checks of a WebSocket handshake request, before websockets' own: the
+    refusal (HTTP status and text), or None to go on with the handshake."""
     cfg = node.config
     paths = {cfg.websocket.handler_prefix} if not cfg.websocket.disabled else set()
     if cfg.uni_websocket.enabled:
@@ -198,21 +137,21 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
     origins = node.config.client.allowed_origins
     limits = node.limits
 
-    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+    def check(request: Request) -> tuple[int, str] | None:
         # The front door sends only WebSocket upgrades to the WebSocket path here (front.py).
         path = request.path.partition("?")[0]
         if path not in paths:
-            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+            return http.HTTPStatus.NOT_FOUND, "not found\n"
         if node.draining:
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+            return http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n"
         headers = request.headers
         origin = headers.get_all("Origin")
         if len(origin) > 1:
-            return connection.respond(http.HTTPStatus.BAD_REQUEST, "more than one Origin header\n")
+            return http.HTTPStatus.BAD_REQUEST, "more than one Origin header\n"
         host = headers.get_all("Host")
         if not origin_allowed(origin[0] if origin else None, host[0] if len(host) == 1 else None, origins):
             log.info("origin rejected", extra={"origin": origin[0]})
-            return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+            return http.HTTPStatus.FORBIDDEN, "origin not allowed\n"
         offered = headers.get_all("Sec-WebSocket-Protocol")
         if offered and not any(value.strip() for value in offered):
             # Older SDKs (centrifuge-python before 0.7) send an empty header for JSON, which
@@ -223,57 +162,239 @@ def make_process_request(node: Node) -> Callable[[ServerConnection, Request], Re
         # would need the upgrade first, and 3504 would stop them for good).
         refused = limits.admit_connection(node.hub.num_clients, node.clock.monotonic())
         if refused is not None:
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{refused.replace('_', ' ')} limit reached\n")
+            return http.HTTPStatus.SERVICE_UNAVAILABLE, f"{refused.replace('_', ' ')} limit reached\n"
         return None
 
-    return process_request
+    return check
 
 
-async def _unidirectional(session: Session, ws: ServerConnection) -> None:
-    """uni_websocket: the first message is a ConnectRequest object; later messages are
-    ignored (the client only listens)."""
-    first = await ws.recv()
-    command = connect_command(first.encode() if isinstance(first, str) else first)
-    if command is None:
-        session.close(codes.BAD_REQUEST)
-        return
-    await session.handle_frame(command)
-    if session.closing is None and session.state is not State.CONNECTED:
-        session.close(codes.BAD_REQUEST)
-    async for _ in ws:
-        if session.closing is not None:
-            break
+class WsContext:
+    """What every WebSocket connection of one server shares."""
+
+    def __init__(self, node: Node, handlers: Mapping[str, Handler], registry: set[Session]) -> None:
+        cfg = node.config
+        self.node = node
+        self.handlers = handlers
+        self.registry = registry
+        self.check = make_request_check(node)
+        self.max_size = cfg.websocket.message_size_limit
+        self.extensions: list[ServerExtensionFactory] | None = (
+            [ServerPerMessageDeflateFactory()] if cfg.websocket.compression else None)
+        self.uni_path = cfg.uni_websocket.handler_prefix if cfg.uni_websocket.enabled else None
+        #: A closing peer that does not answer the close frame (or never reads) is cut off after this.
+        self.close_timeout = cfg.websocket.write_timeout
+        #: Connections whose session is being released (their tasks must stay referenced).
+        self.releasing: set[asyncio.Task[None]] = set()
 
 
-async def serve_connection(node: Node, ws: ServerConnection, handlers: Mapping[str, Handler],
-                           registry: set[Session]) -> None:
-    """The read loop of one connection: the only task a connection has."""
-    cfg = node.config
-    wire = wire_for(ws, cfg.uni_websocket.handler_prefix if cfg.uni_websocket.enabled else None)
-    # The handshake's request and response (their headers: about 2 KiB) are not read again;
-    # websockets keeps them for the connection's life, so they go here. (websockets tells the
-    # handshake phase by ``request is None``: a shared, empty request stands in.)
-    ws.request, ws.response = _HANDSHAKE_DONE, None
-    # websockets' writers wait in a deque (760 bytes, empty); nothing here awaits drain (frames go
-    # straight to the transport), so a list does (append, remove, iterate: all it needs).
-    ws.drain_waiters = []  # type: ignore[assignment]
-    _small_frame_queue(ws)
-    session = Session(node, WebSocketTransport(ws, wire), handlers)
-    registry.add(session)
-    try:
-        if wire.unidirectional:
-            await _unidirectional(session, ws)
+class WebSocketConnection(asyncio.Protocol):
+    """One WebSocket client connection after the front door has read its request head: the
+    socket's asyncio Protocol, driving a websockets ``ServerProtocol``, and the Transport
+    of its session."""
+
+    __slots__ = ("wire", "_ctx", "_proto", "_transport", "_session", "_inbox", "_worker", "_parts", "_lost",
+                 "_paused", "_closer")
+    session_token = ""  # not emulated
+
+    def __init__(self, ctx: WsContext, transport: asyncio.Transport) -> None:
+        self._ctx = ctx
+        self._transport = transport
+        self._proto = ServerProtocol(select_subprotocol=select_subprotocol, max_size=ctx.max_size,
+                                     extensions=ctx.extensions)
+        self.wire = WS_JSON
+        self._session: Session | None = None
+        self._inbox: collections.deque[str | bytes] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._parts: list[bytes] | None = None  # a fragmented message so far (its first frame's opcode first)
+        self._lost = False
+        self._paused = False
+        self._closer: asyncio.TimerHandle | None = None
+
+    # -- the opening handshake -------------------------------------------------------
+
+    def start(self, head: bytes) -> None:
+        """Answer the handshake whose request (and maybe more) is ``head``."""
+        proto, ctx = self._proto, self._ctx
+        proto.receive_data(head)
+        events = proto.events_received()
+        if not events or not isinstance(events[0], Request):  # not a valid request: websockets ends it
+            self._flush()
+            self._transport.close()
             return
-        async for message in ws:
-            if isinstance(message, str) == session.codec.binary:
-                log.info("frame of the wrong type", extra={"client": session.client_id, "user": session.user})
+        request = events[0]
+        refusal = ctx.check(request)
+        response = proto.reject(*refusal) if refusal is not None else proto.accept(request)
+        response.headers["Server"] = "livegate"  # no version: it tells an attacker which bugs to try
+        proto.send_response(response)
+        self._flush()
+        if response.status_code != 101:
+            return
+        self.wire = wire_for(request, proto.subprotocol, ctx.uni_path)
+        session = self._session = Session(ctx.node, self, ctx.handlers)
+        ctx.registry.add(session)
+        if len(events) > 1:  # frames sent right behind the request
+            self._events(events[1:])
+            self._flush()
+
+    # -- asyncio Protocol --------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        proto = self._proto
+        proto.receive_data(data)
+        self._events(proto.events_received())
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self._proto.receive_eof()
+        self._flush()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        if self._session is not None and self._worker is None:
+            self._release()
+
+    # -- input -------------------------------------------------------------------------
+
+    def _events(self, events: list[Any]) -> None:
+        """Whole messages go to the session; websockets answers pings and closes itself."""
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is _TEXT or opcode is _BINARY:
+                if frame.fin:
+                    self._message(opcode is _TEXT, frame.data)
+                else:
+                    self._parts = [b"t" if opcode is _TEXT else b"b", frame.data]
+            elif opcode is _CONT and self._parts is not None:
+                self._parts.append(frame.data)
+                if frame.fin:
+                    parts, self._parts = self._parts, None
+                    self._message(parts[0] == b"t", b"".join(parts[1:]))
+
+    def _message(self, text: bool, data: bytes) -> None:
+        session = self._session
+        if session is None or session.closing is not None:
+            return
+        message: str | bytes = data
+        if text:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError as exc:
+                self._proto.fail(1007, f"{exc.reason} at position {exc.start}")
+                return
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(session, message))
+            return
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = collections.deque()
+        inbox.append(message)
+        if len(inbox) >= INBOX_LIMIT and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    async def _work(self, session: Session, message: str | bytes) -> None:
+        """Handle ``message`` and then every message that arrived meanwhile, in order."""
+        try:
+            while True:
+                await self._handle(session, message)
+                inbox = self._inbox
+                if session.closing is not None or not inbox:
+                    break
+                message = inbox.popleft()
+                if self._paused and len(inbox) <= INBOX_LIMIT // 2 and not self._lost:
+                    self._paused = False
+                    self._transport.resume_reading()
+        except Exception:
+            log.exception("connection handler failed", extra={"client": session.client_id, "user": session.user})
+            session.close(codes.INTERNAL)
+        finally:
+            self._worker = None
+            self._inbox = None
+            if self._lost:
+                await self._released(session)
+
+    async def _handle(self, session: Session, message: str | bytes) -> None:
+        if self.wire.unidirectional:
+            # uni_websocket: the first message is a ConnectRequest object; later messages are
+            # ignored (the client only listens).
+            if session.state is not State.CONNECTING:
+                return
+            command = connect_command(message.encode() if isinstance(message, str) else message)
+            if command is None:
                 session.close(codes.BAD_REQUEST)
-                break
-            await session.handle_frame(message)
-            if session.closing is not None:
-                break
-    except ConnectionClosed:
-        pass
-    finally:
-        registry.discard(session)
+                return
+            await session.handle_frame(command)
+            if session.closing is None and session.state is not State.CONNECTED:
+                session.close(codes.BAD_REQUEST)
+            return
+        if isinstance(message, str) == session.codec.binary:
+            log.info("frame of the wrong type", extra={"client": session.client_id, "user": session.user})
+            session.close(codes.BAD_REQUEST)
+            return
+        await session.handle_frame(message)
+
+    def _release(self) -> None:
+        session = self._session
+        assert session is not None
+        task = asyncio.get_running_loop().create_task(self._released(session))
+        self._ctx.releasing.add(task)
+        task.add_done_callback(self._ctx.releasing.discard)
+
+    async def _released(self, session: Session) -> None:
+        self._ctx.registry.discard(session)
         await session.release()
+
+    # -- output --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send what websockets has queued (handshake response, pongs, close frames)."""
+        transport = self._transport
+        for chunk in self._proto.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:  # the server ends the TCP connection after the closing handshake
+                transport.close()
+
+    # -- the session's Transport -----------------------------------------------------------
+
+    @property
+    def remote(self) -> str:
+        peer = self._transport.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+
+    def write(self, frame: bytes) -> bool:
+        if self._proto.state is _OPEN:
+            self._transport.write(frame)
+            return True
+        return False
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def is_open(self) -> bool:
+        return self._proto.state is _OPEN
+
+    def close(self, code: int, reason: str) -> None:
+        proto = self._proto
+        if proto.state is _OPEN:
+            # A close reason is at most 123 bytes of UTF-8; cut at a character boundary.
+            cut = reason.encode()[:123].decode(errors="ignore")
+            try:
+                proto.send_close(code, cut)
+                self._flush()
+            except Exception:
+                log.exception("close failed", extra={"remote": self.remote, "code": code})
+                self._transport.abort()
+                return
+        # A peer that does not answer the close frame (or never reads) is cut off.
+        if not self._lost and self._closer is None:
+            self._closer = asyncio.get_running_loop().call_later(self._ctx.close_timeout or 1.0, self._abort)
+
+    def _abort(self) -> None:
+        self._closer = None
+        if not self._lost:
+            self._transport.abort()

@@ -212,13 +212,16 @@ async def test_health_ready_and_unknown_path(server):
         assert line.split()[1] == str(status).encode(), path
 
 
-async def test_a_connection_keeps_no_handshake_headers_and_small_queues(server, peer_factory):
-    from livegate.server.websocket import _SmallQueue
+async def test_an_idle_connection_holds_no_task_and_no_handshake(server, peer_factory):
+    from livegate.server.websocket import WebSocketConnection
     peer = await peer_factory(server.url)
     await peer.connect("mem")
     [session] = server.node.hub.connections()
-    ws = session.transport.ws
-    assert not ws.request.headers and ws.response is None  # about 2 KiB a connection, gone
-    assert isinstance(ws.drain_waiters, list) and type(ws.recv_messages.frames.queue) is _SmallQueue
+    conn = session.transport
+    assert isinstance(conn, WebSocketConnection) and session.transport is conn
+    assert not hasattr(conn, "__dict__")  # slots only: one of these per connection
+    assert conn._worker is None and conn._inbox is None  # no task, no queue while idle
+    assert not any(isinstance(v, dict) for v in vars(conn._proto).values() if v)  # no request headers kept
     await peer.ws.send(orjson.dumps({"id": 9, "rpc": {"method": "x", "data": {}}}).decode())  # still reads
     assert (await peer.reply(9))["error"]["code"] in (104, 108)
+    assert conn._worker is None

@@ -63,21 +63,3 @@ def test_transport_paths_must_differ():
     assert cfg.uni_sse.handler_prefix == "/connection/uni_sse" and cfg.sse.handler_prefix == "/connection/sse"
 
 
-def test_the_small_frame_queue_behaves_as_a_deque_for_websockets():
-    import collections
-
-    from livegate.server.websocket import _SmallQueue
-
-    for ops in ([("append", 1), ("append", 2), ("popleft",), ("extendleft", [7, 8]), ("append", 3)],
-                [("extendleft", [1, 2, 3]), ("popleft",), ("popleft",), ("append", 4)]):
-        small, real = _SmallQueue(), collections.deque()
-        for op in ops:
-            if op[0] == "extendleft":  # as websockets calls it: extendleft(reversed(items))
-                small.extendleft(reversed(op[1]))
-                real.extendleft(reversed(op[1]))
-            elif op[0] == "popleft":
-                assert small.popleft() == real.popleft()
-            else:
-                small.append(op[1])
-                real.append(op[1])
-            assert list(small) == list(real) and len(small) == len(real)
