@@ -96,3 +96,67 @@ async def test_history_and_position_outlive_every_publish_with_expiries_renewed_
         keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
         if keys:
             await redis_client.delete(*keys)
+
+
+async def test_publish_batch_writes_every_publication_in_order_or_none(start_server, redis_client, peer_factory):
+    """FCALL livegate_publish_batch: one call, many publications (one config read, one time):
+    the same result per publication as livegate_publish, and all or nothing."""
+    prefix = unique_prefix()
+    running = await start_server({
+        "engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}},
+        "channel": {"namespaces": [{"name": "bh", "history_size": 10, "history_ttl": "1m",
+                                    "allow_subscribe_for_client": True}]},
+    })
+    from livegate.channels.broker import HistoryOptions
+
+    async def batch(items: list[tuple[str, bytes, str]], options: dict | None = None) -> Any:
+        args: list[Any] = []
+        for _, data, item in items:
+            args += [data, item, ""]
+        return await redis_client.fcall("livegate_publish_batch", len(items), *[ch for ch, _, _ in items],
+                                        orjson.dumps({"prefix": prefix, **(options or {})}), *args)
+
+    peer = await peer_factory(running.url)
+    await peer.connect("alice")
+    assert "error" not in await peer.call("subscribe", {"channel": "bh:a"})
+
+    async def next_pub() -> dict:
+        while True:
+            msg = await peer.recv()
+            if msg.get("push", {}).get("channel") == "bh:a" and "pub" in msg["push"]:
+                return msg["push"]["pub"]
+
+    try:
+        idem = orjson.dumps({"idempotency_key": "k1"}).decode()
+        got = await batch([("bh:a", b'{"n":1}', ""), ("bh:b", b'{"n":2}', ""), ("bh:a", b'{"n":3}', idem),
+                           ("bh:a", b'{"n":4}', idem), ("plain", b'{"n":5}', "")])
+        epoch_a = got[0][1]
+        assert got == [[1, epoch_a], [1, got[1][1]], [2, epoch_a], [2, epoch_a, 1], [0, b""]]
+        assert [(await next_pub())["data"] for _ in range(2)] == [{"n": 1}, {"n": 3}]
+        history = await running.node.broker.history("bh:a", HistoryOptions(limit=10))
+        assert [p.data for p in history.publications] == [b'{"n":1}', b'{"n":3}']
+        # One bad publication: nothing of the call is written, and the error names it.
+        bad = [("bh:a", b'{"n":6}', ""), ("bh:a", b"{broken", ""), ("bh:b", b'{"n":7}', "")]
+        with pytest.raises(aioredis.ResponseError, match="livegate_publish_batch: publication 2: data must be JSON"):
+            await batch(bad)
+        for items, why in [
+            ([("nope:x", b"1", "")], 'publication 1: unknown channel namespace "nope"'),
+            ([("bh:a", b"1", '{"prefix":"other"}')], 'option "prefix" is for the whole call'),
+            ([("bh:a", b"1", "[1]")], "publication 1: options must be a JSON object"),
+            ([("bh:a", b"1", '{"tags":{"a":1}}')], "tags must be an object of strings"),
+        ]:
+            with pytest.raises(aioredis.ResponseError, match=why):
+                await batch(items)
+        with pytest.raises(aioredis.ResponseError, match="expected options and then data"):
+            await redis_client.fcall("livegate_publish_batch", 2, "bh:a", "bh:b", orjson.dumps({"prefix": prefix}),
+                                     b"1", "", "")
+        history = await running.node.broker.history("bh:a", HistoryOptions(limit=10))
+        assert history.position.offset == 2 and len(history.publications) == 2
+        # Tags per publication reach the subscriber.
+        await batch([("bh:a", b'{"n":8}', '{"tags":{"kind":"t"}}')])
+        pub = await next_pub()
+        assert pub["data"] == {"n": 8} and pub.get("tags") == {"kind": "t"}
+    finally:
+        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await redis_client.delete(*keys)

@@ -17,7 +17,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 18
+local VERSION = 19
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
@@ -195,9 +195,10 @@ local function bare_dot(s)
 end
 
 -- Fast path first: cjson (C), with invalid numbers (NaN, Infinity, hex, leading zeros) off and
--- the depth bounded, refuses most of what is not JSON. What it gets wrong goes to the exact
--- scanner above: control characters and tabs in strings and bare dots, which it takes, and lone
--- surrogate escapes, which it refuses; UTF-8 it does not look at, so that is checked here.
+-- the depth bounded (strict_cjson sets both around a whole call), refuses most of what is not
+-- JSON. What it gets wrong goes to the exact scanner above: control characters and tabs in
+-- strings and bare dots, which it takes, and lone surrogate escapes, which it refuses; UTF-8 it
+-- does not look at, so that is checked here.
 local function json_error(s, max_depth)
   local find = string.find
   if find(s, '[^ -~]') then  -- not only printable ASCII
@@ -205,12 +206,7 @@ local function json_error(s, max_depth)
     if err then return err end
     if find(s, '[%z\1-\31]') then return strict_scan(s, max_depth) end
   end
-  local numbers, depth = cjson.decode_invalid_numbers(), cjson.decode_max_depth()
-  cjson.decode_invalid_numbers(false)
-  cjson.decode_max_depth(max_depth)
   local ok, why = pcall(cjson.decode, s)
-  cjson.decode_invalid_numbers(numbers)  -- other libraries in this Redis keep their settings
-  cjson.decode_max_depth(depth)
   if ok then
     if bare_dot(s) then return strict_scan(s, max_depth) end
     return nil
@@ -223,6 +219,20 @@ end
 
 local MAX_DEPTH = 250
 
+-- Runs fn(...) with cjson strict (no invalid numbers, bounded depth), then puts back the
+-- settings other libraries in this Redis may rely on; once per call, however many
+-- publications it validates.
+local function strict_cjson(fn, ...)
+  local numbers, depth = cjson.decode_invalid_numbers(), cjson.decode_max_depth()
+  cjson.decode_invalid_numbers(false)
+  cjson.decode_max_depth(MAX_DEPTH)
+  local ok, result = pcall(fn, ...)
+  cjson.decode_invalid_numbers(numbers)
+  cjson.decode_max_depth(depth)
+  if not ok then error(result, 0) end
+  return result
+end
+
 local function namespace_of(channel, private_prefix, boundary)
   local rest = channel
   if private_prefix ~= '' and string.sub(rest, 1, #private_prefix) == private_prefix then
@@ -234,112 +244,125 @@ local function namespace_of(channel, private_prefix, boundary)
   return ''
 end
 
--- FCALL livegate_publish 1 <channel> <data> [<options-json>] [<info-json>]
--- options: prefix, idempotency_key, idempotent_ttl (s), tags {str:str}, envelope (version to write),
---          history_size, history_ttl (s), history_meta_ttl (s), format (the namespace's
---          publication_data_format) (default: from <prefix>.config),
---          (data is checked as the namespace's publication_data_format says: strict JSON by
---          default, a JSON object for "json_object", anything for "binary"; info is always a
---          JSON object; max_publication_size)
--- Returns {offset, epoch}: 0 and "" when the channel keeps no history; {offset, epoch, 1} when
--- an earlier publish with the same idempotency key won (nothing was published again).
-local function publish(keys, args)
-  local channel = keys[1]
-  local data = args[1]
-  if channel == nil or channel == '' then return redis.error_reply('ERR livegate_publish: channel is empty') end
-  if data == nil then return redis.error_reply('ERR livegate_publish: data is empty') end
-  local opts = {}
-  -- The common options, {"prefix":"<name>"} alone, without a JSON decode.
-  local only_prefix = args[2] and string.match(args[2], '^{"prefix":"([%w_.:-]*)"}$')
-  if only_prefix then
-    opts = {prefix = only_prefix}
-  elseif args[2] and args[2] ~= '' then
-    local ok, decoded = pcall(cjson.decode, args[2])
-    if not ok or type(decoded) ~= 'table' then
-      return redis.error_reply('ERR livegate_publish: options must be a JSON object')
-    end
-    opts = decoded
-  end
+-- Options as JSON: {"prefix":"<name>"} alone (the common case) without a JSON decode.
+local function parse_options(text)
+  if text == nil or text == '' then return {} end
+  local only_prefix = string.match(text, '^{"prefix":"([%w_.:-]*)"}$')
+  if only_prefix then return {prefix = only_prefix} end
+  if not string.find(text, '^[ \t\r\n]*{') then return nil end  -- an array decodes to a table too
+  local ok, decoded = pcall(cjson.decode, text)
+  if not ok or type(decoded) ~= 'table' then return nil end
+  return decoded
+end
+
+-- What every publication of one call shares: the prefix, <prefix>.config (read once) and the
+-- namespace entries looked up so far.
+local function publish_context(opts)
   local prefix = opts['prefix'] or 'livegate'
   local config_key = prefix .. '.config'
   local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl', 'envelope',
                           'max_publication_size')
-  -- The namespace's entry: "<history_size> <history_ttl> <history_meta_ttl> [<data format>]".
-  local size = tonumber(opts['history_size'])
-  local format = opts['format']
+  return {prefix = prefix, config_key = config_key, conf = conf, entries = {}}
+end
+
+-- The namespace's entry: "<history_size> <history_ttl> <history_meta_ttl> [<data format>]".
+local function namespace_entry(ctx, ns)
+  local entry = ctx.entries[ns]
+  if entry == nil then
+    entry = redis.call('HGET', ctx.config_key, 'ns:' .. ns) or false
+    ctx.entries[ns] = entry
+  end
+  return entry or nil
+end
+
+-- Checks one publication (o: its options) and works out where it goes. Returns a table for
+-- write_publication, or nil and why not. Writes nothing.
+local function prepare_publication(ctx, channel, data, info, o)
+  if channel == nil or channel == '' then return nil, 'channel is empty' end
+  if data == nil then return nil, 'data is empty' end
+  local conf = ctx.conf
+  local size = tonumber(o['history_size'])
+  local format = o['format']
   local entry, ns = nil, nil
   if conf[2] and (size == nil or format == nil) then
     ns = namespace_of(channel, conf[1] or '', conf[2])
-    entry = redis.call('HGET', config_key, 'ns:' .. ns)
+    entry = namespace_entry(ctx, ns)
   end
   if format == nil then format = entry and string.match(entry, '^%d+ [%d.]+ [%d.]+ (%S+)$') or 'json' end
   if format ~= 'binary' then
-    if data == '' then return redis.error_reply('ERR livegate_publish: data is empty') end
+    if data == '' then return nil, 'data is empty' end
     local why = json_error(data, MAX_DEPTH)
-    if why then return redis.error_reply('ERR livegate_publish: data must be JSON: ' .. why) end
+    if why then return nil, 'data must be JSON: ' .. why end
     if format == 'json_object' and not string.find(data, '^[ \t\r\n]*{') then
-      return redis.error_reply('ERR livegate_publish: data must be a JSON object in this namespace')
+      return nil, 'data must be a JSON object in this namespace'
     end
     -- Clients read one message per line: raw newlines, which valid JSON has only as whitespace
     -- between tokens, are dropped.
     if string.find(data, '[\r\n]') then data = string.gsub(data, '[\r\n]', '') end
   end
-  local info = args[3] or ''
+  info = info or ''
   if info ~= '' then
     local why = json_error(info, MAX_DEPTH)
     if why or not string.find(info, '^[ \t\r\n]*{') then
-      return redis.error_reply('ERR livegate_publish: info must be a JSON object' .. (why and (': ' .. why) or ''))
+      return nil, 'info must be a JSON object' .. (why and (': ' .. why) or '')
     end
     if string.find(info, '[\r\n]') then info = string.gsub(info, '[\r\n]', '') end
   end
-  if opts['tags'] ~= nil then
-    if type(opts['tags']) ~= 'table' then return redis.error_reply('ERR livegate_publish: tags must be an object of strings') end
-    for k, v in pairs(opts['tags']) do
+  local tags_json = ''
+  if o['tags'] ~= nil then
+    if type(o['tags']) ~= 'table' then return nil, 'tags must be an object of strings' end
+    for k, v in pairs(o['tags']) do
       if type(k) ~= 'string' or type(v) ~= 'string' or utf8_error(k) or utf8_error(v) then
-        return redis.error_reply('ERR livegate_publish: tags must be an object of strings')
+        return nil, 'tags must be an object of strings'
       end
     end
+    if next(o['tags']) ~= nil then tags_json = cjson.encode(o['tags']) end
   end
-  local ttl = tonumber(opts['history_ttl'])
-  local meta_ttl = tonumber(opts['history_meta_ttl'])
+  local ttl = tonumber(o['history_ttl'])
+  local meta_ttl = tonumber(o['history_meta_ttl'])
   if size ~= nil and (ttl == nil or size < 0 or ttl < 0) then
-    return redis.error_reply('ERR livegate_publish: history_size needs history_ttl (both >= 0)')
+    return nil, 'history_size needs history_ttl (both >= 0)'
   end
-  local ev = tonumber(opts['envelope'])
+  local ev = tonumber(o['envelope'])
   -- livegate's own publishes say which version to write; one that says nothing but sets
   -- "trusted" (which nothing honours any more) comes from a release before versioned
   -- envelopes, which reads version 1 only.
-  if ev == nil and opts['trusted'] then ev = 1 end
+  if ev == nil and o['trusted'] then ev = 1 end
   if ev == nil then ev = tonumber(conf[4]) or 1 end
   local max_size = tonumber(conf[5])
   if max_size and #data > max_size then
-    return redis.error_reply('ERR livegate_publish: data is ' .. #data .. ' bytes, over max_publication_size (' .. max_size .. ')')
+    return nil, 'data is ' .. #data .. ' bytes, over max_publication_size (' .. max_size .. ')'
   end
   if size == nil then
-    if not conf[2] then
-      return redis.error_reply('ERR livegate_publish: no livegate config under prefix "' .. prefix .. '"')
-    end
-    if not entry then
-      return redis.error_reply('ERR livegate_publish: unknown channel namespace "' .. ns .. '"')
-    end
+    if not conf[2] then return nil, 'no livegate config under prefix "' .. ctx.prefix .. '"' end
+    if not entry then return nil, 'unknown channel namespace "' .. ns .. '"' end
     local s, t, m = string.match(entry, '^(%d+) ([%d.]+) ([%d.]+)')
-    if not s then return redis.error_reply('ERR livegate_publish: bad config entry for namespace "' .. ns .. '"') end
+    if not s then return nil, 'bad config entry for namespace "' .. ns .. '"' end
     size, ttl, meta_ttl = tonumber(s), tonumber(t), tonumber(m)
     if meta_ttl == 0 then meta_ttl = tonumber(conf[3]) or 0 end
   end
-  ttl = ttl or 0
-  meta_ttl = meta_ttl or 0
+  local idem = o['idempotency_key']
+  if idem == '' then idem = nil end
+  return {channel = channel, data = data, info = info, tags_json = tags_json, ev = ev, size = size,
+          ttl = ttl or 0, meta_ttl = meta_ttl or 0, idem = idem and tostring(idem) or nil,
+          idem_ttl = tonumber(o['idempotent_ttl']) or 300}
+end
+
+-- Appends a prepared publication to its channel's history (when kept) and publishes it.
+-- ms and t: the call's time (TIME, read once per call).
+local function write_publication(ctx, p, ms, t)
+  local prefix, channel = ctx.prefix, p.channel
   local tag = '{' .. channel .. '}'
   local idem_key = nil
-  if opts['idempotency_key'] and opts['idempotency_key'] ~= '' then
-    idem_key = prefix .. '.idem.' .. tag .. '.' .. tostring(opts['idempotency_key'])
+  if p.idem then
+    idem_key = prefix .. '.idem.' .. tag .. '.' .. p.idem
     local seen = redis.call('GET', idem_key)
     if seen then
       local o, e = string.match(seen, '^(%d+):(.*)$')
       return {tonumber(o), e, 1}  -- third element: suppressed, an earlier publish with this key won
     end
   end
-  local ms, t = now_ms()
+  local size, ttl, meta_ttl = p.size, p.ttl, p.meta_ttl
   local offset, epoch = 0, ''
   if size > 0 and ttl > 0 then
     local meta_key = prefix .. '.meta.' .. tag
@@ -374,24 +397,100 @@ local function publish(keys, args)
       redis.call('HSET', meta_key, 'x', ms + half)
       covered = -1  -- the history's expiry is renewed after the XADD below
     end
-    local tags_json = ''
-    if type(opts['tags']) == 'table' and next(opts['tags']) ~= nil then tags_json = cjson.encode(opts['tags']) end
-    local envelope = pack_publication(ev, offset, epoch, data, info, tags_json, ms)
+    local envelope = pack_publication(p.ev, offset, epoch, p.data, p.info, p.tags_json, ms)
     -- Approximate trimming is much cheaper than exact; reads keep only the newest
     -- history_size entries and drop those past history_ttl, so clients see exact limits.
     redis.call('XADD', hist_key, 'MAXLEN', '~', size, offset .. '-0', 't', ms, 'p', envelope)
     if covered == -1 then redis.call('PEXPIRE', hist_key, ttl_ms + math.floor(ttl_ms / 2)) end
     redis.call('PUBLISH', prefix .. '.client.' .. channel, envelope)
   else
-    local tags_json = ''
-    if type(opts['tags']) == 'table' and next(opts['tags']) ~= nil then tags_json = cjson.encode(opts['tags']) end
-    redis.call('PUBLISH', prefix .. '.client.' .. channel, pack_publication(ev, 0, '', data, info, tags_json, ms))
+    redis.call('PUBLISH', prefix .. '.client.' .. channel,
+               pack_publication(p.ev, 0, '', p.data, p.info, p.tags_json, ms))
   end
   if idem_key then
-    local idem_ttl = tonumber(opts['idempotent_ttl']) or 300
-    redis.call('SET', idem_key, offset .. ':' .. epoch, 'PX', math.floor(idem_ttl * 1000))
+    redis.call('SET', idem_key, offset .. ':' .. epoch, 'PX', math.floor(p.idem_ttl * 1000))
   end
   return {offset, epoch}
+end
+
+-- FCALL livegate_publish 1 <channel> <data> [<options-json>] [<info-json>]
+-- options: prefix, idempotency_key, idempotent_ttl (s), tags {str:str}, envelope (version to write),
+--          history_size, history_ttl (s), history_meta_ttl (s), format (the namespace's
+--          publication_data_format) (default: from <prefix>.config),
+--          (data is checked as the namespace's publication_data_format says: strict JSON by
+--          default, a JSON object for "json_object", anything for "binary"; info is always a
+--          JSON object; max_publication_size)
+-- Returns {offset, epoch}: 0 and "" when the channel keeps no history; {offset, epoch, 1} when
+-- an earlier publish with the same idempotency key won (nothing was published again).
+local function publish_one(keys, args)
+  local channel = keys[1]
+  if channel == nil or channel == '' then return redis.error_reply('ERR livegate_publish: channel is empty') end
+  if args[1] == nil then return redis.error_reply('ERR livegate_publish: data is empty') end
+  local opts = parse_options(args[2])
+  if opts == nil then return redis.error_reply('ERR livegate_publish: options must be a JSON object') end
+  local ctx = publish_context(opts)
+  local p, why = prepare_publication(ctx, channel, args[1], args[3], opts)
+  if not p then return redis.error_reply('ERR livegate_publish: ' .. why) end
+  local ms, t = now_ms()
+  return write_publication(ctx, p, ms, t)
+end
+
+local function publish(keys, args)
+  return strict_cjson(publish_one, keys, args)
+end
+
+-- FCALL livegate_publish_batch <n> <channel 1> .. <channel n> <options-json>
+--       <data 1> <item-options-json 1> <info-json 1> .. <data n> <item-options-json n> <info-json n>
+-- Several publications in one call: options (as livegate_publish's) hold for all of them; an
+-- item's options ("" for none) add or override idempotency_key, idempotent_ttl and tags for
+-- that publication. All or nothing: every publication is checked before any is written, and
+-- the first that fails fails the call ("publication <i>: <why>"). Returns one
+-- {offset, epoch[, 1]} per publication, in order; the config is read, the time taken and
+-- cjson set up once per call, so a publication costs Redis less than in a call of its own.
+local ITEM_OPTIONS = {idempotency_key = true, idempotent_ttl = true, tags = true}
+
+local function publish_batch_unchecked(keys, args)
+  local n = #keys
+  if n == 0 then return redis.error_reply('ERR livegate_publish_batch: no publications') end
+  if #args ~= 1 + 3 * n then
+    return redis.error_reply('ERR livegate_publish_batch: expected options and then data, item options and info '
+                             .. 'for each of the ' .. n .. ' channels (' .. (1 + 3 * n) .. ' arguments), got ' .. #args)
+  end
+  local opts = parse_options(args[1])
+  if opts == nil then return redis.error_reply('ERR livegate_publish_batch: options must be a JSON object') end
+  local ctx = publish_context(opts)
+  local prepared = {}
+  for i = 1, n do
+    local base = 1 + 3 * (i - 1)
+    local o = opts
+    local item = args[base + 2]
+    if item ~= nil and item ~= '' then
+      local extra = parse_options(item)
+      if extra == nil then
+        return redis.error_reply('ERR livegate_publish_batch: publication ' .. i .. ': options must be a JSON object')
+      end
+      o = {}
+      for k, v in pairs(opts) do o[k] = v end
+      for k, v in pairs(extra) do
+        if not ITEM_OPTIONS[k] then
+          return redis.error_reply('ERR livegate_publish_batch: publication ' .. i .. ': option "' .. tostring(k)
+                                   .. '" is for the whole call, not one publication')
+        end
+        o[k] = v
+      end
+    end
+    local p, why = prepare_publication(ctx, keys[i], args[base + 1], args[base + 3], o)
+    if not p then return redis.error_reply('ERR livegate_publish_batch: publication ' .. i .. ': ' .. why) end
+    prepared[i] = p
+  end
+  local ms, t = now_ms()
+  local results = {}
+  for i = 1, n do results[i] = write_publication(ctx, prepared[i], ms, t) end
+  return results
+end
+
+local function publish_batch(keys, args)
+  return strict_cjson(publish_batch_unchecked, keys, args)
 end
 
 -- FCALL livegate_history 1 <channel> <prefix> <limit> <since-offset or ""> <reverse 0|1> <meta-ttl s>
@@ -565,6 +664,7 @@ local function version()
 end
 
 redis.register_function('livegate_publish', publish)
+redis.register_function('livegate_publish_batch', publish_batch)
 redis.register_function('livegate_history', history)
 redis.register_function('livegate_presence_add', presence_add)
 redis.register_function('livegate_presence_remove', presence_remove)
