@@ -38,9 +38,11 @@ command -v "$python" >/dev/null || { say "no Python interpreter '$python' (use -
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { say "livegate needs Python 3.11 or newer; $python is $("$python" -V 2>&1)"; exit 1; }
 
-# A path (a wheel or a source tree) must exist; anything else is handed to pip as a requirement.
+# A path (a wheel or a source tree) must exist; anything else is handed to pip as a requirement,
+# URLs (https://..., file://...), VCS requirements (git+...) and "name @ URL" included.
 case "$source" in
-  */*|*.whl|.)
+  *://*|git+*|hg+*|svn+*|bzr+*|*" @ "*) ;;
+  */*|*.whl|.|..)
     [ -e "$source" ] || { say "no such wheel or source tree: $source"; exit 1; }
     if [ -d "$source" ] && [ ! -f "$source/pyproject.toml" ]; then
       say "$source is a folder without pyproject.toml: not a livegate source tree"; exit 1
@@ -49,6 +51,8 @@ esac
 
 mkdir -p "$prefix" 2>/dev/null && [ -w "$prefix" ] \
   || { say "cannot write to $prefix: choose a writable --prefix (or run as its owner)"; exit 1; }
+# Absolute from here on: it goes into the shebang of bin/livegate-healthcheck.
+prefix=$(cd "$prefix" && pwd)
 
 pip_args=(--quiet --disable-pip-version-check --no-input)
 if [ -n "$wheels" ]; then
@@ -62,27 +66,31 @@ say "installing $source"
 "$prefix/bin/python" -m pip install "${pip_args[@]}" "$source"
 
 # The container's HEALTHCHECK (and anyone else's): GET /health on the API port of the config
-# that `livegate serve` would read ($LIVEGATE_CONFIG, LIVEGATE_* variables); exit 0 when it answers 200.
+# that `livegate serve` would read (the same discovery: the file named as the first argument, else
+# $LIVEGATE_CONFIG, else ./config.toml; LIVEGATE_* variables on top); exit 0 when it answers 200.
 cat > "$prefix/bin/livegate-healthcheck" <<EOF
 #!$prefix/bin/python
-"""GET /health on livegate's API port (http_api.address/port of \$LIVEGATE_CONFIG or the
-file named as the first argument, with LIVEGATE_* overrides); exit 0 on 200, else 1."""
-import os
+"""GET /health on livegate's API port (http_api.address/port of the config \`livegate serve\`
+would read: the first argument, else \$LIVEGATE_CONFIG, else ./config.toml, with LIVEGATE_*
+overrides); exit 0 on 200, else 1. Environment proxies (http_proxy, ...) are not used."""
 import sys
 import urllib.request
 
+from livegate.cli import discover_config
 from livegate.config import load_config
 from livegate.errors import ConfigError
 
 try:
-    config = load_config(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("LIVEGATE_CONFIG") or None)
+    config = load_config(discover_config(sys.argv[1] if len(sys.argv) > 1 else None,
+                                         given="from the first argument").path)
 except ConfigError as exc:
     print(f"livegate-healthcheck: config error: {exc}", file=sys.stderr)
     sys.exit(1)
 host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.http_api.address, config.http_api.address)
 url = f"http://[{host}]:{config.http_api.port}/health" if ":" in host else f"http://{host}:{config.http_api.port}/health"
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 try:
-    with urllib.request.urlopen(url, timeout=3) as response:
+    with opener.open(url, timeout=3) as response:
         sys.exit(0 if response.status == 200 else 1)
 except OSError as exc:
     print(f"livegate-healthcheck: {url}: {exc}", file=sys.stderr)

@@ -1,11 +1,13 @@
 """The deployment files under deploy/, the Procfile and the systemd unit, tested without Docker.
 
-No image can be built here, so the image's contents are tested instead: deploy/install.sh (every
-install step of deploy/Dockerfile) installs a wheel of this checkout into a fresh virtualenv, and
-that virtualenv serves clients as the container would (ENTRYPOINT, $LIVEGATE_CONFIG, HEALTHCHECK).
-The compose cluster's config runs on the real Redis and PostgreSQL; every metric the Grafana
-dashboard and the Prometheus alerts name must be in that server's /metrics; promtool checks and
-unit-tests the alerts; honcho runs the Procfile; systemd-analyze verifies the unit.
+No image can be built here, so the image's contents are tested instead: as deploy/Dockerfile does,
+the wheels of this checkout and of its dependencies are built, deploy/install.sh (every install
+step of the image) installs them offline (--wheels) into a fresh virtualenv, and that virtualenv
+serves clients as the container would (ENTRYPOINT, $LIVEGATE_CONFIG, HEALTHCHECK). The compose
+cluster's config runs on the real Redis and PostgreSQL, migrated by the migrate service's own
+command; every metric the Grafana dashboard and the Prometheus alerts name must be in that
+server's /metrics; promtool checks and unit-tests the alerts, which docs/operations.md must list
+as they are; honcho runs the Procfile; systemd-analyze verifies the unit.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from procs import free_port, wait_http
 from livegate.config import Config, _env_path, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import gen_docs  # noqa: E402 - scripts/ is not a package (tests/unit/test_docs.py imports it so too)
+
 DEPLOY = ROOT / "deploy"
 INSTALL_PREFIX = "/opt/livegate"  # install.sh's default prefix, the image's and the unit's
 API_KEY = "deploy-test-key"
@@ -64,9 +69,9 @@ async def start(argv: list[str], env: dict[str, str], log: Path, wait_port: int,
     raise AssertionError(f"{argv} did not answer /health (exit code {proc.returncode}):\n{output}")
 
 
-async def run(argv: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+async def run(argv: list[str], env: dict[str, str], timeout: float = 60, cwd: Path = ROOT) -> tuple[int, str, str]:
     """Run ``argv`` to its end: (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
                                                 stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), scaled(timeout))
     assert proc.returncode is not None
@@ -81,28 +86,38 @@ async def stop(proc: asyncio.subprocess.Process, timeout: float = 15) -> int:
 # -- the image's contents: deploy/install.sh into a fresh virtualenv --------------------------------
 
 
-# The first test that uses `installed` also waits for the install (about 15 s of CPU: a venv, pip).
+# The first test that uses `installed` also waits for the install (about 15 s: pip wheel, a venv, pip).
 INSTALLS = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtualenv made by deploy/install.sh from a wheel of this checkout (what the Dockerfile's
-    builder stage builds from the same files it copies)."""
+    """A virtualenv made as the Dockerfile makes it: its builder stage's `pip wheel` of the files it
+    copies (livegate and its dependencies, from pip's cache where it can), then its runtime stage's
+    `install.sh --wheels DIR DIR/livegate-*.whl`, offline; here at a relative --prefix."""
     tmp = tmp_path_factory.mktemp("image")
     src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "livegate", src / "livegate", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp / "wheels"), str(src)], check=True, capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+                           "--no-build-isolation", "--wheel-dir", str(tmp / "wheels"), str(src)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
     [wheel] = (tmp / "wheels").glob("livegate-*.whl")
-    prefix = tmp / "opt-livegate"
-    done = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--prefix", str(prefix), "--python", sys.executable,
-                           str(wheel)], capture_output=True, text=True, timeout=180)
+    assert len(list((tmp / "wheels").glob("*.whl"))) > 10, "the dependencies' wheels are missing"
+    # Nothing but that folder: no pip config (this machine's adds find-links and indexes), no index.
+    offline = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    offline.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/")
+    done = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--prefix", "opt-livegate", "--python", sys.executable,
+                           "--wheels", "wheels", f"wheels/{wheel.name}"], cwd=tmp, env=offline, capture_output=True,
+                          text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert f"installed livegate {wheel.name.split('-')[1]}" in done.stderr
+    prefix = tmp / "opt-livegate"
+    # The healthcheck's interpreter is the virtualenv's, by an absolute path whatever --prefix was.
+    assert (prefix / "bin" / "livegate-healthcheck").read_text().splitlines()[0] == f"#!{prefix}/bin/python"
     return prefix
 
 
@@ -128,6 +143,15 @@ def test_install_sh_refuses_bad_input(tmp_path):
     done = run("--prefix", str(tmp_path / "p"), "--python", "no-such-python", str(ROOT))
     assert done.returncode == 1 and "no Python interpreter" in done.stderr
     assert not (tmp_path / "p").exists()
+    # URLs and VCS requirements go to pip as they are, slashes and all: they get past the path check
+    # and stop at the prefix (a path under a file), while a path that does not exist stops at it.
+    (tmp_path / "file").write_text("")
+    for requirement in ("https://example.invalid/livegate-0.1.0-py3-none-any.whl", "git+https://example.invalid/livegate",
+                        "livegate @ https://example.invalid/livegate.whl", f"file://{tmp_path}/livegate.whl"):
+        done = run("--prefix", str(tmp_path / "file" / "p"), requirement)
+        assert done.returncode == 1 and "cannot write to" in done.stderr, (requirement, done.stderr)
+    done = run("--prefix", str(tmp_path / "file" / "p"), "dist/livegate.whl")
+    assert done.returncode == 1 and "no such wheel or source tree" in done.stderr
 
 
 @INSTALLS
@@ -143,6 +167,20 @@ async def test_the_image_contents_serve_clients(installed, tmp_path):
     healthcheck = [str(installed / "bin" / "livegate-healthcheck")]
     try:
         assert (await run(healthcheck, env))[0] == 0
+        # Environment proxies are not used (a proxy here would refuse the connection), and the
+        # config is found as `livegate serve` finds it: the first argument before $LIVEGATE_CONFIG.
+        assert (await run(healthcheck, {**env, "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+                                        "no_proxy": "", "NO_PROXY": ""}))[0] == 0
+        good, bad, here = tmp_path / "good.toml", tmp_path / "bad.toml", tmp_path / "here"
+        good.write_text(f'[http_api]\naddress = "127.0.0.1"\nport = {api_port}\n')
+        bad.write_text(f'[http_api]\naddress = "127.0.0.1"\nport = {free_port()}\n')
+        bare = {k: v for k, v in env.items() if not k.startswith("LIVEGATE_")}
+        assert (await run([*healthcheck, str(good)], {**bare, "LIVEGATE_CONFIG": str(bad)}))[0] == 0
+        assert (await run(healthcheck, {**bare, "LIVEGATE_CONFIG": str(bad)}))[0] == 1
+        here.mkdir()  # and ./config.toml when neither names a file
+        for config, expected in ((good, 0), (bad, 1)):
+            shutil.copy(config, here / "config.toml")
+            assert (await run(healthcheck, bare, cwd=here))[0] == expected, config
         peer = await RawPeer.open(f"ws://127.0.0.1:{port}/connection/websocket")
         reply = await peer.connect("alice")
         assert reply["connect"]["client"], reply
@@ -217,11 +255,12 @@ def test_the_systemd_unit(installed, tmp_path):
                                text=True, check=True).stdout
     assert all(flag in help_text for flag in argv[2:] if flag.startswith("--")), argv
     # systemd's own check, on a copy whose binary is the virtualenv install.sh made.
-    if shutil.which("systemd-analyze"):
-        copy = tmp_path / "livegate.service"
-        copy.write_text(text.replace(INSTALL_PREFIX, str(installed)))
-        done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0 and "livegate.service" not in done.stderr, done.stderr
+    systemd_analyze = os.environ.get("SYSTEMD_ANALYZE") or shutil.which("systemd-analyze")
+    assert systemd_analyze, "systemd-analyze is missing: run scripts/promtool.sh (make test does), or set SYSTEMD_ANALYZE"
+    copy = tmp_path / "livegate.service"
+    copy.write_text(text.replace(INSTALL_PREFIX, str(installed)))
+    done = subprocess.run([systemd_analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "livegate.service" not in done.stderr, done.stderr
 
 
 # -- the Procfile with honcho ----------------------------------------------------------------------
@@ -250,29 +289,52 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
 
 
-def interpolate(value: str) -> str:
-    """Compose's ${VAR:-default} / ${VAR:?error}, with placeholder values for required ones."""
-    return re.sub(r"\$\{(\w+)(?::([-?])([^}]*))?\}", lambda m: m.group(3) if m.group(2) == "-" else f"<{m.group(1)}>",
-                  value)
+def interpolate(value: str, environ: dict[str, str] | None = None) -> str:
+    """Compose's ${VAR:-default} / ${VAR:?error} (from ``environ``, else the default, else a
+    placeholder) and $$ (a dollar sign)."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        if (environ or {}).get(m.group(1)):
+            return (environ or {})[m.group(1)]
+        return m.group(3) if m.group(2) == "-" else f"<{m.group(1)}>"
+
+    return re.sub(r"\$\$|\$\{(\w+)(?::([-?])([^}]*))?\}", one, value)
+
+
+def instance_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    return {k: interpolate(str(v), environ) for k, v in compose()["services"]["livegate-1"]["environment"].items()}
 
 
 def test_the_compose_file():
     services = compose()["services"]
     assert {"redis", "postgres", "migrate", "livegate-1", "livegate-2", "proxy"} <= services.keys()
     migrate = services["migrate"]
-    assert migrate["entrypoint"] == ["livegate", "migrate"] and migrate["restart"] == "no"
+    assert migrate["entrypoint"][:2] == ["sh", "-c"] and "livegate migrate" in migrate["entrypoint"][2]
+    assert migrate["restart"] == "no"  # it retries by itself (its command runs in the cluster test)
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
+    assert "healthcheck" in services["redis"]
+    # PostgreSQL is healthy once it answers over TCP: its image's first start initialises the
+    # database with a server on the Unix socket only.
+    pg_check = services["postgres"]["healthcheck"]["test"]
+    assert pg_check[:2] == ["CMD", "pg_isready"] and pg_check[pg_check.index("-h") + 1] == "127.0.0.1"
     instances = [services["livegate-1"], services["livegate-2"]]
+    # One service builds the image (migrate, which every instance waits for); the others run it.
+    builders = [name for name, svc in services.items() if "build" in svc]
+    assert builders == ["migrate"], builders
+    assert (DEPLOY / migrate["build"]["context"] / migrate["build"]["dockerfile"]).is_file()
+    assert migrate["build"]["dockerfile"] == "deploy/Dockerfile"
     for svc in (*instances, migrate):
-        assert svc["image"] == "livegate:local" and svc["build"]["dockerfile"] == "deploy/Dockerfile"
-        assert (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+        assert svc["image"] == "livegate:local"
     for svc in instances:
         assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         assert "ports" not in svc, "only the proxy is published: the API port stays on the compose network"
     proxy = services["proxy"]
-    assert proxy["image"].startswith("nginx") and proxy["ports"]
+    assert proxy["image"].startswith("nginx:") and proxy["ports"]
+    # nginx.conf's `server ... resolve` needs nginx 1.27.3 or newer.
+    version = tuple(int(n) for n in re.match(r"nginx:(\d+(?:\.\d+)*)", proxy["image"]).group(1).split("."))
+    assert version >= (1, 27, 3) or version[:2] >= (1, 28), proxy["image"]
     assert all(proxy["depends_on"][name]["condition"] == "service_healthy" for name in ("livegate-1", "livegate-2"))
     # Every file a service mounts is there.
     for svc in services.values():
@@ -280,17 +342,27 @@ def test_the_compose_file():
             if volume.startswith("./"):
                 assert (DEPLOY / volume.split(":")[0]).is_file(), volume
     # The instances' environment names config keys, and their config file works with it.
-    env = {k: interpolate(str(v)) for k, v in instances[0]["environment"].items()}
+    env = instance_env()
+    assert all(svc["environment"] == instances[0]["environment"] for svc in (*instances, migrate))
     assert all(k == "LIVEGATE_CONFIG" or _env_path(Config, k[9:]) for k in env), env
     mounted = dict(v.split(":")[:2][::-1] for v in instances[0]["volumes"])
     config = load_config(DEPLOY / mounted[env["LIVEGATE_CONFIG"]][2:], environ=env)
     assert config.engine.type == "redis" and config.engine.redis.address == ["redis://redis:6379/0"]
     assert "@postgres:5432/" in config.persistence.dsn and config.http_api.key == "<LIVEGATE_API_KEY>"
     assert config.http_stream.enabled and config.sse.enabled and config.http_server.address == "0.0.0.0"
-    # The proxy sends clients to both instances' client port.
-    nginx = (DEPLOY / "nginx.conf").read_text()
-    upstreams = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", nginx, re.M)
+    # Browsers' Origin is the proxy's, on the port it is published on, whichever that is.
+    assert proxy["ports"] == ["${LIVEGATE_PUBLIC_PORT:-8000}:80"]
+    assert config.client.allowed_origins == ["http://localhost:8000", "http://127.0.0.1:8000"]
+    moved = load_config(DEPLOY / "compose.toml", environ=instance_env({"LIVEGATE_PUBLIC_PORT": "9000"}))
+    assert moved.client.allowed_origins == ["http://localhost:9000", "http://127.0.0.1:9000"]
+    # The proxy sends clients to both instances' client port, finding their addresses again when
+    # compose recreates them (compose's DNS, a zone for the upstream's state), on IPv4.
+    nginx = re.sub(r"#[^\n]*", "", (DEPLOY / "nginx.conf").read_text())
+    upstreams = re.findall(r"^\s*server\s+([\w.-]+):(\d+)\s+resolve\b", nginx, re.M)
     assert upstreams == [("livegate-1", str(config.http_server.port)), ("livegate-2", str(config.http_server.port))]
+    assert re.search(r"^resolver 127\.0\.0\.11 valid=\d+s", nginx, re.M)
+    assert re.search(r"upstream livegate \{[^}]*\bzone livegate \d+k;", nginx)
+    assert re.findall(r"^\s*listen\s+([^;]+);", nginx, re.M) == ["80"]
 
 
 def nginx_locations() -> dict[str, str]:
@@ -356,14 +428,13 @@ def promql_of(dashboard: dict[str, Any], rules: dict[str, Any]) -> list[str]:
 
 
 def exposed(text: str) -> tuple[set[str], dict[str, set[str]]]:
-    """The sample names /metrics can have (from its # TYPE lines) and the label names seen per name."""
-    names: set[str] = set()
-    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
-        names |= {name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
+    """The sample names /metrics can have and the label names seen per sample name (the docs'
+    parser of the exposition: scripts/gen_docs.py)."""
     labels: dict[str, set[str]] = {}
-    for name, body in re.findall(r"^(\w+)\{([^}]*)\}", text, re.M):
-        labels.setdefault(name, set()).update(re.findall(r'(\w+)="', body))
-    return names, labels
+    for family, (kind, seen) in gen_docs.exposed_metrics(text).items():
+        for suffix in ("_bucket", "_sum", "_count") if kind == "histogram" else ("",):
+            labels[family + suffix] = set(seen)
+    return set(labels), labels
 
 
 async def test_the_cluster_config_serves_and_every_dashboard_and_alert_metric_exists(cluster_storage, tmp_path):
@@ -378,15 +449,22 @@ async def test_the_cluster_config_serves_and_every_dashboard_and_alert_metric_ex
                     LIVEGATE_ENGINE_REDIS_PREFIX=prefix, LIVEGATE_PERSISTENCE_DSN=DATABASE_URL,
                     LIVEGATE_PERSISTENCE_SCHEMA=schema, LIVEGATE_CLIENT_TOKEN_HMAC_SECRET_KEY=SECRET,
                     LIVEGATE_HTTP_API_KEY=API_KEY)
-    code, out, err = await run([sys.executable, "-m", "livegate.cli", "migrate"], env)
+    # The migrate service's command as compose runs it (`livegate` on the PATH).
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    command = [interpolate(arg) for arg in compose()["services"]["migrate"]["entrypoint"]]
+    code, out, err = await run(command, env)
     assert code == 0 and "applied 001" in out, err
     proc = await start([sys.executable, "-m", "livegate.cli", "serve"], env, tmp_path / "serve.log", api_port)
     api = f"http://127.0.0.1:{api_port}"
     try:
         await wait_http(api_port, "/ready")
-        # Traffic, so that the labelled series the expressions select on have samples.
+        # Traffic, so that the labelled series the expressions select on have samples; the token
+        # from `livegate token` run as the README says (in an instance: its config and environment).
+        code, token, err = await run([str(bin_dir / "livegate"), "token", "--user", "alice"], env)
+        assert code == 0, err
         peer = await RawPeer.open(f"ws://127.0.0.1:{port}/connection/websocket")
-        await peer.connect("alice")
+        assert (await peer.connect("alice", token=token.strip()))["connect"]["client"]
         assert "subscribe" in await peer.call("subscribe", {"channel": "chat:deploy"})
         async with aiohttp.ClientSession(headers={"X-API-Key": API_KEY}) as http:
             published = await (await http.post(f"{api}/api/publish", json={"channel": "chat:deploy", "data": {"n": 1}})).json()
@@ -442,3 +520,17 @@ def test_promtool_checks_and_unit_tests_the_alerts():
     tests = yaml.safe_load((prom / "alerts_test.yml").read_text())["tests"]
     fired = {t["alertname"] for case in tests for t in case["alert_rule_test"] if t["exp_alerts"]}
     assert rules == fired, rules ^ fired
+
+
+def test_the_operations_page_lists_the_alerts_as_they_are():
+    """docs/operations.md shows the rules of alerts.yml (names, expressions, for, labels; not the
+    annotations), in the same order."""
+    page = (ROOT / "docs" / "operations.md").read_text()
+    block = re.search(r"^### Recommended alerts\n.*?^```yaml\n(.*?)^```", page, re.M | re.S)
+    assert block, "docs/operations.md has no yaml block under ### Recommended alerts"
+
+    def rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: v.strip() if k == "expr" else v for k, v in rule.items() if k != "annotations"}
+                for group in doc["groups"] for rule in group["rules"]]
+
+    assert rules(yaml.safe_load(block.group(1))) == rules(yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text()))
