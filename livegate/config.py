@@ -376,6 +376,13 @@ class ChannelOptions(_Section):
     allow_positioning: bool = False
     force_recovery: bool = False
     allow_recovery: bool = False
+    # "stream": recovery returns every missed publication; "cache": only the latest one (the
+    # channel is a cache of its last state).
+    force_recovery_mode: Literal["stream", "cache"] = "stream"
+    # Delta compression a subscriber may ask for ("fossil"): publications after the first go
+    # out as fossil deltas against the previous one.
+    allowed_delta_types: list[Literal["fossil"]] = Field(default_factory=list)
+    allow_tags_filter: bool = False  # subscribers may filter publications by tags (subscribe tf)
     allow_subscribe_for_client: bool = False
     allow_subscribe_for_anonymous: bool = False
     allow_publish_for_client: bool = False

@@ -221,6 +221,7 @@ class Node:
         self.cluster.handle(data)
 
     def handle_gap(self, channels: list[str]) -> None:
+        self.hub.forget_delta_bases(channels)
         task = asyncio.get_running_loop().create_task(self.recover_gap(channels))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

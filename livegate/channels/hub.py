@@ -11,6 +11,12 @@ and removed when its connection ends), so fan-out can iterate the live dicts.
 
 A publication a codec cannot carry (binary data for JSON connections) closes the subscribers
 of that codec with 3506 instead of reaching them; the others get it as usual.
+
+A subscriber with a ``SubView`` (a tags filter, or delta compression) is served one by one on
+its channels: a publication its filter refuses is not sent to it, and a delta subscriber gets
+the publication's data as a fossil delta against the channel's previous publication once it
+holds that one (the first after subscribing goes whole). The delta is computed once per
+publication and shared; channels without such subscribers keep the shared fast path.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
+from livegate.channels.tags_filter import TagsMatch
 from livegate.metrics import NodeMetrics
 from livegate.protocol.codec import Codec, Unencodable, Wire
 from livegate.protocol.codes import INAPPROPRIATE_PROTOCOL, Disconnect
+from livegate.protocol.fossil import create_delta
 from livegate.protocol.types import ClientInfo, Publication
 
-__all__ = ["Hub", "Subscriber", "JOIN_LEAVE"]
+__all__ = ["Hub", "Subscriber", "SubView", "JOIN_LEAVE"]
 
 #: Subscription flag: the subscriber receives join/leave pushes of the channel.
 JOIN_LEAVE = 1
@@ -47,6 +55,46 @@ class Subscriber(Protocol):
 
 
 S = TypeVar("S", bound=Subscriber)
+
+
+class SubView:
+    """How one subscription differs from the shared fan-out."""
+
+    __slots__ = ("match", "delta", "has_base")
+
+    def __init__(self, match: TagsMatch | None = None, delta: bool = False) -> None:
+        #: The tags filter: publications whose tags it refuses are not sent.
+        self.match = match
+        #: Delta compression (fossil) was negotiated.
+        self.delta = delta
+        #: The subscriber holds the channel's previous publication: the next may be a delta.
+        self.has_base = False
+
+
+class _Variants:
+    """One publication as delta subscribers get it: whole (data as the delta base) or as a
+    delta, each encoded once per codec and framed once per Wire."""
+
+    __slots__ = ("channel", "pub", "delta", "by_key")
+
+    def __init__(self, channel: str, pub: Publication, delta: bytes | None) -> None:
+        self.channel = channel
+        self.pub = pub
+        self.delta = delta
+        self.by_key: dict[tuple[Wire, bool], tuple[bytes, bytes]] = {}
+
+    def framed(self, wire: Wire, as_delta: bool) -> tuple[bytes, bytes]:
+        key = (wire, as_delta)
+        shared = self.by_key.get(key)
+        if shared is None:
+            try:
+                payload = wire.codec.encode_publication_delta(
+                    self.channel, self.pub, self.delta if as_delta and self.delta is not None else self.pub.data,
+                    as_delta)
+            except Unencodable:
+                payload = b""
+            shared = self.by_key[key] = (payload, wire.frame(payload) if payload else b"")
+        return shared
 
 
 class _Encoded:
@@ -107,6 +155,10 @@ class Hub(Generic[S]):
         # Subscriptions (live or pending) per Wire: with one Wire in use, fan-out takes the fast path.
         self._wires: dict[Wire, int] = {}
         self._only_wire: Wire | None = None
+        # Subscriptions with a filter or delta compression, per channel; and the data of the
+        # previous publication of channels with delta subscribers (the next delta's source).
+        self._views: dict[str, dict[S, SubView]] = {}
+        self._delta_prev: dict[str, bytes] = {}
 
     # -- connections -------------------------------------------------------------------
 
@@ -149,14 +201,34 @@ class Hub(Generic[S]):
             del self._wires[wire]
         self._only_wire = next(iter(self._wires)) if len(self._wires) == 1 else None
 
-    def subscribe(self, channel: str, sub: S) -> bool:
+    def subscribe(self, channel: str, sub: S, view: SubView | None = None) -> bool:
         """Register a subscribe in flight. Returns True when it is the channel's first local subscriber."""
         first = channel not in self._subs and channel not in self._pending
         pending = self._pending.setdefault(channel, {})
         if sub not in pending and sub not in self._subs.get(channel, ()):
             self._count_wire(sub.wire, 1)
         pending[sub] = []
+        self._set_view(channel, sub, view)
         return first
+
+    def _set_view(self, channel: str, sub: S, view: SubView | None) -> None:
+        views = self._views.get(channel)
+        if view is not None:
+            if views is None:
+                views = self._views[channel] = {}
+            views[sub] = view
+        elif views is not None and views.pop(sub, None) is not None and not views:
+            del self._views[channel]
+        if channel in self._delta_prev and not any(v.delta for v in self._views.get(channel, {}).values()):
+            del self._delta_prev[channel]
+
+    def forget_delta_bases(self, channels: Iterable[str]) -> None:
+        """Publications of these channels may have been missed: the next goes whole to every
+        delta subscriber."""
+        for channel in channels:
+            self._delta_prev.pop(channel, None)
+            for view in self._views.get(channel, {}).values():
+                view.has_base = False
 
     def activate(self, channel: str, sub: S, flags: int) -> list[tuple[int, bytes]] | None:
         """Make a pending subscription live; returns what was buffered meanwhile, in arrival
@@ -182,6 +254,7 @@ class Hub(Generic[S]):
                     del table[channel]
         if removed:
             self._count_wire(sub.wire, -1)
+            self._set_view(channel, sub, None)
         return channel not in self._subs and channel not in self._pending
 
     def channels(self) -> dict[str, int]:
@@ -202,6 +275,10 @@ class Hub(Generic[S]):
 
     def handle_publications(self, batch: list[tuple[str, Publication]]) -> None:
         self.metrics.publications += len(batch)
+        if self._views:
+            batch = self._deliver_viewed(batch)
+            if not batch:
+                return
         wire = self._only_wire
         if len(batch) == 1 and wire is not None:
             channel, pub = batch[0]
@@ -224,6 +301,71 @@ class Hub(Generic[S]):
                     sub.write(payload, frame)
             return
         self._deliver_batch(batch)
+
+    def _deliver_viewed(self, batch: list[tuple[str, Publication]]) -> list[tuple[str, Publication]]:
+        """Deliver the publications of channels with filtered or delta subscribers; returns the
+        rest (per channel, the order is kept; across channels a connection may see these first)."""
+        views = self._views
+        rest: list[tuple[str, Publication]] = []
+        for item in batch:
+            if item[0] in views:
+                self._deliver_one_viewed(item[0], item[1])
+            else:
+                rest.append(item)
+        return rest
+
+    def _deliver_one_viewed(self, channel: str, pub: Publication) -> None:
+        views = self._views[channel]
+        subs = self._subs.get(channel)
+        pending = self._pending.get(channel)
+        plain = _Encoded(_publication_encoder(channel, pub))
+        delta_channel = any(v.delta for v in views.values())
+        variants: _Variants | None = None
+        if delta_channel:
+            prev = self._delta_prev.get(channel)
+            delta: bytes | None = None
+            if prev is not None and any(v.delta and v.has_base for v in views.values()):
+                patch = create_delta(prev, pub.data)
+                delta = patch if len(patch) < len(pub.data) else None  # no gain: whole
+            variants = _Variants(channel, pub, delta)
+            self._delta_prev[channel] = pub.data
+        if pending:
+            for waiting_sub, waiting in pending.items():
+                view = views.get(waiting_sub)
+                if view is not None and view.match is not None and not view.match(pub.tags):
+                    continue
+                if view is not None and view.delta and variants is not None:
+                    payload = variants.framed(waiting_sub.wire, False)[0]
+                else:
+                    payload = plain.payload(waiting_sub.wire.codec)
+                if payload:
+                    waiting.append((pub.offset, payload))
+                else:
+                    waiting_sub.close(INAPPROPRIATE_PROTOCOL)
+        if not subs:
+            return
+        pushes = 0
+        for sub in subs:
+            view = views.get(sub)
+            if view is None:
+                payload, frame = plain.framed(sub.wire)
+            else:
+                if view.match is not None and not view.match(pub.tags):
+                    continue
+                if view.delta and variants is not None:
+                    as_delta = view.has_base and variants.delta is not None
+                    payload, frame = variants.framed(sub.wire, as_delta)
+                    if as_delta and not payload:  # this codec cannot carry the delta: whole
+                        payload, frame = variants.framed(sub.wire, False)
+                    view.has_base = bool(payload)
+                else:
+                    payload, frame = plain.framed(sub.wire)
+            if payload:
+                pushes += 1
+                sub.write(payload, frame)
+            else:
+                sub.close(INAPPROPRIATE_PROTOCOL)
+        self.metrics.pushes += pushes
 
     def _deliver_batch(self, batch: list[tuple[str, Publication]]) -> None:
         wire = self._only_wire

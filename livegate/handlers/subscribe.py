@@ -10,7 +10,6 @@ from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
 from livegate.protocol import codes
 from livegate.protocol.codes import (
     ErrAlreadySubscribed,
-    ErrBadRequest,
     ErrLimitExceeded,
     ErrPermissionDenied,
     ErrTokenExpired,
@@ -70,9 +69,11 @@ async def handle_subscribe(session: Session, req: SubscribeRequest) -> tuple[Sub
         raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
     if req.type != 0:
         raise ErrPermissionDenied()
-    if req.tf is not None:
-        # Tags filters are not implemented: say so rather than deliver unfiltered data.
-        raise ErrBadRequest(message="bad request: tags filter (tf) is not supported")
+    if req.delta not in ("", "fossil"):
+        # As Centrifugo: a delta type it does not know is a broken client.
+        raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
+    if req.tf is not None and req.delta:
+        raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)  # exclusive in the SDKs too
     resolved = session.node.rules.resolve(req.channel)
     if req.channel in session.subs:
         raise ErrAlreadySubscribed()

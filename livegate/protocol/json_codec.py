@@ -90,6 +90,36 @@ def publication_fields(pub: Publication) -> dict[str, Any]:
     return out
 
 
+def delta_publication_fields(pub: Publication, data: bytes, delta: bool) -> dict[str, Any]:
+    """A publication of a delta-compressed subscription: data as a JSON string (the JSON text
+    whole, or the fossil delta), ``delta`` set when it is one.
+
+    Raises:
+        Unencodable: ``data`` is not UTF-8 (a delta may cut a character: sent whole then).
+    """
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise Unencodable("not UTF-8") from None
+    out = publication_fields_without_data(pub)
+    out["data"] = text
+    if delta:
+        out["delta"] = True
+    return out
+
+
+def publication_fields_without_data(pub: Publication) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if pub.offset:
+        out["offset"] = pub.offset
+    info = pub.info
+    if info is not None:
+        out["info"] = info_fields(info) if isinstance(info, ClientInfo) else Fragment(info)
+    if pub.tags:
+        out["tags"] = pub.tags
+    return out
+
+
 def _subscribe_fields(r: SubscribeResult, *, push: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if r.positioned:
@@ -103,9 +133,12 @@ def _subscribe_fields(r: SubscribeResult, *, push: bool = False) -> dict[str, An
         if r.recovered:
             out["recovered"] = True
             if r.publications:
-                out["publications"] = [publication_fields(p) for p in r.publications]
+                out["publications"] = [delta_publication_fields(p, p.data, False) if r.delta else publication_fields(p)
+                                       for p in r.publications]
         if r.was_recovering:
             out["was_recovering"] = True
+        if r.delta:
+            out["delta"] = True
     if r.expires:
         out["expires"] = True
         out["ttl"] = r.ttl
@@ -194,6 +227,9 @@ class JsonCodec:
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes:
         return orjson.dumps({"push": {"channel": channel, "pub": publication_fields(pub)}})
+
+    def encode_publication_delta(self, channel: str, pub: Publication, data: bytes, delta: bool) -> bytes:
+        return orjson.dumps({"push": {"channel": channel, "pub": delta_publication_fields(pub, data, delta)}})
 
     def encode_join(self, channel: str, info: ClientInfo) -> bytes:
         return orjson.dumps({"push": {"channel": channel, "join": {"info": info_fields(info)}}})

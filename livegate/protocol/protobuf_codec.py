@@ -109,8 +109,10 @@ def _info(info: ClientInfo | bytes) -> bytes:
     return _text(1, info.user) + _text(2, info.client) + _blob(3, info.conn_info) + _blob(4, info.chan_info)
 
 
-def _publication(pub: Publication) -> bytes:
-    data = pub.data
+def _publication(pub: Publication, data: bytes | None = None, delta: bool = False) -> bytes:
+    """``data``/``delta``: for a delta-compressed subscription (see Codec.encode_publication_delta)."""
+    if data is None:
+        data = pub.data
     body = _L[4] + varint(len(data)) + data if data else b""
     if pub.info is not None:
         body += _ld(5, _info(pub.info))
@@ -118,6 +120,8 @@ def _publication(pub: Publication) -> bytes:
         body += _V[6] + varint(pub.offset)
     if pub.tags:
         body += b"".join(_ld(7, _text(1, k) + _text(2, v)) for k, v in pub.tags.items())
+    if delta:
+        body += _flag(8, True)
     return body
 
 
@@ -128,7 +132,7 @@ def _subscribe_result(r: SubscribeResult) -> bytes:
         _flag(1, r.expires), _uint(2, r.ttl if r.expires else 0), _flag(3, r.recoverable),
         _text(6, r.epoch) if positioned else b"", pubs, _flag(8, r.recovered),
         _uint(9, r.offset) if positioned else b"", _flag(10, positioned), _blob(11, r.data),
-        _flag(12, r.was_recovering),
+        _flag(12, r.was_recovering), _flag(13, r.delta),
     ))
 
 
@@ -234,7 +238,13 @@ def _subscribe(m: Any) -> dict[str, Any]:
     return {"channel": m.channel, "token": m.token, "data": _data(m.data), "recover": m.recover, **_position(m),
             "positioned": m.positioned, "recoverable": m.recoverable, "join_leave": m.join_leave,
             "delta": m.delta, "flag": m.flag, "type": m.type,
-            "tf": {"filter": True} if m.HasField("tf") else None}
+            "tf": _filter_node(m.tf) if m.HasField("tf") else None}
+
+
+def _filter_node(m: Any) -> dict[str, Any]:
+    """A FilterNode as the JSON codec would have it (livegate.channels.tags_filter checks it)."""
+    return {"op": m.op, "key": m.key, "cmp": m.cmp, "val": m.val, "vals": list(m.vals),
+            "nodes": [_filter_node(n) for n in m.nodes]}
 
 
 def _history(m: Any) -> dict[str, Any]:
@@ -318,6 +328,9 @@ class ProtobufCodec:
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes:
         return _push(channel, 4, _publication(pub))
+
+    def encode_publication_delta(self, channel: str, pub: Publication, data: bytes, delta: bool) -> bytes:
+        return _push(channel, 4, _publication(pub, data, delta))
 
     def encode_join(self, channel: str, info: ClientInfo) -> bytes:
         return _push(channel, 5, _ld(1, _info(info)))

@@ -32,6 +32,7 @@ class SubscribeResult:
     expires: bool = False
     ttl: int = 0
     data: bytes | None = None
+    delta: bool = False             # delta compression negotiated: publications carry data as delta or base
 
 
 @dataclass(slots=True, kw_only=True)

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from livegate.channels.broker import HistoryOptions
-from livegate.channels.hub import JOIN_LEAVE
+from livegate.channels.hub import JOIN_LEAVE, SubView
 from livegate.channels.names import ResolvedChannel
+from livegate.channels.tags_filter import FilterError, TagsMatch, compile_filter
 from livegate.cluster import Connection
 from livegate.config import ChannelOptions
 from livegate.errors import BrokerError, ClientError, DisconnectRequested
 from livegate.node import PRESENCE_TTL, Node
+from livegate.protocol import codes
 from livegate.protocol.codes import ErrInternal, ErrPermissionDenied, ErrUnrecoverablePosition
 from livegate.protocol.commands import SubscribeRequest
 from livegate.protocol.replies import SubscribeResult
@@ -167,6 +169,7 @@ async def subscribe_channel(
     """
     node = session.node
     channel = resolved.name
+    view = _view(session, resolved, req)
     features = resolve_options(resolved.options, grant, req, history_access=allowed(session, resolved, "history"),
                                presence_access=allowed(session, resolved, "presence"))
     sub = Subscription(
@@ -175,13 +178,15 @@ async def subscribe_channel(
         join_leave=features.join_leave, expire_at=grant.expire_at, server_side=server_side,
     )
     session.subs[channel] = sub
-    node.hub.subscribe(channel, session)
+    node.hub.subscribe(channel, session, view)
     flight = InFlight(session, channel, sub)
     result = SubscribeResult(was_recovering=req.recover)  # echoed even when recovery is off (protocol.md 5.3)
+    result.delta = view is not None and view.delta
     try:
         await node.broker.subscribe(channel)
         if features.positioned:
-            flight.sent_up_to = await _position(session, resolved, req, features.recoverable, result)
+            flight.sent_up_to = await _position(session, resolved, req, features.recoverable, result,
+                                                view.match if view is not None else None)
     except BaseException as exc:
         await flight.abandon()  # only this subscribe: a newer one for the channel stays
         if isinstance(exc, ClientError | DisconnectRequested):
@@ -202,11 +207,33 @@ async def subscribe_channel(
     return result, flight
 
 
+def _view(session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest) -> SubView | None:
+    """The subscription's tags filter and delta compression, when asked for and allowed.
+
+    Raises:
+        DisconnectRequested: a tags filter the namespace does not allow, or a malformed one
+            (3501, as Centrifugo).
+    """
+    match: TagsMatch | None = None
+    if req.tf is not None:
+        if not resolved.options.allow_tags_filter:
+            raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
+        try:
+            match = compile_filter(req.tf)
+        except FilterError:
+            raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason) from None
+    delta = bool(req.delta) and req.delta in resolved.options.allowed_delta_types
+    return SubView(match, delta) if match is not None or delta else None
+
+
 async def _position(session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest,
-                    recoverable: bool, result: SubscribeResult) -> int:
-    """Fill in the stream position, and the recovered publications when the client recovers.
-    Returns the top offset: the reply covers every publication up to it."""
+                    recoverable: bool, result: SubscribeResult, match: TagsMatch | None = None) -> int:
+    """Fill in the stream position, and the recovered publications when the client recovers
+    (those its tags filter takes). Returns the top offset: the reply covers every publication
+    up to it."""
     node = session.node
+    if recoverable and req.recover and resolved.options.force_recovery_mode == "cache":
+        return await _position_cache(session, resolved, req, result, match)
     limit = node.config.client.recovery_max_publication_limit
     recovering = req.recover and recoverable
     since = StreamPosition(req.offset, req.epoch)
@@ -222,7 +249,35 @@ async def _position(session: SubscribingSession, resolved: ResolvedChannel, req:
     if decide_recovery(since, top, hist.publications, limit):
         result.recovered = True
         result.offset = req.offset
-        result.publications = hist.publications
+        result.publications = hist.publications if match is None else [p for p in hist.publications if match(p.tags)]
+    elif req.flag & FLAG_REJECT_UNRECOVERED:
+        raise ErrUnrecoverablePosition()
+    return top.offset
+
+
+async def _position_cache(session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest,
+                          result: SubscribeResult, match: TagsMatch | None) -> int:
+    """Cache recovery mode (``force_recovery_mode = "cache"``): the channel is a cache of its
+    latest publication, and recovering means getting that one. Recovered when the client holds
+    the top already, or the latest publication is still in history (it is then the only one
+    sent); not recovered when history has lost it."""
+    node = session.node
+    hist = await node.history(resolved, HistoryOptions(limit=1, reverse=True, meta_ttl=node.meta_ttl(resolved)))
+    top = hist.position
+    result.positioned = True
+    result.recoverable = True
+    result.epoch = top.epoch
+    result.offset = top.offset
+    holds_top = req.offset > 0 and req.offset == top.offset and req.epoch == top.epoch
+    latest = hist.publications[0] if hist.publications else None
+    if latest is not None and latest.offset == top.offset:
+        result.recovered = True
+        result.offset = req.offset  # the client moves on with the publication, as after any recovery
+        if not holds_top and (match is None or match(latest.tags)):
+            result.publications = [latest]
+    elif holds_top:
+        result.recovered = True
+        result.offset = req.offset
     elif req.flag & FLAG_REJECT_UNRECOVERED:
         raise ErrUnrecoverablePosition()
     return top.offset

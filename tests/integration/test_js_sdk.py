@@ -616,3 +616,53 @@ async def test_recover_request_on_channel_without_recovery_is_echoed(start_serve
     sub = only(script.of("subscribed", channel="feed:w"))
     assert (sub["recoverable"], sub["positioned"], sub["recovered"]) == (False, False, False)
     assert sub["wasRecovering"] is True
+
+
+# -- Centrifugo v6 features: delta compression, tags filters (both builds) ---------------------
+
+V6_NAMESPACES = {"channel": {"namespaces": [
+    {"name": "delta", "history_size": 50, "history_ttl": "10m", "force_recovery": True,
+     "allowed_delta_types": ["fossil"], "allow_subscribe_for_client": True},
+    {"name": "tagged", "history_size": 50, "history_ttl": "10m", "allow_tags_filter": True,
+     "allow_subscribe_for_client": True},
+]}}
+
+
+def ticker_state(n: int) -> bytes:
+    return json.dumps({"ticker": "ACME", "price": 100 + n, "book": [{"level": i, "size": 10 * i + n} for i in range(8)],
+                       "note": "x" * 200}, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("protobuf", [False, True], ids=["json", "protobuf"])
+@pytest.mark.parametrize("via", ["websocket", "http_stream"])
+async def test_delta_compression_through_sdk(start_server, js, protobuf, via):
+    running = await start_server(V6_NAMESPACES)
+    script = await js("listen.mjs", url=running.url, token=token("dora"), channels=["delta:acme"],
+                      subOptions={"delta": "fossil"}, protobuf=protobuf, transport=via)
+    await script.wait_for("ready")
+    for n in range(1, 6):
+        await running.node.publish("delta:acme", ticker_state(n))
+    await running.node.publish("delta:acme", b'"marker"')
+    await script.wait_for("publication", channel="delta:acme", data="marker")
+    await script.send(cmd="exit")
+    await script.finish()
+    got = [e["data"] for e in script.of("publication") if e["data"] != "marker"]
+    assert got == [json.loads(ticker_state(n)) for n in range(1, 6)]
+
+
+@pytest.mark.parametrize("protobuf", [False, True], ids=["json", "protobuf"])
+async def test_tags_filter_through_sdk(start_server, js, protobuf):
+    running = await start_server(V6_NAMESPACES)
+    tf = {"op": "and", "nodes": [{"key": "ticker", "cmp": "eq", "val": "ACME"},
+                                 {"key": "price", "cmp": "gte", "val": "100"}]}
+    script = await js("listen.mjs", url=running.url, token=token("tess"), channels=["tagged:t"],
+                      subOptions={"tagsFilter": tf}, protobuf=protobuf)
+    await script.wait_for("ready")
+    for n, tags in [(1, {"ticker": "ACME", "price": "99"}), (2, {"ticker": "ACME", "price": "150"}),
+                    (3, {"ticker": "OTHER", "price": "150"}), (4, {"ticker": "ACME", "price": "100"})]:
+        await running.node.publish("tagged:t", b'{"n":%d}' % n, tags=tags)
+    await running.node.publish("tagged:t", b'"marker"', tags={"ticker": "ACME", "price": "1000"})
+    await script.wait_for("publication", channel="tagged:t", data="marker")
+    await script.send(cmd="exit")
+    await script.finish()
+    assert [e["data"] for e in script.of("publication")] == [{"n": 2}, {"n": 4}, "marker"]
