@@ -2,7 +2,9 @@
 
 Every command but genconfig reads its config from ``--config FILE``, else ``$LIVEGATE_CONFIG``,
 else ``./config.toml`` when the current directory has one, else the built-in defaults, and says
-on stderr which it used; ``LIVEGATE_<PATH>`` variables apply on top in every case.
+which it used: ``serve`` in its log (a record of the logger ``livegate.config``, JSON when the
+log is), the other commands in a line on stderr. ``LIVEGATE_<PATH>`` variables apply on top in
+every case.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage (no traceback).
 """
@@ -62,11 +64,36 @@ def discover_config(explicit: str | None, environ: Mapping[str, str] | None = No
                               "`livegate genconfig` writes one")
 
 
-def _load(explicit: str | None, given: str = "from --config") -> tuple[Config, ConfigSource]:
-    source = discover_config(explicit, given=given)
+def _announce(source: ConfigSource) -> None:
+    """The config line on stderr, for a command that does not log (and for serve, whose log is
+    not set up yet, when its config cannot be loaded)."""
     if not os.environ.get("LIVEGATE_WORKER"):  # a supervisor's worker: the supervisor said it already
         print(f"livegate: config: {source.describe()}", file=sys.stderr)
-    return load_config(source.path), source
+
+
+def _load(explicit: str | None, given: str = "from --config", *, announce: bool = True) -> tuple[Config, ConfigSource]:
+    """The config and where it came from. With ``announce`` off (serve), the stderr line is
+    printed only when loading fails: otherwise the caller logs the source (``log_config_source``)."""
+    source = discover_config(explicit, given=given)
+    if announce:
+        _announce(source)
+        return load_config(source.path), source
+    try:
+        return load_config(source.path), source
+    except ConfigError:
+        _announce(source)
+        raise
+
+
+def log_config_source(source: ConfigSource) -> None:
+    """Say in the log which config file serve read: ``config_file`` (null: the built-in
+    defaults) and ``config_found`` (how it was found), as fields of a JSON log line."""
+    if os.environ.get("LIVEGATE_WORKER"):  # the supervisor logged it
+        return
+    import logging
+
+    logging.getLogger("livegate.config").info(
+        "config: %s", source.describe(), extra={"config_file": source.path, "config_found": source.origin})
 
 
 def _duration(text: str) -> float:
@@ -119,7 +146,7 @@ def worker_argv(config_path: str | None, app: str | None) -> list[str]:
     return argv
 
 
-def _supervise(config: Config, argv: list[str]) -> int:
+def _supervise(config: Config, argv: list[str], source: ConfigSource) -> int:
     """``http_server.workers = N``: N full instances sharing the ports (SO_REUSEPORT).
 
     Signals are forwarded to the workers; a worker that dies unexpectedly is restarted
@@ -134,6 +161,7 @@ def _supervise(config: Config, argv: list[str]) -> int:
     from livegate.server.logs import setup_logging
 
     setup_logging(config.log.level, config.log.format)
+    log_config_source(source)
     log = __import__("logging").getLogger("livegate.supervisor")
     metrics_dir = tempfile.mkdtemp(prefix="livegate-metrics-")
 
@@ -205,11 +233,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from livegate.server.lifecycle import Server
     from livegate.server.logs import setup_logging
 
-    config, source = _load(args.config)
+    # No line on stderr: the log (JSON where stderr is not a terminal) says which config it is.
+    config, source = _load(args.config, announce=False)
     app = _import_app(args.app) if args.app else None
     if config.http_server.workers > 1 and not os.environ.get("LIVEGATE_WORKER"):
-        return _supervise(config, worker_argv(source.path, args.app))
+        return _supervise(config, worker_argv(source.path, args.app), source)
     setup_logging(config.log.level, config.log.format)
+    log_config_source(source)
     server = Server(config, app)  # builds the node: key and engine errors surface here
     try:
         _run(server.serve_forever)

@@ -603,9 +603,16 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            data = Path(path).read_bytes()
+        except IsADirectoryError:
+            raise ConfigError("", f"cannot read config file {path}: it is a directory, not a file") from None
         except OSError as exc:
             raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError("", f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                                  "save it as UTF-8") from None
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -7,9 +7,13 @@ A warning never stops anything; the server runs with these settings as configure
 
 from __future__ import annotations
 
+import fnmatch
+import re
+
 from livegate.config import Channel, ChannelOptions, Config
 
-__all__ = ["warnings", "DEMO_SECRETS", "MIN_HMAC_BYTES", "MIN_PASSWORD_CHARS"]
+__all__ = ["warnings", "DEMO_SECRETS", "FOREIGN_ORIGINS", "MIN_HMAC_BYTES", "MIN_PASSWORD_CHARS", "foreign_origin",
+           "origin_matches"]
 
 #: The secrets of the repository's config.toml and the README's examples: public, so no secret.
 DEMO_SECRETS = frozenset({
@@ -39,6 +43,61 @@ def _secrets(config: Config) -> list[tuple[str, str, str]]:
         ("admin.secret", config.admin.secret, "anyone who knows it can make admin session tokens"),
     ]
     return [(key, value, gives) for key, value, gives in out if value]
+
+
+#: Origins of pages that are no one's site (``.invalid`` is reserved, RFC 2606), and ``null``,
+#: the origin a page of any site can give itself (a sandboxed iframe): an allowed_origins
+#: pattern that admits one of them admits the pages of every web site.
+FOREIGN_ORIGINS = ("https://evil.invalid", "http://evil.invalid:1234", "null")
+
+
+def origin_matches(origin: str, pattern: str) -> bool:
+    """Whether one allowed_origins ``pattern`` admits a browser's ``origin``: the rule of
+    livegate.server.websocket.origin_allowed (tests/unit/test_cli.py checks that they agree),
+    restated here because the config layer may not import the server."""
+    return pattern == "*" or fnmatch.fnmatchcase(origin.lower(), pattern.lower())
+
+
+_PATTERN = re.compile(r"(?:(?P<scheme>[^:/]+)://)?(?P<host>[^:/\[\]]+?)(?::(?P<port>[0-9*?]+))?")
+_WILD = "*?"
+
+
+def _probes(pattern: str) -> list[str]:
+    """Origins of no one's site built for one pattern of the form ``[scheme://]host[:port]``
+    (none for other forms):
+
+    - a host ending in a wildcard (``https://app.example.com*``, meant for "any port") admits
+      a domain that only begins with that host: ``https://app.example.com.evil.invalid``;
+    - a host beginning with a wildcard glued to a name (``https://*example.com``) admits
+      ``https://evilexample.com``; before a top-level domain alone (``https://*.com``), every
+      site of it. (``*.example.com`` is left alone: what it admits is example.com's.)
+    """
+    match = _PATTERN.fullmatch(pattern.lower())
+    if match is None:
+        return []
+    scheme = (match["scheme"] or "https").replace("*", "x").replace("?", "x")
+    port = f":{match['port'].replace('*', '1').replace('?', '1')}" if match["port"] else ""
+    host = match["host"]
+    out = []
+    if host[-1] in _WILD:
+        stem = host.replace("*", "").replace("?", "x").rstrip(".")
+        if stem:
+            out.append(f"{scheme}://{stem}.evil.invalid{port}")
+    tail = host.lstrip(_WILD)
+    if tail != host and tail and not any(c in tail for c in _WILD):
+        glued = not tail.startswith(".")
+        if tail.lstrip(".").count(".") <= (1 if glued else 0):
+            out.append(f"{scheme}://evil{tail}{port}")
+    return out
+
+
+def foreign_origin(pattern: str) -> str | None:
+    """An origin of no one's site that ``pattern`` admits, or None when none of those tried
+    is: FOREIGN_ORIGINS, then the probes made for the pattern's form (``_probes``)."""
+    for origin in (*FOREIGN_ORIGINS, *_probes(pattern)):
+        if origin_matches(origin, pattern):
+            return origin
+    return None
 
 
 def _channel_examples(channel: Channel, namespace: str) -> tuple[str | None, str | None]:
@@ -107,9 +166,15 @@ def warnings(config: Config) -> list[tuple[str, str]]:
                                               "own host and port (same origin); list the origins of your site, "
                                               "e.g. [\"https://app.example.com\"] (clients that are not browsers "
                                               "send no Origin and are not checked)"))
-    elif "*" in client.allowed_origins:
-        out.append(("client.allowed_origins", "contains \"*\": a page of any web site may connect "
-                                              "with the tokens it gets hold of"))
+    else:
+        loose = [(pattern, origin) for pattern in client.allowed_origins
+                 if (origin := foreign_origin(pattern)) is not None]
+        if loose:
+            admits = "; ".join(f"{pattern!r} admits {origin!r}" for pattern, origin in loose)
+            out.append(("client.allowed_origins", f"{admits}: pages of other web sites may connect (with the "
+                                                  "tokens they get hold of); list your sites' origins exactly, "
+                                                  "with wildcards only where the rest pins the site down "
+                                                  "(\"https://*.example.com\")"))
 
     api = config.http_api
     if api.insecure:

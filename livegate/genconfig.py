@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from typing import Literal
 
 __all__ = ["ENGINES", "render", "write", "SECRET_BYTES"]
@@ -127,15 +128,81 @@ def render(engine: Literal["redis", "memory"] = "redis") -> str:
 
 
 def write(path: str, text: str, *, force: bool = False) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600). Raises FileExistsError when
-    the file exists and ``force`` is off (checked atomically: O_EXCL)."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, 0o600)
+    """Write ``text`` to ``path``, readable by its owner only (0600).
+
+    Without ``force``, raises FileExistsError when ``path`` exists (checked atomically: O_EXCL).
+    With it, the text goes to a new temporary file (0600, O_EXCL) in the same directory, which
+    is flushed to disk and then renamed over ``path``: a failure part-way leaves the old file as
+    it was, and a symlink at ``path`` is replaced by the new file, its target left untouched. A
+    regular file replaced keeps its owner and group where the caller may set them (``sudo
+    livegate genconfig --force`` on a service's file leaves it readable by the service).
+    """
+    if not force:
+        _write_new(path, text)
+        return
     try:
-        os.fchmod(fd, 0o600)  # an existing file replaced with --force keeps no wider mode
+        old = os.lstat(path)
+    except FileNotFoundError:
+        old = None
+    owner = (old.st_uid, old.st_gid) if old is not None and stat.S_ISREG(old.st_mode) else None
+    directory = os.path.dirname(path) or "."
+    base = os.path.basename(path)
+    for _ in range(100):
+        temp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            _write_new(temp, text, owner)
+        except FileExistsError:
+            continue
+        break
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError(path)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    _fsync_directory(directory)
+
+
+def _write_new(path: str, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Create ``path`` (it must not exist, not even as a dangling symlink) with mode 0600 (and
+    ``owner``'s uid and gid, or its gid alone, where permitted), write ``text`` and fsync it; on
+    a failure part-way the file is removed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken bits away, never added: 0600 exactly
+        if owner is not None:
+            _chown(fd, owner)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             fd = -1
             f.write(text)
-    finally:
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
         if fd >= 0:
             os.close(fd)
+        os.unlink(path)
+        raise
+
+
+def _chown(fd: int, owner: tuple[int, int]) -> None:
+    for uid, gid in (owner, (-1, owner[1])):
+        try:
+            os.fchown(fd, uid, gid)
+            return
+        except PermissionError:
+            continue
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable (where directories can be opened: not on every platform)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

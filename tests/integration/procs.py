@@ -13,6 +13,18 @@ from typing import Any
 
 from conftest import BASE_CONFIG, merge, scaled
 
+#: LIVEGATE_* variables that are settings of the test run rather than of the config under
+#: test: a subprocess keeps them (the time scale of every wait, the event loop of every server).
+RUN_VARIABLES = frozenset({"LIVEGATE_TEST_TIME_SCALE", "LIVEGATE_LOOP"})
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``livegate`` subprocess that must see only the config a test gives
+    it: this process's, without any LIVEGATE_* variable (config keys, LIVEGATE_CONFIG,
+    LIVEGATE_WORKER, ...) but RUN_VARIABLES, with PYTHONUNBUFFERED=1, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEGATE_") or k in RUN_VARIABLES}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
 
 def free_port() -> int:
     with socket.socket() as s:

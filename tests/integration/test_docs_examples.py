@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import scaled
-from procs import free_port
+from procs import clean_env, free_port
 from websockets.sync.client import connect as ws_connect
 
 from livegate.auth import make_hmac_token
@@ -39,14 +39,11 @@ RUNS = [e for e in EXAMPLES if e.kind == "run"]
 
 
 def _environ(**extra: str) -> dict[str, str]:
-    """This process's environment without LIVEGATE_* settings (the examples describe config.toml
-    as it is), the virtualenv first on PATH, and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEGATE_") or k == "LIVEGATE_TEST_TIME_SCALE"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["LIVEGATE_CONFIG"] = str(CONFIG)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    """procs.clean_env (the examples describe config.toml as it is, whatever LIVEGATE_*
+    variables this run has), with LIVEGATE_CONFIG naming it, the virtualenv first on PATH, and
+    ``extra``."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return clean_env(**{"PATH": path, "LIVEGATE_CONFIG": str(CONFIG), **extra})
 
 
 class DocsServer:

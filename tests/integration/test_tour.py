@@ -1,4 +1,5 @@
-"""README.md's "A five-minute tour", run as written.
+"""README.md's "A five-minute tour", run as written, and the genconfig block of
+docs/getting-started.md.
 
 The commands come from the files themselves, so the test breaks when they drift: the server
 command from the Makefile's ``run`` target, the token command, the centrifuge-python snippet
@@ -6,13 +7,14 @@ and the genconfig block from the tour. They run in a temporary directory holding
 config.toml and a ``.venv`` link to the repository's, so ``.venv/bin/livegate ...`` works as
 typed there. Only the ports differ from a fresh clone (``LIVEGATE_HTTP_SERVER_PORT`` /
 ``LIVEGATE_HTTP_API_PORT`` for the server, free ones, as 8000/8001 may be taken while the suite
-runs); the token command gets no --config and no LIVEGATE_* variable: it must find
-./config.toml by itself.
+runs); the token command gets no --config and no LIVEGATE_* variable (procs.clean_env): it must
+find ./config.toml by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shlex
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import jwt
 from conftest import scaled
-from procs import free_port, wait_http
+from procs import clean_env, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_PLACEHOLDER = '"<token from livegate token>"'
@@ -67,11 +69,6 @@ def token_command(section: str) -> str:
     return lines[0]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEGATE_")}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
 async def stop(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
@@ -101,6 +98,11 @@ async def test_the_five_minute_tour_works_as_written(tmp_path):
             await wait_http(api_port, "/ready", timeout=15)
         except TimeoutError:
             raise AssertionError(f"the server did not become ready:\n{log_path.read_text()}") from None
+        # Its stderr is not a terminal: JSON log lines from the first on, the first saying which config.
+        first = log_path.read_text().splitlines()[0]
+        record = json.loads(first)
+        assert (record["logger"], record["config_file"], record["config_found"]) == \
+            ("livegate.config", "config.toml", "from --config"), first
 
         # `.venv/bin/livegate token --user alice`, in the directory of config.toml, nothing else said
         command = token_command(section)
@@ -164,3 +166,31 @@ async def test_the_tours_production_config_commands_work_as_written(tmp_path):
     assert [line.split(": ")[2] for line in err.splitlines() if line.startswith("livegate: warning: ")] == \
         ["client.allowed_origins"]
     assert (tmp_path / "config.toml").read_bytes() == (ROOT / "config.toml").read_bytes()  # the demo one is untouched
+
+
+def getting_started_genconfig_block() -> list[str]:
+    text = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    match = re.search(r"^## Your own config file\n(.*?)^## ", text, re.S | re.M)
+    assert match, "docs/getting-started.md has no section '## Your own config file'"
+    (block,) = [b for b in blocks(match.group(1), "sh") if "livegate genconfig" in b]
+    return commands(block)
+
+
+async def test_the_getting_started_genconfig_block_works_in_a_checkout(tmp_path):
+    """docs/getting-started.md's genconfig commands, run as typed (``livegate`` on PATH, as in an
+    activated virtualenv) beside the demo config.toml of a checkout: every one exits 0, the
+    files they name are written with mode 0600, and the demo config is left alone."""
+    lines = getting_started_genconfig_block()
+    assert lines and all(line.startswith("livegate ") for line in lines), lines
+    shutil.copy(ROOT / "config.toml", tmp_path / "config.toml")
+    env = clean_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    for command in lines:
+        proc = await asyncio.create_subprocess_shell(command, cwd=tmp_path, env=env,
+                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), scaled(15))
+        assert proc.returncode == 0, (command, err.decode())
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name != "config.toml")
+    assert written, "the block writes no file"
+    for name in written:
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    assert (tmp_path / "config.toml").read_bytes() == (ROOT / "config.toml").read_bytes()

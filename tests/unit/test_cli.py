@@ -7,9 +7,13 @@ with every ``LIVEGATE_*`` variable of the test environment removed.
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
 import stat
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,8 @@ import pytest
 from livegate import cli
 from livegate.cli import discover_config, main, worker_argv
 from livegate.config import load_config, parse_config
-from livegate.config_warnings import DEMO_SECRETS, warnings
+from livegate.config_warnings import DEMO_SECRETS, FOREIGN_ORIGINS, foreign_origin, origin_matches, warnings
+from livegate.server.websocket import origin_allowed
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_A, SECRET_B, SECRET_C = ("a" * 40, "b" * 40, "c" * 40)
@@ -115,8 +120,50 @@ def test_serve_reads_the_discovered_file(capsys, tmp_path):
     (tmp_path / "config.toml").write_text("[client]\nping_intervall = 3\n")
     code, _, err = run(capsys, "serve")
     assert code == 2
+    # Its log is not set up when the config fails: the source is said on stderr with the error.
     assert "livegate: config: ./config.toml (found in the current directory)" in err
     assert "client.ping_intervall: unknown key" in err
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, its handlers and level put back after a test that runs setup_logging."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("found, where", [
+    ("cwd", "found in the current directory"), ("flag", "from --config"), ("env", "from $LIVEGATE_CONFIG")])
+def test_serve_says_which_config_in_its_log_not_in_a_plain_line(capsys, tmp_path, monkeypatch, root_logger,
+                                                                 found, where):
+    """stderr of serve is its log (JSON lines here): the config source is a record of it, with
+    the path and how it was found as fields, and no plain-text line comes before it."""
+    (tmp_path / "config.toml").write_text('[log]\nformat = "json"\n')
+    monkeypatch.setattr(cli, "_run", lambda factory: None)  # everything up to serving, no sockets
+    argv = ["serve"]
+    if found == "flag":
+        argv += ["--config", "config.toml"]
+    elif found == "env":
+        monkeypatch.setenv("LIVEGATE_CONFIG", "config.toml")
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and out == "", err
+    records = [json.loads(line) for line in err.splitlines()]  # every line is JSON
+    assert records[0]["logger"] == "livegate.config"
+    assert records[0]["config_found"] == where
+    assert records[0]["config_file"] == ("./config.toml" if found == "cwd" else "config.toml")
+    assert records[0]["level"] == "info" and "livegate: config:" not in err
+
+
+def test_serve_on_built_in_defaults_logs_a_null_file(capsys, monkeypatch, root_logger):
+    monkeypatch.setenv("LIVEGATE_LOG_FORMAT", "json")
+    monkeypatch.setattr(cli, "_run", lambda factory: None)
+    code, _, err = run(capsys, "serve")
+    assert code == 0, err
+    record = json.loads(err.splitlines()[0])
+    assert record["config_file"] is None and record["config_found"].startswith("built-in defaults")
 
 
 def test_migrate_reads_the_discovered_file(capsys, tmp_path, monkeypatch):
@@ -131,7 +178,7 @@ def test_supervisor_workers_get_the_discovered_file(capsys, tmp_path, monkeypatc
     (tmp_path / "config.toml").write_text('[http_server]\nworkers = 2\n[engine]\ntype = "redis"\n')
     started: list[list[str]] = []
 
-    def supervise(config: Any, argv: list[str]) -> int:
+    def supervise(config: Any, argv: list[str], source: Any) -> int:
         started.append(argv)
         return 0
 
@@ -171,6 +218,35 @@ def test_check_config_without_argument_discovers(capsys, tmp_path):
     (tmp_path / "config.toml").unlink()
     code, out, err = run(capsys, "check-config")
     assert code == 0 and out.startswith("built-in defaults: ok")
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(capsys, tmp_path):
+    path = tmp_path / "latin1.toml"
+    text = '[client]\nallowed_origins = ["https://caf\u00e9.example"]\n'
+    path.write_bytes(text.encode("latin-1"))
+    code, out, err = run(capsys, "check-config", str(path))
+    assert code == 2 and out == ""
+    offset = text.index("\u00e9")
+    assert f"livegate: config error: {path}: not UTF-8 text (byte 0xe9 at offset {offset})" in err
+    assert "Traceback" not in err
+
+
+def test_a_directory_given_as_the_config_is_a_config_error(capsys, tmp_path):
+    (tmp_path / "conf.d").mkdir()
+    code, out, err = run(capsys, "check-config", "conf.d")
+    assert code == 2 and out == ""
+    assert "livegate: config error: cannot read config file conf.d: it is a directory, not a file" in err
+    code, _, err = run(capsys, "token", "--user", "alice", "--config", str(tmp_path))
+    assert code == 2 and "it is a directory" in err
+
+
+def test_a_toml_syntax_error_is_a_config_error_with_its_line(capsys, tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('[client]\nping_interval = 25s\n')  # a duration is a string: "25s"
+    code, out, err = run(capsys, "check-config", str(path))
+    assert code == 2 and out == ""
+    (line,) = [line for line in err.splitlines() if "config error" in line]
+    assert line.startswith(f"livegate: config error: {path}: invalid TOML: ") and "line 2" in line, line
 
 
 def test_check_config_refuses_two_different_files(capsys, tmp_path):
@@ -241,6 +317,78 @@ def test_genconfig_refuses_to_overwrite_unless_forced(capsys, tmp_path):
     assert code == 0, err
     assert "hmac_secret_key" in path.read_text()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_genconfig_force_that_fails_keeps_the_old_file(capsys, tmp_path, monkeypatch):
+    """--force writes a new file beside the old one and renames it over: a write that fails
+    part-way (here: fsync says the disk is full) leaves the old file as it was, and no debris."""
+    path = tmp_path / "mine.toml"
+    path.write_text("# my config\n")
+    path.chmod(0o644)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", full)
+    code, _, err = run(capsys, "genconfig", str(path), "--force")
+    assert code == 1 and "cannot write" in err and "No space left" in err
+    assert path.read_text() == "# my config\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.toml"]
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    code, _, err = run(capsys, "genconfig", "mine.toml", "--force")
+    assert code == 0, err
+    assert "hmac_secret_key" in path.read_text() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.toml"]
+
+
+def test_genconfig_force_replaces_a_symlink_not_its_target(capsys, tmp_path):
+    target = tmp_path / "shared.toml"
+    target.write_text("# someone else's file\n")
+    target.chmod(0o644)
+    link = tmp_path / "config.toml"
+    link.symlink_to(target)
+    code, _, err = run(capsys, "genconfig")
+    assert code == 2 and "exists" in err  # a link is a file that exists
+    code, _, err = run(capsys, "genconfig", "--force")
+    assert code == 0, err
+    assert not link.is_symlink() and "hmac_secret_key" in link.read_text()
+    assert stat.S_IMODE(link.stat().st_mode) == 0o600
+    assert target.read_text() == "# someone else's file\n" and stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_genconfig_force_keeps_the_owner_and_group_where_permitted(capsys, tmp_path, monkeypatch):
+    """The replaced file's uid and gid go to the new one (as root: a service's file stays the
+    service's); where the uid may not be set, the gid alone is tried."""
+    path = tmp_path / "svc.toml"
+    path.write_text("# the service's\n")
+    old = path.stat()
+    calls: list[tuple[int, int]] = []
+    real_fchown = os.fchown
+
+    def fchown(fd: int, uid: int, gid: int) -> None:
+        calls.append((uid, gid))
+        if uid != -1:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(os, "fchown", fchown)
+    code, _, err = run(capsys, "genconfig", str(path), "--force")
+    assert code == 0, err
+    assert calls == [(old.st_uid, old.st_gid), (-1, old.st_gid)]
+    new = path.stat()
+    assert (new.st_uid, new.st_gid) == (old.st_uid, old.st_gid) and new.st_ino != old.st_ino
+    calls.clear()
+    run(capsys, "genconfig", str(tmp_path / "fresh.toml"), "--force")
+    assert calls == []  # nothing replaced: the caller's own
+
+
+def test_genconfig_that_fails_leaves_no_partial_file(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    code, _, err = run(capsys, "genconfig", "new.toml")
+    assert code == 1 and "cannot write new.toml" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_genconfig_has_a_comment_on_every_section():
@@ -321,8 +469,51 @@ def test_empty_allowed_origins_says_what_browsers_get():
     assert why.startswith("is empty") and "same origin" in why
 
 
-def test_allowed_origins_star():
-    assert "any web site" in warned({"client": {"allowed_origins": ["*"]}})["client.allowed_origins"]
+@pytest.mark.parametrize("pattern, admits", [
+    ("*", "https://evil.invalid"),
+    ("https://*", "https://evil.invalid"),
+    ("http://*:1234", "http://evil.invalid:1234"),
+    ("HTTP*://EVIL*", "https://evil.invalid"),
+    ("null", "null"),
+    ("https://app.example.com*", "https://app.example.com.evil.invalid"),  # meant: any port
+    ("https://app.example.*", "https://app.example.evil.invalid"),
+    ("https://*example.com", "https://evilexample.com"),
+    ("*example.com", "https://evilexample.com"),
+    ("https://*.com", "https://evil.com"),
+])
+def test_allowed_origins_that_admit_other_sites(pattern, admits):
+    why = warned({"client": {"allowed_origins": ["https://app.example.com", pattern]}})["client.allowed_origins"]
+    assert why.startswith(f"{pattern!r} admits {admits!r}: pages of other web sites may connect"), why
+    # What the warning says is what the server does.
+    assert origin_allowed(admits, None, [pattern]) and not origin_allowed(admits, None, ["https://app.example.com"])
+
+
+@pytest.mark.parametrize("pattern", [
+    "https://app.example.com", "https://*.example.com", "https://app.example.com:*", "http://localhost:*",
+    "http://127.0.0.1:*", "https://*-staging.example.com", "*://app.example.com", "http*://*.example.com",
+    "https://[ab]pp.example.com"])
+def test_allowed_origins_that_pin_the_site_down(pattern):
+    assert warned({"client": {"allowed_origins": [pattern]}}) == {}
+
+
+def test_every_loose_origin_pattern_is_named():
+    why = warned({"client": {"allowed_origins": ["*", "https://ok.example.com", "https://a.example.com*"]}})
+    assert why["client.allowed_origins"].startswith(
+        "'*' admits 'https://evil.invalid'; 'https://a.example.com*' admits 'https://a.example.com.evil.invalid':")
+
+
+def test_origin_matching_agrees_with_the_server():
+    """config_warnings restates the server's rule (it may not import the server): the two give
+    the same answer for every pattern and origin tried here."""
+    patterns = ["*", "https://*", "https://app.example.com", "HTTPS://App.Example.com", "https://*.example.com",
+                "http://localhost:*", "null", "https://app.example.com*", "h?tp://[a-c]*", "*example.com", ""]
+    origins = [*FOREIGN_ORIGINS, "https://app.example.com", "HTTPS://APP.EXAMPLE.COM", "https://x.example.com",
+               "http://localhost:8000", "https://evilexample.com", "http://b.example", "https://app.example.com:8443"]
+    for pattern in patterns:
+        for origin in origins:
+            assert origin_matches(origin, pattern) == origin_allowed(origin, None, [pattern]), (pattern, origin)
+        probe = foreign_origin(pattern)
+        assert probe is None or origin_allowed(probe, None, [pattern])
 
 
 def test_api_key_empty_short_and_insecure():
