@@ -60,6 +60,11 @@ class Key:
     type: str
     default: str
     env: str
+    secret: bool = False  # declared with repr=False in livegate/config.py: its value is never shown
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return field.repr is False
 
 
 def _validator(field: FieldInfo) -> Any:
@@ -93,6 +98,8 @@ def _type(field: FieldInfo) -> str:
         return "one of " + ", ".join(values)
     if get_origin(ann) is list:
         (item,) = get_args(ann)
+        if get_origin(item) is Literal:
+            return "list, each one of " + ", ".join(f"`{v}`" for v in get_args(item))
         return "list of strings" if item is str else "list of tables"
     if ann is bool:
         return "bool"
@@ -118,7 +125,7 @@ def _type(field: FieldInfo) -> str:
 
 
 def _default(field: FieldInfo, value: Any) -> str:
-    if field.repr is False:  # a secret: never printed (the defaults are empty anyway)
+    if _is_secret(field):  # never printed (the defaults are empty anyway)
         return '`""`' if value == "" else "(secret, not shown)"
     validator = _validator(field)
     if validator is parse_duration:
@@ -155,19 +162,21 @@ def _namespace_keys() -> list[Key]:
     example = Namespace(name="example")
     section = f"{NAMESPACES}[]"
     fields = Namespace.model_fields
-    keys = [Key(f"{section}.name", section, _type(fields["name"]), "(required)", "—")]
+    keys = [Key(f"{section}.name", section, _type(fields["name"]), "(required)", "—", _is_secret(fields["name"]))]
     for name, field in fields.items():
         if name == "name":
             continue
         assert name in ChannelOptions.model_fields, name
         env = _env(["channel", "without_namespace", name]) + " (without_namespace)"
-        keys.append(Key(f"{section}.{name}", section, _type(field), _default(field, getattr(example, name)), env))
+        keys.append(Key(f"{section}.{name}", section, _type(field), _default(field, getattr(example, name)), env,
+                        _is_secret(field)))
     return keys
 
 
-def config_keys() -> list[Key]:
+def config_keys(config: Config | None = None) -> list[Key]:
     """Every key of config.toml, in the order of the models, grouped under section headings:
-    a top-level table, or a table inside one (deeper tables stay with their parent's)."""
+    a top-level table, or a table inside one (deeper tables stay with their parent's). The
+    defaults are read from ``config`` (the built-in defaults when None)."""
     keys: list[Key] = []
 
     def walk(model: type[BaseModel], instance: BaseModel, path: list[str]) -> None:
@@ -187,9 +196,9 @@ def config_keys() -> list[Key]:
             elif sub is not None:
                 walk(sub, value, here)
             else:
-                keys.append(Key(dotted, section, _type(field), _default(field, value), _env(here)))
+                keys.append(Key(dotted, section, _type(field), _default(field, value), _env(here), _is_secret(field)))
 
-    walk(Config, Config(), [])
+    walk(Config, Config() if config is None else config, [])
     return keys
 
 
@@ -251,9 +260,20 @@ without starting anything). The commands find their file as the
   of seconds.
 - **Rates** are strings such as `"100/s"`, `"600/m"`, `"5000/h"`, or numbers per second; `0`
   turns the limit off.
-- **Secrets** (`client.token.hmac_secret_key`, `http_api.key`, `admin.password`,
-  `admin.secret`, `persistence.dsn`) are never logged; their defaults are empty.
+- **Secrets** ({secrets}) are never logged; their defaults are empty.
 """
+
+
+def _wrap_bullet(text: str, width: int = 96) -> str:
+    """``text`` with its last bullet (the generated secrets list) wrapped at ``width``."""
+    head, sep, last = text.rstrip("\n").rpartition("\n- ")
+    lines: list[str] = []
+    for word in last.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width - 2:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return head + sep + "\n  ".join(lines) + "\n"
 
 
 def render_config(keys: list[Key], data: dict[str, Any]) -> str:
@@ -264,7 +284,11 @@ def render_config(keys: list[Key], data: dict[str, Any]) -> str:
     grouped: dict[str, list[Key]] = {}
     for k in keys:
         grouped.setdefault(k.section, []).append(k)
-    out = [CONFIG_INTRO]
+    secrets = [f"`{k.path}`" for k in keys if k.secret]
+    if not secrets:
+        raise DocsError("no key is declared secret (repr=False) in livegate/config.py")
+    listed = ", ".join(secrets[:-1]) + f" and {secrets[-1]}" if len(secrets) > 1 else secrets[0]
+    out = [_wrap_bullet(CONFIG_INTRO.format(secrets=listed))]
     for section, rows in grouped.items():
         level = "##" if "." not in section else "###"
         out.append(f"\n{level} `{section}`\n\n{' '.join(sections[section].split())}\n")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from livegate.config import parse_config
+from livegate.config import Config, parse_config
 from livegate.server.http_api import openapi_document
 from livegate.server.lifecycle import Server
 
@@ -113,13 +113,45 @@ def test_each_listed_variable_sets_its_key(keys):
     assert checked > 100
 
 
-def test_secrets_are_never_printed():
+def _secret_paths(model: type[BaseModel] = Config, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key of the models declared secret (``repr=False``), found here independently of
+    gen_docs' own walk."""
+    found = []
+    for name, field in model.model_fields.items():
+        here = (*path, field.alias or name)
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            found += _secret_paths(sub, here)
+        elif field.repr is False:
+            found.append(here)
+    return found
+
+
+def test_secrets_are_never_printed(key_texts):
+    """The page rendered from a config whose every secret is set to a sentinel shows none of
+    them, and lists every secret key as such; a non-secret value set alongside does show, so
+    the page is indeed rendered from that config."""
     secret = Field(default="", repr=False)
     assert gen_docs._default(secret, "") == '`""`'
     assert gen_docs._default(secret, "s3cret") == "(secret, not shown)"
-    page = gen_docs.CONFIG_PAGE.read_text(encoding="utf-8")
-    for demo in ("demo-secret-change-me", "demo-api-key-change-me", "demo-admin-password"):
-        assert demo not in page
+
+    paths = _secret_paths()
+    assert {"client.token.hmac_secret_key", "client.subscription_token.hmac_secret_key", "http_api.key",
+            "persistence.dsn", "admin.password", "admin.secret"} <= {".".join(p) for p in paths}
+    raw: dict = {}
+    sentinels = {}
+    for path in [*paths, ("client", "token", "issuer")]:
+        table = raw
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+        table[path[-1]] = sentinels[".".join(path)] = f"SENTINEL-{'-'.join(path)}-{'x' * 32}"
+    page = gen_docs.render_config(gen_docs.config_keys(parse_config(raw, environ={})), key_texts)
+    assert sentinels.pop("client.token.issuer") in page  # a non-secret value shows
+    secrets_line = " ".join(page[page.index("- **Secrets**"):].split("\n\n")[0].split())
+    for path, value in sentinels.items():
+        assert value not in page, f"{path}: its value is printed"
+        assert f"| `{path}` | string | (secret, not shown) |" in page, f"{path}: its row does not hide it"
+        assert f"`{path}`" in secrets_line, f"{path}: not in the list of secrets"
 
 
 def test_every_api_method_and_field_has_text(api_texts):
