@@ -479,6 +479,13 @@ class Config(_Section):
     log: Log = Field(default_factory=Log)
     admin: Admin = Field(default_factory=Admin)
 
+    @property
+    def one_port(self) -> bool:
+        """The server API (and /metrics, the admin page) is served on the client port:
+        ``http_api.port`` equals ``http_server.port`` (not 0) on the same address."""
+        return (self.http_api.port != 0 and self.http_api.port == self.http_server.port
+                and self.http_api.address == self.http_server.address)
+
     @model_validator(mode="after")
     def _admin_prefix(self) -> Config:
         if self.admin.enabled:
@@ -504,6 +511,23 @@ class Config(_Section):
                 paths[f"{key}.handler_prefix"] = section.handler_prefix
         if self.http_server.workers > 1 and self.engine.type == "memory":
             raise ValueError("http_server.workers: more than one worker needs engine.type = \"redis\"")
+        if self.one_port:
+            # The server API on the client port (as Centrifugo serves it by default): its paths
+            # must not be a client handler's.
+            api_paths = {"http_api.handler_prefix": self.http_api.handler_prefix.rstrip("/") or "/",
+                         "/metrics": "/metrics"}
+            if self.admin.enabled:
+                api_paths["admin.handler_prefix"] = self.admin.handler_prefix.rstrip("/")
+            for key, api_path in api_paths.items():
+                for client_key, path in paths.items():
+                    if path == api_path or path.startswith(api_path + "/") or api_path in ("/", ""):
+                        raise ValueError(f"{key if key != '/metrics' else client_key}: {api_path} on the client port "
+                                         f"(http_api.port = http_server.port) would take {client_key} ({path})")
+        elif (self.http_api.port and self.http_api.port == self.http_server.port
+              and self.http_api.address != self.http_server.address):
+            raise ValueError(f"http_api.address: the API port {self.http_api.port} is http_server.port, on another "
+                             f"address ({self.http_api.address} vs {self.http_server.address}): set the same address "
+                             "to serve the API on the client port, or another port")
         archived = [ns.name for ns in self.channel.namespaces if ns.archive]
         if self.channel.without_namespace.archive:
             archived.append("(without namespace)")

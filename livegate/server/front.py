@@ -31,6 +31,18 @@ _UPGRADE = re.compile(rb"\r\nupgrade[ \t]*:[^\r\n]*websocket", re.IGNORECASE)
 _REQUEST_LINE = re.compile(rb"GET ([^ ?\r\n]*)[^ \r\n]* HTTP/1\.[01]\r\n")
 
 
+_ANY_PATH = re.compile(rb"[A-Z]+ ([^ ?\r\n]*)")
+
+
+def _is_api_request(head: bytes, prefixes: Collection[bytes]) -> bool:
+    """A request to one of ``prefixes`` (a path equal to one, or below it)."""
+    line = _ANY_PATH.match(head)
+    if line is None:
+        return False
+    path = line.group(1)
+    return any(path == p or path.startswith(p + b"/") for p in prefixes)
+
+
 def _is_websocket_request(head: bytes, paths: Collection[bytes]) -> bool:
     """A GET to a WebSocket path with ``Upgrade: websocket`` (any case, any place)."""
     line = _REQUEST_LINE.match(head)
@@ -49,6 +61,9 @@ class FrontDoor(asyncio.Protocol):
     ws_paths: Collection[bytes] = ()
     ws_factory: Callable[[asyncio.Transport], Any] | None = None
     http_factory: Callable[[], asyncio.Protocol] | None = None
+    #: With the server API on this port: its paths, and the factory of its connections.
+    api_prefixes: Collection[bytes] = ()
+    api_factory: Callable[[], asyncio.Protocol] | None = None
     pending: set[FrontDoor] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,8 +107,11 @@ class FrontDoor(asyncio.Protocol):
             transport.set_protocol(conn)
             conn.start(head)
             return
-        assert self.http_factory is not None
-        proto = self.http_factory()
+        if self.api_factory is not None and _is_api_request(head, self.api_prefixes):
+            proto = self.api_factory()
+        else:
+            assert self.http_factory is not None
+            proto = self.http_factory()
         transport.set_protocol(proto)
         proto.connection_made(transport)
         proto.data_received(head)
@@ -106,9 +124,13 @@ class FrontDoor(asyncio.Protocol):
 
 
 def front_door_class(ws_paths: Collection[str], ws_factory: Callable[[asyncio.Transport], Any],
-                     http_factory: Callable[[], asyncio.Protocol]) -> Any:
+                     http_factory: Callable[[], asyncio.Protocol], *, api_prefixes: Collection[str] = (),
+                     api_factory: Callable[[], asyncio.Protocol] | None = None) -> Any:
     """The listener's protocol class: WebSocket requests to ``ws_paths`` go to ``ws_factory``,
+    requests to ``api_prefixes`` to ``api_factory`` (the server API on the client port),
     everything else to ``http_factory``."""
     return type("ClientPortDoor", (FrontDoor,), {
         "ws_paths": frozenset(p.encode() for p in ws_paths), "ws_factory": staticmethod(ws_factory),
-        "http_factory": staticmethod(http_factory), "pending": set(), "__slots__": ()})
+        "http_factory": staticmethod(http_factory), "pending": set(), "__slots__": (),
+        "api_prefixes": tuple(p.encode() for p in api_prefixes),
+        "api_factory": staticmethod(api_factory) if api_factory is not None else None})

@@ -43,6 +43,7 @@ from livegate.protocol.jsontext import JsonTextError, loads, loads_with_spans
 from livegate.server.admin import admin_page
 
 __all__ = ["make_api_app", "openapi_document", "MetricsFiles", "ApiConnection", "ApiSite", "start_api",
+           "api_runner", "api_connection_factory",
            "API_HEADERS"]
 
 log = logging.getLogger("livegate.http_api")
@@ -207,14 +208,31 @@ class ApiSite(web.BaseSite):
                                                 reuse_port=self._reuse_port or None)
 
 
-async def start_api(node: Node, registry: CollectorRegistry, *, reuse_port: bool = False
-                    ) -> tuple[web.AppRunner, ApiSite]:
-    """Serve ``make_api_app`` on ``http_api.address:port`` with the port's limits."""
+async def api_runner(node: Node, registry: CollectorRegistry) -> web.AppRunner:
+    """``make_api_app``, set up to be served (by ``start_api``, or on the client port)."""
     cfg = node.config.http_api
     # On shutdown, requests still running get a moment to finish, not aiohttp's default minute.
     runner = web.AppRunner(make_api_app(node, registry), access_log=None, handle_signals=False,
                            shutdown_timeout=min(5.0, cfg.read_timeout))
     await runner.setup()
+    return runner
+
+
+def api_connection_factory(node: Node, runner: web.AppRunner) -> Callable[[], ApiConnection]:
+    """Connections of the API with the port's limits (read deadline, keep-alive timeout)."""
+    cfg = node.config.http_api
+    manager = runner.server
+    assert manager is not None
+    loop = asyncio.get_running_loop()
+    return lambda: ApiConnection(manager, loop=loop, read_timeout=cfg.read_timeout, keepalive_timeout=cfg.idle_timeout,
+                                 access_log=None, logger=http_log)
+
+
+async def start_api(node: Node, registry: CollectorRegistry, *, reuse_port: bool = False
+                    ) -> tuple[web.AppRunner, ApiSite]:
+    """Serve ``make_api_app`` on ``http_api.address:port`` with the port's limits."""
+    cfg = node.config.http_api
+    runner = await api_runner(node, registry)
     site = ApiSite(runner, cfg.address, cfg.port, reuse_port=reuse_port,
                    read_timeout=cfg.read_timeout, keepalive_timeout=cfg.idle_timeout, access_log=None,
                    logger=http_log)
@@ -423,8 +441,15 @@ def make_api_app(node: Node, registry: CollectorRegistry) -> web.Application:
             if conn is not None:
                 conn.request_done()
 
+    one_port = node.config.one_port
+
     async def headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(API_HEADERS)
+        if one_port:
+            # On the client port the front door picks a handler per connection, by its first
+            # request: a kept-alive connection would take a client path to the API.
+            response.force_close()
+            response.headers["Connection"] = "close"
 
     app = web.Application(client_max_size=cfg.max_body_size, middlewares=[guard])
     app.on_response_prepare.append(headers)

@@ -26,7 +26,7 @@ from livegate.persistence.store import Persistence
 from livegate.protocol import codes
 from livegate.server.client_http import make_client_app
 from livegate.server.front import front_door_class
-from livegate.server.http_api import ApiSite, MetricsFiles, start_api
+from livegate.server.http_api import ApiSite, MetricsFiles, api_connection_factory, api_runner, start_api
 from livegate.server.websocket import WebSocketConnection, WsContext
 from livegate.session import Session
 from livegate.tasks import STOP_TIMEOUT, cancel_and_wait
@@ -93,6 +93,8 @@ class Server:
 
     @property
     def api_port(self) -> int:
+        if self.config.one_port:
+            return self.port
         assert self._api_runner is not None
         return self._api_runner.addresses[0][1]
 
@@ -129,8 +131,14 @@ class Server:
         if cfg.uni_websocket.enabled:
             ws_paths.append(cfg.uni_websocket.handler_prefix)
         ws = self._ws_context = WsContext(node, HANDLERS, self.clients)
+        api: dict[str, Any] = {}
+        if cfg.one_port:  # the server API, /metrics and the admin page on the client port too
+            self._api_runner = await api_runner(node, self.metrics_registry)
+            api["api_factory"] = api_connection_factory(node, self._api_runner)
+            api["api_prefixes"] = [cfg.http_api.handler_prefix.rstrip("/"), "/metrics"] + (
+                [cfg.admin.handler_prefix.rstrip("/")] if cfg.admin.enabled else [])
         self._front = front_door_class(ws_paths, lambda transport: WebSocketConnection(ws, transport),
-                                       self._client_runner.server)
+                                       self._client_runner.server, **api)
         loop = asyncio.get_running_loop()
         if sock is not None:
             self._ws = await loop.create_server(self._front, sock=sock, backlog=2048)
@@ -138,7 +146,8 @@ class Server:
             # backlog: reconnect waves; a short accept queue turns them into resets
             self._ws = await loop.create_server(self._front, cfg.http_server.address, cfg.http_server.port,
                                                 reuse_port=cfg.http_server.workers > 1 or None, backlog=2048)
-        await self._start_api()
+        if not cfg.one_port:
+            await self._start_api()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         log.info("listening", extra={"address": cfg.http_server.address, "port": self.port,
                                      "path": cfg.websocket.handler_prefix, "engine": cfg.engine.type,
