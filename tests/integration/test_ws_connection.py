@@ -171,3 +171,21 @@ async def test_a_refused_handshake_gets_an_http_answer_with_our_server_header(st
     answer = await asyncio.wait_for(reader.read(), scaled(5))
     assert answer.startswith(b"HTTP/1.1 403") and b"\r\nServer: livegate\r\n" in answer
     assert answer.endswith(b"origin not allowed\n")
+
+
+async def test_permessage_deflate_when_enabled(start_server, peer_factory):
+    """websocket.compression: the extension is negotiated and the client's compressed frames
+    are read; the server's frames go uncompressed (allowed by RFC 7692: RSV1 unset), so one
+    frame still serves every subscriber."""
+    running = await start_server({"websocket": {"compression": True}})
+    peer = await peer_factory(running.url, compression="deflate")
+    assert "permessage-deflate" in (peer.ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+    await peer.connect("zip")
+    assert "error" not in await peer.call("subscribe", {"channel": "chat:z"})
+    await peer.send({"id": 50, "publish": {"channel": "chat:z", "data": {"text": "y" * 2000}}})
+    await peer.reply(50)
+    pubs = [m for m in peer.pushes if "pub" in m.get("push", {})]
+    while not pubs:  # the publication may come before or after the publish reply
+        message = await peer.recv()
+        pubs = [message] if "pub" in message.get("push", {}) else []
+    assert pubs[0]["push"]["pub"]["data"] == {"text": "y" * 2000}
