@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2] / "livegate"
 #: Lowest first. A module belongs to the longest entry its dotted name is or starts with
 #: ("livegate" itself is only the package's __init__).
 LAYERS: list[tuple[str, ...]] = [
-    ("livegate", "livegate.errors", "livegate.tasks", "livegate.app", "livegate.clock"),
+    ("livegate", "livegate.errors", "livegate.tasks", "livegate.app", "livegate.clock", "livegate.sharding"),
     ("livegate.protocol",),
     ("livegate.config", "livegate.config_warnings", "livegate.genconfig", "livegate.auth", "livegate.metrics",
      "livegate.limits"),

@@ -19,7 +19,6 @@ was built with; gaps (a shard's pub/sub connection was lost and came back) too.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable
 from functools import lru_cache
@@ -33,10 +32,11 @@ from livegate.channels.redis.broker import RedisBroker
 from livegate.channels.redis.envelope import ENVELOPE_VERSION, EnvelopeError, decode_envelope
 from livegate.channels.redis.functions import FUNCTION_VERSION, load_functions
 from livegate.channels.redis.presence import RedisPresence
-from livegate.channels.redis.shard import UNAVAILABLE, Shard, jump_hash
+from livegate.channels.redis.shard import UNAVAILABLE, Shard
 from livegate.channels.redis.users import RedisUserConnections
 from livegate.config import Config
 from livegate.errors import BrokerUnavailable
+from livegate.sharding import jump_hash, shard_index
 
 __all__ = ["RedisEngine", "RedisNodeChannel", "jump_hash", "FUNCTION_VERSION", "load_functions"]
 
@@ -104,10 +104,7 @@ class RedisEngine:
         return all(s.healthy for s in self.shards)
 
     def _compute_shard(self, channel: str) -> Shard:
-        if len(self.shards) == 1:
-            return self.shards[0]
-        digest = hashlib.blake2b(channel.encode(), digest_size=8).digest()
-        return self.shards[jump_hash(int.from_bytes(digest, "big"), len(self.shards))]
+        return self.shards[shard_index(channel, len(self.shards))]
 
     def shard_for(self, channel: str) -> Shard:
         return self._shard_of(channel)

@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from livegate.channels.redis.functions import load_functions
 from livegate.errors import BrokerError, BrokerUnavailable
+from livegate.sharding import jump_hash
 from livegate.tasks import cancel_and_wait
 
 __all__ = ["Shard", "ShardOwner", "UNAVAILABLE", "jump_hash", "redact", "resp"]
@@ -47,16 +48,6 @@ class ShardOwner(Protocol):
     def fixed_channels(self, shard_index: int) -> set[bytes]: ...
     async def write_config(self, client: aioredis.Redis) -> None: ...
     def report_gap(self, channels: list[bytes]) -> None: ...
-
-
-def jump_hash(key: int, buckets: int) -> int:
-    """Jump consistent hash (Lamping & Veach): adding a shard moves only 1/n of the keys."""
-    b, j = -1, 0
-    while j < buckets:
-        b = j
-        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
-        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
-    return b
 
 
 def resp(*parts: bytes | str) -> bytes:
