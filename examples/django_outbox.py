@@ -54,6 +54,9 @@ def enqueue_publish(cursor: Cursor, channel: str, data: Any, *, idempotency_key:
     """Insert a ``publish`` command into the outbox, inside the caller's transaction.
 
     ``data`` as for ``livegate.publisher``: a JSON-serializable value or bytes of JSON text.
+    The outbox keeps the JSON value, not its text: ``payload`` is ``jsonb``, which reorders
+    keys and drops whitespace and duplicate keys, so subscribers get the same value but not
+    the same bytes (the HTTP API and the Redis doors pass JSON text through byte for byte).
     The idempotency key makes a command run twice (at-least-once) publish once."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):
         raise ValueError(f"schema must be a plain SQL identifier, not {schema!r}")

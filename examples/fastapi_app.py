@@ -1,12 +1,13 @@
 """A FastAPI service that publishes into livegate channels with the async publisher.
 
     pip install fastapi uvicorn
-    LIVEGATE_REDIS=redis://127.0.0.1:6379/0 uvicorn examples.fastapi_app:app
-    curl -X POST 'http://127.0.0.1:8000/orders/42/state?state=paid'
+    LIVEGATE_REDIS=redis://127.0.0.1:6379/0 uvicorn examples.fastapi_app:app --port 8080
+    curl -X POST 'http://127.0.0.1:8080/orders/42/state?state=paid'
 
-The work of the endpoint is ``publish_order_update``, a plain async function that takes the
-publisher, so it runs (and is tested) without FastAPI. The livegate config needs the
-``orders`` namespace, e.g.::
+(Port 8080: uvicorn's default, 8000, is livegate's client port.) The endpoint's work is in
+plain async functions that take the publisher, so they run (and are tested) without FastAPI:
+``publish_order_update`` publishes, ``order_state_answer`` turns the outcome into the HTTP
+status and body. The livegate config needs the ``orders`` namespace, e.g.::
 
     [[channel.namespaces]]
     name = "orders"
@@ -16,7 +17,8 @@ publisher, so it runs (and is tested) without FastAPI. The livegate config needs
 
 Pick the door with ``LIVEGATE_DOOR``: ``redis`` (FCALL into the servers' Redis, the
 default), ``stream`` (the Redis API stream) or ``http`` (the server HTTP API, with
-``LIVEGATE_API_URL`` and ``LIVEGATE_API_KEY``).
+``LIVEGATE_API_URL`` and ``LIVEGATE_API_KEY``). ``LIVEGATE_REDIS`` is
+``engine.redis.address``: one URL, or several separated by commas when channels are sharded.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from livegate.publisher import ErrBadRequest, ErrUnknownChannel, Publisher, PublisherUnavailable
+from livegate.publisher import ClientError, ErrBadRequest, ErrUnknownChannel, Publisher, PublisherUnavailable
 
 
 def make_publisher() -> Publisher:
@@ -36,13 +38,14 @@ def make_publisher() -> Publisher:
     if door == "http":
         return Publisher.http(os.environ.get("LIVEGATE_API_URL", "http://127.0.0.1:8001/api"),
                               api_key=os.environ.get("LIVEGATE_API_KEY"))
-    address = os.environ.get("LIVEGATE_REDIS", "redis://127.0.0.1:6379/0")
+    addresses = os.environ.get("LIVEGATE_REDIS", "redis://127.0.0.1:6379/0").split(",")
     if door == "stream":
-        return Publisher.stream(address, prefix=prefix)
-    return Publisher.redis(address.split(","), prefix=prefix)  # several addresses: sharded channels
+        return Publisher.stream(addresses, prefix=prefix)  # the stream lives on the first server
+    return Publisher.redis(addresses, prefix=prefix)  # several addresses: sharded channels
 
 
-async def publish_order_update(publisher: Publisher, order_id: int, state: str) -> dict[str, Any]:
+async def publish_order_update(publisher: Publisher, order_id: int, state: str, *,
+                               wait_timeout: float = 10.0) -> dict[str, Any]:
     """Tell the subscribers of ``orders:<id>`` the order's new state.
 
     The idempotency key makes a retried request (a client retrying after a timeout, a second
@@ -51,13 +54,34 @@ async def publish_order_update(publisher: Publisher, order_id: int, state: str) 
     doors the publish itself is final and ``wait`` returns at once."""
     result = await publisher.publish(f"orders:{order_id}", {"order": order_id, "state": state},
                                      idempotency_key=f"order-{order_id}-{state}")
-    await publisher.wait(result)
+    await publisher.wait(result, timeout=wait_timeout)
     return {"channel": f"orders:{order_id}", "offset": result.offset, "epoch": result.epoch}
 
 
+async def order_state_answer(publisher: Publisher, order_id: int, state: str, *,
+                             wait_timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """The endpoint's HTTP status and JSON body.
+
+    200 and the position; 400 for what the request got wrong (a namespace livegate does not
+    know, data it refuses); 503 when livegate cannot be reached (retrying is safe: the
+    idempotency key); 504 when a stream entry was not run in time; 502 with livegate's
+    message for any other error livegate answered."""
+    try:
+        return 200, await publish_order_update(publisher, order_id, state, wait_timeout=wait_timeout)
+    except (ErrUnknownChannel, ErrBadRequest) as exc:
+        return 400, {"detail": exc.message}
+    except PublisherUnavailable as exc:
+        return 503, {"detail": str(exc)}
+    except TimeoutError as exc:
+        return 504, {"detail": str(exc)}
+    except ClientError as exc:
+        return 502, {"detail": exc.message, "code": exc.code}
+
+
 try:
-    from fastapi import FastAPI, HTTPException, Request
-except ImportError:  # FastAPI is not a livegate dependency; the function above works without it
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+except ImportError:  # FastAPI is not a livegate dependency; the functions above work without it
     pass
 else:
     @asynccontextmanager
@@ -69,10 +93,6 @@ else:
     app = FastAPI(lifespan=lifespan)
 
     @app.post("/orders/{order_id}/state")
-    async def set_order_state(order_id: int, state: str, request: Request) -> dict[str, Any]:
-        try:
-            return await publish_order_update(request.app.state.publisher, order_id, state)
-        except (ErrUnknownChannel, ErrBadRequest) as exc:
-            raise HTTPException(status_code=400, detail=exc.message) from None
-        except PublisherUnavailable as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
+    async def set_order_state(order_id: int, state: str, request: Request) -> JSONResponse:
+        status, body = await order_state_answer(request.app.state.publisher, order_id, state)
+        return JSONResponse(body, status_code=status)

@@ -11,13 +11,16 @@
 
 Three doors, the same methods and errors (see ``Publisher``):
 
-* ``redis``: ``FCALL livegate_publish`` straight into the servers' Redis (no gateway hop);
+* ``redis``: ``FCALL livegate_publish`` straight into the servers' Redis (no gateway hop, and
+  no PostgreSQL archive: only what the servers publish themselves is archived);
 * ``stream``: an entry on the Redis API stream, run later by one server (the result is the
   entry id; ``wait(result)`` waits for it and raises its error);
 * ``http``: the server HTTP API.
 
 Errors are livegate's own ``ClientError`` subclasses, re-exported here (``ErrUnknownChannel``
-102, ``ErrBadRequest`` 107, ...); ``PublisherUnavailable`` when a door cannot be reached.
+102, ``ErrBadRequest`` 107, ...); ``PublisherUnavailable`` when a door cannot be reached
+(``OutcomeUnknown``, one of them, when ``wait`` cannot tell whether a stream entry ran).
+``shard_index(channel, len(addresses))`` says which of ``engine.redis.address`` holds a channel.
 Importing this package loads neither the server nor redis-py nor aiohttp: each door imports
 what it uses when it is made (aiohttp only for the async HTTP door).
 """
@@ -36,13 +39,22 @@ from livegate.protocol.codes import (
     ErrUnknownChannel,
 )
 from livegate.publisher.aio import HttpPublisher, Publisher, RedisPublisher, StreamPublisher
-from livegate.publisher.common import BroadcastResult, PublisherUnavailable, PublishResult, api_body, encode_data
+from livegate.publisher.common import (
+    BroadcastResult,
+    OutcomeUnknown,
+    PublisherUnavailable,
+    PublishResult,
+    api_body,
+    encode_data,
+)
 from livegate.publisher.sync import SyncHttpPublisher, SyncPublisher, SyncRedisPublisher, SyncStreamPublisher
+from livegate.sharding import shard_index
 
 __all__ = [
     "Publisher", "RedisPublisher", "StreamPublisher", "HttpPublisher",
     "SyncPublisher", "SyncRedisPublisher", "SyncStreamPublisher", "SyncHttpPublisher",
-    "PublishResult", "BroadcastResult", "PublisherUnavailable", "api_body", "encode_data",
+    "PublishResult", "BroadcastResult", "PublisherUnavailable", "OutcomeUnknown", "api_body", "encode_data",
+    "shard_index",
     "ClientError", "ErrBadRequest", "ErrInternal", "ErrMethodNotFound", "ErrNotAvailable", "ErrPermissionDenied",
     "ErrTooManyRequests", "ErrUnauthorized", "ErrUnknownChannel",
 ]

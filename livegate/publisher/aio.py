@@ -9,29 +9,37 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from livegate.errors import ClientError
+from livegate.errors import BrokerUnavailable, ClientError
 from livegate.publisher.common import (
-    DEAD_PAGE,
     FUNCTION,
-    STREAM_GROUP,
+    STREAM_MAX_LENGTH,
     BroadcastResult,
+    EntryWatch,
+    Pipelined,
     PublisherUnavailable,
     PublishResult,
+    Steps,
     api_body,
     broadcast_results,
-    dead_letter_page,
-    dead_letter_scan_start,
-    delivered,
     encode_data,
     fcall_options,
     fcall_result,
+    first_address,
+    group_by_shard,
     http_error,
+    http_headers,
     http_result,
+    http_url,
+    merge_shards,
     need_channels,
+    poll_delays,
+    redis_client,
     redis_failure,
+    shard_broadcast,
     shard_index,
+    stream_add,
 )
 
 if TYPE_CHECKING:
@@ -40,22 +48,46 @@ if TYPE_CHECKING:
 
 __all__ = ["Publisher", "RedisPublisher", "StreamPublisher", "HttpPublisher"]
 
-def _redis_client(url: str, timeout: float) -> aioredis.Redis:
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
+T = TypeVar("T")
 
-    # No silent retries: a publish retried after a lost reply could publish twice. Callers
-    # retry themselves, with an idempotency key.
-    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                   retry=Retry(NoBackoff(), 0))
+
+def _redis_client(url: str, timeout: float) -> aioredis.Redis:
+    client: aioredis.Redis = redis_client(url, timeout, aio=True)
+    return client
+
+
+async def _drive(client: aioredis.Redis, steps: Steps[T]) -> T:
+    """Run the Redis conversation ``steps`` (see livegate.publisher.common) on ``client``."""
+    reply: Any = None
+    failure: Exception | None = None
+    while True:
+        try:
+            step = steps.send(reply) if failure is None else steps.throw(failure)
+        except StopIteration as done:
+            return done.value
+        except (ClientError, BrokerUnavailable):
+            raise
+        except Exception as exc:
+            raise redis_failure(exc) from None
+        reply, failure = None, None
+        try:
+            if isinstance(step, Pipelined):
+                async with client.pipeline(transaction=step.transaction) as pipe:
+                    for call in step.calls:
+                        getattr(pipe, call.name)(*call.args, **call.kwargs)
+                    reply = await pipe.execute(raise_on_error=False)
+            else:
+                reply = await getattr(client, step.name)(*step.args, **step.kwargs)
+        except Exception as exc:
+            failure = exc
 
 
 class Publisher(ABC):
     """Publishes into livegate channels from an asyncio backend, through one of three doors:
 
     * ``Publisher.redis(address)``: ``FCALL livegate_publish`` on the Redis the servers use;
-      no gateway hop; returns the offset and epoch.
+      no gateway hop; returns the offset and epoch. Publications that come in this way are
+      not archived to PostgreSQL (the servers archive what they publish themselves).
     * ``Publisher.stream(address)``: an entry on the Redis API stream, run later by one of
       the servers (at-least-once); returns the entry id, see ``wait``.
     * ``Publisher.http(url, api_key=...)``: the server HTTP API; returns the offset and epoch.
@@ -70,18 +102,25 @@ class Publisher(ABC):
     def redis(address: str | Sequence[str], *, prefix: str = "livegate", timeout: float = 5.0) -> RedisPublisher:
         """The Redis function door. ``address``: ``engine.redis.address`` (one URL, or all of
         them, in the same order, when channels are sharded over several servers);
-        ``prefix``: ``engine.redis.prefix``."""
+        ``prefix``: ``engine.redis.prefix``. Plain Redis servers, as livegate's engine uses
+        them, not a Redis Cluster (a broadcast's batch names channels of different slots)."""
         return RedisPublisher(address, prefix=prefix, timeout=timeout)
 
     @staticmethod
-    def stream(address: str, *, prefix: str = "livegate", timeout: float = 5.0) -> StreamPublisher:
-        """The Redis API stream door. ``address``: the first of ``engine.redis.address``."""
-        return StreamPublisher(address, prefix=prefix, timeout=timeout)
+    def stream(address: str | Sequence[str], *, prefix: str = "livegate", timeout: float = 5.0,
+               max_length: int = STREAM_MAX_LENGTH) -> StreamPublisher:
+        """The Redis API stream door. ``address``: ``engine.redis.address``, or its first URL
+        (the stream lives on the first server); ``max_length``:
+        ``engine.redis.api_stream_max_length`` (or the smallest ``MAXLEN`` your backends
+        ``XADD`` with, if smaller), which ``wait`` needs to tell an entry that ran from one
+        cut unrun."""
+        return StreamPublisher(address, prefix=prefix, timeout=timeout, max_length=max_length)
 
     @staticmethod
     def http(url: str, *, api_key: str | None = None, timeout: float = 10.0) -> HttpPublisher:
-        """The HTTP API door. ``url``: the API's prefix, e.g. ``http://127.0.0.1:8001/api``;
-        ``api_key``: ``http_api.key`` (None for a server with ``http_api.insecure``)."""
+        """The HTTP API door. ``url``: the API's prefix, e.g. ``http://127.0.0.1:8001/api``
+        (ValueError for one that is not an http(s) URL); ``api_key``: ``http_api.key`` (None
+        for a server with ``http_api.insecure``)."""
         return HttpPublisher(url, api_key=api_key, timeout=timeout)
 
     @abstractmethod
@@ -108,11 +147,15 @@ class Publisher(ABC):
                         tags: Mapping[str, str] | None = None, binary: bool = False) -> BroadcastResult:
         """Publish the same data into several channels: one result or error per channel, in
         the order given (an error for one channel does not stop the others). Raises as
-        ``publish`` for what concerns all of them."""
+        ``publish`` for what concerns all of them. With channels on several Redis servers,
+        every server is tried before a ``PublisherUnavailable`` is raised for one that could
+        not be reached: channels on the others may have been published, so retry with the
+        same ``idempotency_key``."""
 
     async def wait(self, result: PublishResult, timeout: float = 10.0) -> None:
         """Wait until a publication has been executed, raising its error if it failed. Only the
-        stream door needs it: the other doors' results are final, and this returns at once."""
+        stream door needs it (see ``StreamPublisher.wait``): the other doors' results are
+        final, and this returns at once."""
         return None
 
     @abstractmethod
@@ -128,7 +171,16 @@ class Publisher(ABC):
 
 
 class RedisPublisher(Publisher):
-    """``FCALL livegate_publish`` on the Redis server that holds the channel."""
+    """``FCALL livegate_publish`` on the Redis server that holds the channel.
+
+    A broadcast is one ``FCALL livegate_publish_batch`` per server, all servers at once, and
+    still answers per channel: a batch is all or nothing, so when Redis refuses one (naming
+    publication i), channel i gets that error and the server's other channels are sent again,
+    one ``FCALL livegate_publish`` each in one pipeline, each with its own outcome; nothing of
+    a refused batch was written, so nothing is published twice (see
+    ``livegate.publisher.common.shard_broadcast``). Channels of several slots go in one call:
+    plain Redis servers, as livegate's engine uses, not a Redis Cluster.
+    """
 
     def __init__(self, address: str | Sequence[str], *, prefix: str = "livegate", timeout: float = 5.0) -> None:
         addresses = [address] if isinstance(address, str) else list(address)
@@ -155,31 +207,18 @@ class RedisPublisher(Publisher):
         names = need_channels(channels)
         raw = encode_data(data, binary=binary)
         options = fcall_options(self.prefix, idempotency_key, tags)
-        by_shard: dict[int, list[int]] = {}
-        for i, channel in enumerate(names):
-            by_shard.setdefault(shard_index(channel, len(self._clients)), []).append(i)
-        results: list[PublishResult | ClientError | PublisherUnavailable | None] = [None] * len(names)
-
-        async def on_shard(shard: int, indexes: list[int]) -> None:
-            # One pipeline per server: one round trip for all of its channels.
-            try:
-                async with self._clients[shard].pipeline(transaction=False) as pipe:
-                    for i in indexes:
-                        pipe.fcall(FUNCTION, 1, names[i], raw, options)
-                    replies = await pipe.execute(raise_on_error=False)
-            except Exception as exc:
-                raise redis_failure(exc) from None
-            for i, reply in zip(indexes, replies, strict=True):
-                results[i] = redis_failure(reply) if isinstance(reply, Exception) else fcall_result(reply)
-
-        await asyncio.gather(*(on_shard(shard, indexes) for shard, indexes in by_shard.items()))
-        out: BroadcastResult = []
-        for item in results:
-            if isinstance(item, PublisherUnavailable):
+        groups = group_by_shard(names, len(self._clients))
+        shards = list(groups)
+        # Every server to the end, whatever the others do; then the outcome.
+        done = await asyncio.gather(*(
+            _drive(self._clients[shard], shard_broadcast([names[i] for i in groups[shard]], raw, options))
+            for shard in shards), return_exceptions=True)
+        outcomes = {}
+        for shard, item in zip(shards, done, strict=True):
+            if isinstance(item, BaseException):
                 raise item
-            assert item is not None
-            out.append(item)
-        return out
+            outcomes[shard] = item
+        return merge_shards(len(names), groups, outcomes)
 
     async def close(self) -> None:
         for client in self._clients:
@@ -196,17 +235,15 @@ class StreamPublisher(Publisher):
     before acknowledging): an ``idempotency_key`` makes that harmless.
     """
 
-    def __init__(self, address: str, *, prefix: str = "livegate", timeout: float = 5.0) -> None:
+    def __init__(self, address: str | Sequence[str], *, prefix: str = "livegate", timeout: float = 5.0,
+                 max_length: int = STREAM_MAX_LENGTH) -> None:
         self.stream_key = f"{prefix}.api.stream"
+        self.max_length = max_length
         self.dead_key = f"{prefix}.api.dead"
-        self._client = _redis_client(address, timeout)
+        self._client = _redis_client(first_address(address), timeout)
 
     async def _add(self, method: str, body: bytes) -> PublishResult:
-        try:
-            entry_id = await self._client.xadd(self.stream_key, {"method": method, "payload": body})
-        except Exception as exc:
-            raise redis_failure(exc) from None
-        return PublishResult(0, "", entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
+        return await _drive(self._client, stream_add(self.stream_key, method, body))
 
     async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None,
                       tags: Mapping[str, str] | None = None, binary: bool = False) -> PublishResult:
@@ -224,50 +261,32 @@ class StreamPublisher(Publisher):
         return [result] * len(names)
 
     async def wait(self, result: PublishResult, timeout: float = 10.0) -> None:
-        """Poll until an instance has executed the entry (acknowledged it).
+        """Poll until an instance has executed the entry: returns once that is known (see
+        ``livegate.publisher.common.EntryWatch`` for how), raises when it failed or cannot be
+        known. Call it soon after publishing: entries that ran are trimmed from the stream
+        within seconds, and one ``wait`` never saw in the stream cannot be told, once gone,
+        from one cut unrun.
 
         Raises:
             ClientError: the entry was dead-lettered with this error (e.g. ErrUnknownChannel).
+            OutcomeUnknown: the entry is no longer in the stream, was not dead-lettered, and
+                may have been cut unrun (the stream over ``max_length`` entries, or ``wait``
+                called too late to tell); publish again with the same ``idempotency_key``.
             TimeoutError: not executed within ``timeout`` seconds (is a livegate instance
                 running on this Redis and prefix?).
             PublisherUnavailable: Redis cannot be reached.
         """
         if not result.entry_id:
             return
-        delay = 0.005
+        watch = EntryWatch(self.stream_key, self.dead_key, result.entry_id, self.max_length, result.stream_added)
         try:
             async with asyncio.timeout(timeout):
-                while not await self._executed(result.entry_id):
+                for delay in poll_delays():
+                    if await _drive(self._client, watch.poll()):
+                        return
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.2)
         except TimeoutError:
             raise TimeoutError(f"{self.stream_key} entry {result.entry_id} not executed within {timeout:g}s") from None
-
-    async def _executed(self, entry_id: str) -> bool:
-        from redis.exceptions import ResponseError
-
-        client = self._client
-        try:
-            # Read by the group, then no longer pending: acknowledged, executed or dead-lettered
-            # (in this order: an entry is pending from its delivery to its acknowledgement).
-            try:
-                groups = await client.xinfo_groups(self.stream_key)
-            except ResponseError as exc:
-                if "no such key" in str(exc):
-                    return False
-                raise
-            if not delivered(groups, entry_id):
-                return False
-            if await client.xpending_range(self.stream_key, STREAM_GROUP, min=entry_id, max=entry_id, count=1):
-                return False
-            start: str | None = dead_letter_scan_start(entry_id)
-            while start is not None:
-                start = dead_letter_page(await client.xrange(self.dead_key, min=start, max="+", count=DEAD_PAGE), entry_id)
-            return True
-        except ClientError:
-            raise
-        except Exception as exc:
-            raise redis_failure(exc) from None
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -278,11 +297,9 @@ class HttpPublisher(Publisher):
     session (keep-alive), made on first use."""
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
+        self.url = http_url(url)
         self.timeout = timeout
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["X-API-Key"] = api_key
+        self._headers = http_headers(api_key)
         self._session: aiohttp.ClientSession | None = None
 
     async def _post(self, method: str, body: bytes) -> bytes:

@@ -12,29 +12,38 @@ import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from livegate.errors import ClientError
+from livegate.errors import BrokerUnavailable, ClientError
 from livegate.publisher.common import (
-    DEAD_PAGE,
     FUNCTION,
-    STREAM_GROUP,
+    STREAM_MAX_LENGTH,
     BroadcastResult,
+    ChannelOutcome,
+    EntryWatch,
+    Pipelined,
     PublisherUnavailable,
     PublishResult,
+    Steps,
     api_body,
     broadcast_results,
-    dead_letter_page,
-    dead_letter_scan_start,
-    delivered,
     encode_data,
     fcall_options,
     fcall_result,
+    first_address,
+    group_by_shard,
     http_error,
+    http_headers,
     http_result,
+    http_url,
+    merge_shards,
     need_channels,
+    poll_delays,
+    redis_client,
     redis_failure,
+    shard_broadcast,
     shard_index,
+    stream_add,
 )
 
 if TYPE_CHECKING:
@@ -43,14 +52,38 @@ if TYPE_CHECKING:
 __all__ = ["SyncPublisher", "SyncRedisPublisher", "SyncStreamPublisher", "SyncHttpPublisher"]
 
 
-def _redis_client(url: str, timeout: float) -> redis.Redis:
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+T = TypeVar("T")
 
-    # No silent retries (see aio._redis_client).
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                retry=Retry(NoBackoff(), 0))
+
+def _redis_client(url: str, timeout: float) -> redis.Redis:
+    client: redis.Redis = redis_client(url, timeout, aio=False)
+    return client
+
+
+def _drive(client: redis.Redis, steps: Steps[T]) -> T:
+    """Run the Redis conversation ``steps`` (see livegate.publisher.common) on ``client``."""
+    reply: Any = None
+    failure: Exception | None = None
+    while True:
+        try:
+            step = steps.send(reply) if failure is None else steps.throw(failure)
+        except StopIteration as done:
+            return done.value
+        except (ClientError, BrokerUnavailable):
+            raise
+        except Exception as exc:
+            raise redis_failure(exc) from None
+        reply, failure = None, None
+        try:
+            if isinstance(step, Pipelined):
+                with client.pipeline(transaction=step.transaction) as pipe:
+                    for call in step.calls:
+                        getattr(pipe, call.name)(*call.args, **call.kwargs)
+                    reply = pipe.execute(raise_on_error=False)
+            else:
+                reply = getattr(client, step.name)(*step.args, **step.kwargs)
+        except Exception as exc:
+            failure = exc
 
 
 class SyncPublisher(ABC):
@@ -64,9 +97,10 @@ class SyncPublisher(ABC):
         return SyncRedisPublisher(address, prefix=prefix, timeout=timeout)
 
     @staticmethod
-    def stream(address: str, *, prefix: str = "livegate", timeout: float = 5.0) -> SyncStreamPublisher:
+    def stream(address: str | Sequence[str], *, prefix: str = "livegate", timeout: float = 5.0,
+               max_length: int = STREAM_MAX_LENGTH) -> SyncStreamPublisher:
         """See ``Publisher.stream``."""
-        return SyncStreamPublisher(address, prefix=prefix, timeout=timeout)
+        return SyncStreamPublisher(address, prefix=prefix, timeout=timeout, max_length=max_length)
 
     @staticmethod
     def http(url: str, *, api_key: str | None = None, timeout: float = 10.0) -> SyncHttpPublisher:
@@ -100,7 +134,9 @@ class SyncPublisher(ABC):
 
 
 class SyncRedisPublisher(SyncPublisher):
-    """``FCALL livegate_publish`` on the Redis server that holds the channel."""
+    """``FCALL livegate_publish`` on the Redis server that holds the channel; a broadcast is
+    one ``FCALL livegate_publish_batch`` per server, one server after the other (see
+    ``RedisPublisher``)."""
 
     def __init__(self, address: str | Sequence[str], *, prefix: str = "livegate", timeout: float = 5.0) -> None:
         addresses = [address] if isinstance(address, str) else list(address)
@@ -122,30 +158,21 @@ class SyncRedisPublisher(SyncPublisher):
 
     def broadcast(self, channels: Sequence[str], data: Any, *, idempotency_key: str | None = None,
                   tags: Mapping[str, str] | None = None, binary: bool = False) -> BroadcastResult:
+        """See ``Publisher.broadcast``: every server is tried, then the outcome."""
         names = need_channels(channels)
         raw = encode_data(data, binary=binary)
         options = fcall_options(self.prefix, idempotency_key, tags)
-        by_shard: dict[int, list[int]] = {}
-        for i, channel in enumerate(names):
-            by_shard.setdefault(shard_index(channel, len(self._clients)), []).append(i)
-        out: list[PublishResult | ClientError | None] = [None] * len(names)
-        for shard, indexes in by_shard.items():
+        groups = group_by_shard(names, len(self._clients))
+        outcomes: dict[int, list[ChannelOutcome]] = {}
+        failure: Exception | None = None
+        for shard, indexes in groups.items():
             try:
-                with self._clients[shard].pipeline(transaction=False) as pipe:
-                    for i in indexes:
-                        pipe.fcall(FUNCTION, 1, names[i], raw, options)
-                    replies = pipe.execute(raise_on_error=False)
-            except Exception as exc:
-                raise redis_failure(exc) from None
-            for i, reply in zip(indexes, replies, strict=True):
-                if not isinstance(reply, Exception):
-                    out[i] = fcall_result(reply)
-                    continue
-                error = redis_failure(reply)
-                if isinstance(error, PublisherUnavailable):
-                    raise error
-                out[i] = error
-        return [item for item in out if item is not None]
+                outcomes[shard] = _drive(self._clients[shard], shard_broadcast([names[i] for i in indexes], raw, options))
+            except Exception as exc:  # not expected (shard_broadcast answers per channel): after the others
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return merge_shards(len(names), groups, outcomes)
 
     def close(self) -> None:
         for client in self._clients:
@@ -156,17 +183,15 @@ class SyncStreamPublisher(SyncPublisher):
     """``XADD {prefix}.api.stream``: see ``StreamPublisher`` (the result is the entry id;
     ``wait`` tells how it went)."""
 
-    def __init__(self, address: str, *, prefix: str = "livegate", timeout: float = 5.0) -> None:
+    def __init__(self, address: str | Sequence[str], *, prefix: str = "livegate", timeout: float = 5.0,
+                 max_length: int = STREAM_MAX_LENGTH) -> None:
         self.stream_key = f"{prefix}.api.stream"
+        self.max_length = max_length
         self.dead_key = f"{prefix}.api.dead"
-        self._client = _redis_client(address, timeout)
+        self._client = _redis_client(first_address(address), timeout)
 
     def _add(self, method: str, body: bytes) -> PublishResult:
-        try:
-            entry_id = self._client.xadd(self.stream_key, {"method": method, "payload": body})
-        except Exception as exc:
-            raise redis_failure(exc) from None
-        return PublishResult(0, "", entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
+        return _drive(self._client, stream_add(self.stream_key, method, body))
 
     def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None,
                 tags: Mapping[str, str] | None = None, binary: bool = False) -> PublishResult:
@@ -185,37 +210,15 @@ class SyncStreamPublisher(SyncPublisher):
         """See ``StreamPublisher.wait``."""
         if not result.entry_id:
             return
+        watch = EntryWatch(self.stream_key, self.dead_key, result.entry_id, self.max_length, result.stream_added)
         deadline = time.monotonic() + timeout
-        delay = 0.005
-        while not self._executed(result.entry_id):
-            if time.monotonic() >= deadline:
+        for delay in poll_delays():
+            if _drive(self._client, watch.poll()):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise TimeoutError(f"{self.stream_key} entry {result.entry_id} not executed within {timeout:g}s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
-
-    def _executed(self, entry_id: str) -> bool:
-        from redis.exceptions import ResponseError
-
-        client = self._client
-        try:
-            try:
-                groups = client.xinfo_groups(self.stream_key)
-            except ResponseError as exc:
-                if "no such key" in str(exc):
-                    return False
-                raise
-            if not delivered(groups, entry_id):
-                return False
-            if client.xpending_range(self.stream_key, STREAM_GROUP, min=entry_id, max=entry_id, count=1):
-                return False
-            start: str | None = dead_letter_scan_start(entry_id)
-            while start is not None:
-                start = dead_letter_page(client.xrange(self.dead_key, min=start, max="+", count=DEAD_PAGE), entry_id)
-            return True
-        except ClientError:
-            raise
-        except Exception as exc:
-            raise redis_failure(exc) from None
+            time.sleep(min(delay, remaining))
 
     def close(self) -> None:
         self._client.close()
@@ -226,11 +229,9 @@ class SyncHttpPublisher(SyncPublisher):
     per call)."""
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
+        self.url = http_url(url)
         self.timeout = timeout
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["X-API-Key"] = api_key
+        self._headers = http_headers(api_key)
         # No proxies from the environment (as aiohttp): the API port is for backends nearby.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

@@ -35,12 +35,16 @@ from livegate.publisher import (
     ErrNotAvailable,
     ErrUnauthorized,
     ErrUnknownChannel,
+    OutcomeUnknown,
     Publisher,
     PublisherUnavailable,
     PublishResult,
     SyncPublisher,
+    shard_index,
 )
-from livegate.publisher.common import shard_index
+from livegate.publisher import aio as publisher_aio
+from livegate.publisher import sync as publisher_sync
+from livegate.publisher.common import EntryWatch
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = BASE_CONFIG["http_api"]["key"]
@@ -237,6 +241,51 @@ async def test_broadcast_reaches_channels_on_both_redis_servers(gate, door, mode
         await closing(pub)
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+async def test_a_refused_batch_still_answers_per_channel(gate, mode):
+    # Two refused channels on server 0 (each fails the all-or-nothing batch of that server),
+    # good ones on both servers: every channel gets its own answer, the good ones publish once.
+    good = [channel_on_shard("feed", 0), channel_on_shard("feed", 1), channel_on_shard("feed", 0)]
+    refused = [channel_on_shard("nope", 0), channel_on_shard("nope", 0)]
+    channels = [refused[0], good[0], good[1], refused[1], good[2]]
+    key = f"k-{uuid.uuid4().hex}"
+    pub = gate.publisher("redis", mode)
+    try:
+        async with subscribed(gate, *good) as sub:
+            results = await call(pub, "broadcast", channels, {"b": 1}, idempotency_key=key)
+            assert [type(r) for r in results] == [ErrUnknownChannel, PublishResult, PublishResult,
+                                                  ErrUnknownChannel, PublishResult]
+            assert [r.offset for r in results if isinstance(r, PublishResult)] == [1, 1, 1]
+            assert 'namespace "nope"' in results[3].message
+            again = await call(pub, "broadcast", channels, {"b": 2}, idempotency_key=key)  # a retry
+            assert [r for r in again if isinstance(r, PublishResult)] == [r for r in results if isinstance(r, PublishResult)]
+            marker = await call(pub, "broadcast", good, {"b": "marker"})
+            assert [r.offset for r in marker] == [2, 2, 2]
+            seen: dict[str, list[Any]] = {channel: [] for channel in good}
+            for _ in range(6):
+                got = await sub.pub()
+                seen[got["channel"]].append(got["data"]["b"])
+            assert seen == {channel: [1, "marker"] for channel in good}  # the retry published nothing
+    finally:
+        await closing(pub)
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+async def test_a_broadcast_tries_every_server_before_reporting_one_out_of_reach(gate, mode):
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: server 1 is out of reach
+    up, away = channel_on_shard("feed", 0), channel_on_shard("feed", 1)
+    factory = Publisher if mode == "async" else SyncPublisher
+    pub = factory.redis([REDIS_URL, down], prefix=gate.prefix, timeout=1)
+    try:
+        async with subscribed(gate, up) as sub:
+            with pytest.raises(PublisherUnavailable, match=down.rsplit(":", 1)[1].split("/")[0]):
+                await call(pub, "broadcast", [away, up], {"v": 1})  # the server out of reach comes first
+            got = await sub.pub()  # server 0 was published all the same
+            assert (got["channel"], got["data"]) == (up, {"v": 1})
+    finally:
+        await closing(pub)
+
+
 async def fails(pub: Any, door: str, *args: Any, **kwargs: Any) -> BaseException:
     """The error a publish fails with: raised by the call, or, through the stream door, the
     one its entry was dead-lettered with."""
@@ -308,6 +357,100 @@ async def test_an_unreachable_door_is_publisher_unavailable(door, mode):
         await closing(pub)
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+async def test_wait_claims_success_only_for_an_entry_known_to_have_run(mode):
+    """The stream's consumer played by hand on a prefix of its own, leaving entries as
+    livegate/api/stream.py does: acknowledged (ran), dead-lettered, trimmed once done with
+    (XTRIM MINID), or cut to the length bound (XTRIM MAXLEN api_stream_max_length, here 5)
+    before or while it ran."""
+    prefix = unique_prefix()
+    stream, dead = f"{prefix}.api.stream", f"{prefix}.api.dead"
+    factory = Publisher if mode == "async" else SyncPublisher
+    pub = factory.stream([REDIS_URL], prefix=prefix, max_length=5)
+    consumer = redis.Redis.from_url(REDIS_URL)
+    try:
+        consumer.xgroup_create(stream, "livegate", id="0", mkstream=True)
+
+        async def publish() -> PublishResult:
+            return await call(pub, "publish", uniq("feed"), {"a": 1})
+
+        def read(entry: PublishResult | None = None) -> None:
+            """XREADGROUP as an instance does: everything new becomes pending."""
+            got = consumer.xreadgroup("livegate", "c1", {stream: ">"}, count=100)
+            assert entry is None or entry.entry_id in [eid.decode() for _, entries in got for eid, _ in entries]
+
+        def done(entry: PublishResult) -> None:
+            """Read (if not yet), ran and acknowledged, then trimmed with what came before."""
+            consumer.xreadgroup("livegate", "c1", {stream: ">"}, count=100)
+            consumer.xack(stream, "livegate", entry.entry_id)
+            ms, seq = entry.entry_id.split("-")
+            consumer.xtrim(stream, minid=f"{ms}-{int(seq) + 1}", approximate=False)
+
+        def more(count: int) -> None:
+            for _ in range(count):
+                consumer.xadd(stream, {"method": "publish", "payload": b"{}"})
+
+        def cut() -> None:
+            consumer.xtrim(stream, maxlen=5, approximate=False)
+
+        async def look(watch: EntryWatch) -> bool:
+            """One poll of wait's, on this door's own client."""
+            if mode == "async":
+                return await publisher_aio._drive(pub._client, watch.poll())
+            return publisher_sync._drive(pub._client, watch.poll())
+
+        ran = await publish()
+        read(ran)
+        consumer.xack(stream, "livegate", ran.entry_id)
+        await call(pub, "wait", ran, timeout=scaled(5))  # acknowledged and still there: it ran
+
+        failed = await publish()
+        read(failed)
+        consumer.xadd(dead, {"id": failed.entry_id, "error": "102: unknown channel"})
+        consumer.xack(stream, "livegate", failed.entry_id)
+        with pytest.raises(ErrUnknownChannel):
+            await call(pub, "wait", failed, timeout=scaled(5))
+
+        trimmed = await publish()  # ran, then trimmed with 4 after it: too few for a cut to 5
+        assert trimmed.stream_added is not None
+        more(4)
+        done(trimmed)
+        await call(pub, "wait", trimmed, timeout=scaled(5))
+
+        consumer.xtrim(stream, maxlen=0, approximate=False)  # all read: nothing older left to blur the count
+        seen = await publish()  # the same, known from wait having seen it (no count from the XADD)
+        watch = EntryWatch(stream, dead, seen.entry_id, max_length=5)
+        assert not await look(watch) and watch.added_at is not None
+        more(4)
+        done(seen)
+        assert await look(watch)
+        late = EntryWatch(stream, dead, seen.entry_id, max_length=5)  # never saw it: cannot tell
+        with pytest.raises(OutcomeUnknown):
+            await look(late)
+
+        unread = await publish()  # cut before any instance read it
+        assert unread.stream_added is not None
+        more(5)
+        cut()
+        read()  # the group reads past where it was
+        with pytest.raises(OutcomeUnknown, match="no longer in the stream"):
+            await call(pub, "wait", unread, timeout=scaled(5))
+
+        pending = await publish()  # cut while pending; the claim then finds nothing and acknowledges
+        assert pending.stream_added is not None
+        read(pending)
+        more(5)
+        cut()
+        consumer.xack(stream, "livegate", pending.entry_id)
+        read()
+        with pytest.raises(OutcomeUnknown):
+            await call(pub, "wait", pending, timeout=scaled(5))
+    finally:
+        await closing(pub)
+        consumer.delete(stream, dead)
+        consumer.close()
+
+
 async def test_idempotency_keys_are_shared_by_the_doors(gate):
     channel, key = uniq("feed"), f"k-{uuid.uuid4().hex}"
     async with gate.publisher("redis", "async") as fcall, gate.publisher("http", "async") as http:
@@ -345,6 +488,28 @@ async def test_fastapi_example_publishes_an_order_update(gate, door, monkeypatch
         await example.publish_order_update(pub, order, "paid")  # a retry: published once
         await example.publish_order_update(pub, order, "shipped")
         assert (await sub.pub())["data"]["state"] == "shipped"
+
+
+async def test_fastapi_example_answers_each_outcome_with_its_status(gate):
+    example = load_example("fastapi_app")
+    order = int(uuid.uuid4().int % 10**9)
+    async with subscribed(gate, f"orders:{order}") as sub, gate.publisher("redis", "async") as pub:
+        status, body = await example.order_state_answer(pub, order, "paid")
+        assert status == 200 and body["channel"] == f"orders:{order}" and body["offset"] == 1 and body["epoch"]
+        assert (await sub.pub())["data"] == {"order": order, "state": "paid"}
+        status, body = await example.order_state_answer(pub, order, "x" * MAX_SIZE)
+        assert status == 400 and "max_publication_size" in body["detail"]
+    async with gate.publisher("redis", "async", prefix=unique_prefix()) as wrong:  # no livegate there
+        status, body = await example.order_state_answer(wrong, order, "paid")
+        assert status == 502 and body["code"] == 108 and "no livegate config" in body["detail"]
+    async with Publisher.redis(f"redis://127.0.0.1:{free_port()}/0", timeout=1) as down:
+        assert (await example.order_state_answer(down, order, "paid"))[0] == 503
+    other = unique_prefix()
+    async with Publisher.stream(REDIS_URL, prefix=other) as unread:  # nobody reads that stream
+        status, body = await example.order_state_answer(unread, order, "paid", wait_timeout=0.2)
+        assert status == 504 and "not executed" in body["detail"]
+    with redis.Redis.from_url(REDIS_URL) as client:
+        client.delete(f"{other}.api.stream")
 
 
 class RecordingCursor:
@@ -395,3 +560,4 @@ async def test_django_outbox_example_publishes_after_commit_only(gate):
         await conn.close()
     with pytest.raises(ValueError, match="identifier"):
         example.enqueue_publish(RecordingCursor(), channel, {}, schema="x; DROP TABLE y")
+
