@@ -28,13 +28,14 @@ from livegate.api.commands import execute, keep_raw_data
 from livegate.errors import ClientError
 from livegate.node import Node
 from livegate.protocol.jsontext import loads_with_spans
+from livegate.sharding import API_STREAM_GROUP
 from livegate.tasks import cancel_and_wait
 
 __all__ = ["ApiStreamConsumer", "GROUP", "decode_payload"]
 
 log = logging.getLogger("livegate.api.stream")
 
-GROUP = "livegate"
+GROUP = API_STREAM_GROUP  # shared with livegate.publisher (livegate.sharding)
 CLAIM_IDLE = 15.0
 MAX_DELIVERIES = 5
 DEAD_MAXLEN = 10000

@@ -13,6 +13,7 @@ from livegate.channels.redis.envelope import ENVELOPE_VERSION, EnvelopeError, de
 from livegate.channels.redis.shard import UNAVAILABLE, Shard
 from livegate.errors import BrokerError, BrokerUnavailable
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
+from livegate.sharding import PUBLISH_FUNCTION
 
 __all__ = ["RedisBroker"]
 
@@ -48,7 +49,7 @@ class RedisBroker:
         if opts.tags:
             options["tags"] = opts.tags
         info = opts.info.to_json() if opts.info is not None else b""
-        reply = await self._shard_for(channel).fcall("livegate_publish", channel, data, orjson.dumps(options), info)
+        reply = await self._shard_for(channel).fcall(PUBLISH_FUNCTION, channel, data, orjson.dumps(options), info)
         offset, epoch = reply[0], reply[1]
         return PublishResult(StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch),
                              suppressed=len(reply) > 2)
