@@ -108,7 +108,7 @@ class HttpServer(_Section):
 class WebSocket(_Section):
     handler_prefix: str = "/connection/websocket"
     message_size_limit: PosInt = 65536
-    compression: bool = False  # livegate: permessage-deflate; ~50 KiB per connection, breaks shared frames
+    compression: bool = False  # permessage-deflate for what clients send; the server's frames stay uncompressed
     write_timeout: Duration = 1.0  # livegate: how long a closing slow connection may take before it is aborted
     disabled: bool = False  # Centrifugo's websocket.disabled: no WebSocket handler (HTTP fallbacks only)
 
@@ -524,10 +524,10 @@ class Config(_Section):
                         raise ValueError(f"{key if key != '/metrics' else client_key}: {api_path} on the client port "
                                          f"(http_api.port = http_server.port) would take {client_key} ({path})")
         elif (self.http_api.port and self.http_api.port == self.http_server.port
-              and self.http_api.address != self.http_server.address):
-            raise ValueError(f"http_api.address: the API port {self.http_api.port} is http_server.port, on another "
-                             f"address ({self.http_api.address} vs {self.http_server.address}): set the same address "
-                             "to serve the API on the client port, or another port")
+              and {self.http_api.address, self.http_server.address} & {"", "0.0.0.0", "::"}):
+            raise ValueError(f"http_api.address: the API port {self.http_api.port} is http_server.port, and one of "
+                             f"{self.http_api.address!r} and {self.http_server.address!r} listens on every address: "
+                             "set the same address to serve the API on the client port, or another port")
         archived = [ns.name for ns in self.channel.namespaces if ns.archive]
         if self.channel.without_namespace.archive:
             archived.append("(without namespace)")

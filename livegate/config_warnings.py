@@ -155,6 +155,10 @@ def warnings(config: Config) -> list[tuple[str, str]]:
     if config.http_server.demo:
         out.append(("http_server.demo", "the demo page signs a connection token for anyone who asks "
                                         "(POST /demo/token): never turn it on where others can reach the port"))
+    if config.one_port:
+        out.append(("http_api.port", "is http_server.port: the server API, /metrics (no key needed) and the admin "
+                                     "page answer on the client port; keep /metrics and the admin page from the "
+                                     "internet at your proxy (e.g. route only /connection/ there)"))
     client = config.client
     if client.insecure:
         out.append(("client.insecure", "every client may connect without a token, publish into and read the "

@@ -15,6 +15,7 @@ so that fan-out only calls it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -23,10 +24,12 @@ __all__ = ["compile_filter", "FilterError", "TagsMatch", "MAX_NODES"]
 
 TagsMatch = Callable[[Mapping[str, str] | None], bool]
 
-#: A filter larger than this (nodes, and values of in/nin, together) is refused.
-MAX_NODES = 256
-_FIELDS = frozenset({"op", "key", "cmp", "val", "vals", "nodes"})
+#: A filter with more nodes than this, or more in/nin values in all, is refused.
+MAX_NODES = 1024
+MAX_VALUES = 16384
 _EMPTY: Mapping[str, str] = {}
+#: Numbers as Centrifugo compares them: plain decimals (no exponent, no spaces or underscores).
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 class FilterError(ValueError):
@@ -34,11 +37,12 @@ class FilterError(ValueError):
 
 
 def _number(text: str) -> Decimal | None:
-    try:
-        value = Decimal(text)
-    except (InvalidOperation, ValueError):
+    if not _DECIMAL.fullmatch(text):
         return None
-    return value if value.is_finite() else None
+    try:
+        return Decimal(text)
+    except (InvalidOperation, ValueError):  # pragma: no cover - the pattern is a valid Decimal
+        return None
 
 
 def compile_filter(tree: Any) -> TagsMatch:
@@ -47,7 +51,7 @@ def compile_filter(tree: Any) -> TagsMatch:
     Raises:
         FilterError: the tree is not a well-formed filter.
     """
-    budget = [MAX_NODES]
+    budget = [MAX_NODES, MAX_VALUES]
     match = _compile(tree, budget, 0)
     return lambda tags: match(tags if tags is not None else _EMPTY)
 
@@ -64,11 +68,8 @@ def _str(node: Mapping[str, Any], key: str) -> str:
 def _compile(node: Any, budget: list[int], depth: int) -> Callable[[Mapping[str, str]], bool]:
     if not isinstance(node, Mapping):
         raise FilterError("a filter node must be an object")
-    unknown = set(node) - _FIELDS
-    if unknown:
-        raise FilterError(f"unknown filter field {sorted(unknown)[0]!r}")
-    budget[0] -= 1
-    if budget[0] < 0 or depth > 32:
+    budget[0] -= 1  # other fields are ignored, as Centrifugo's decoder does
+    if budget[0] < 0 or depth > 64:
         raise FilterError("filter too large")
     op = _str(node, "op")
     nodes = node.get("nodes") or []
@@ -88,9 +89,7 @@ def _compile(node: Any, budget: list[int], depth: int) -> Callable[[Mapping[str,
         return lambda tags: any(c(tags) for c in children)
     if op != "":
         raise FilterError(f"unknown filter op {op!r}")
-    if nodes:
-        raise FilterError("a leaf has no nodes")
-    return _leaf(node, budget)
+    return _leaf(node, budget)  # a leaf's nodes are ignored, as Centrifugo does
 
 
 def _leaf(node: Mapping[str, Any], budget: list[int]) -> Callable[[Mapping[str, str]], bool]:
@@ -98,8 +97,8 @@ def _leaf(node: Mapping[str, Any], budget: list[int]) -> Callable[[Mapping[str, 
     vals = node.get("vals") or []
     if not isinstance(vals, list) or not all(isinstance(v, str) for v in vals):
         raise FilterError("vals must be a list of strings")
-    budget[0] -= len(vals)
-    if budget[0] < 0:
+    budget[1] -= len(vals)
+    if budget[1] < 0:
         raise FilterError("filter too large")
     if not cmp:
         raise FilterError("a leaf needs cmp")

@@ -10,12 +10,11 @@ Integers are written in a base-64 alphabet of their own (``DIGITS``), most signi
 first. The checksum is the sum, modulo 2**32, of the target read as big-endian 32-bit words
 (the last, partial word padded with zero bytes).
 
-``create_delta`` is ours: it indexes the source in blocks of ``BLOCK`` bytes, and walks the
-target looking each window up; a hit is grown backwards (over bytes not yet emitted) and
-forwards, and taken when a copy command is shorter than inserting the same bytes. Publications
-are small (hundreds of bytes to a few KiB) and a delta is computed once per publication, not
-per subscriber, so a straightforward dictionary of blocks is fast enough (see the README:
-microseconds for typical payloads). ``apply_delta`` is the decoder, for tests and for
+``create_delta`` is ours: it copies the common prefix and suffix of source and target, then
+indexes the source in blocks of ``BLOCK`` bytes and walks the changed middle of the target
+looking each window up; a hit is grown backwards (over bytes not yet emitted) and forwards, and
+taken when a copy command is shorter than inserting the same bytes. A delta is computed once
+per publication, not per subscriber (see the README for its cost). ``apply_delta`` is the decoder, for tests and for
 checking what we send.
 """
 
@@ -55,22 +54,61 @@ def checksum(data: bytes) -> int:
     return total & 0xFFFFFFFF
 
 
+def _same_run(a: bytes, ai: int, b: bytes, bi: int, limit: int) -> int:
+    """How many bytes from ``a[ai:]`` equal ``b[bi:]``, at most ``limit``: a binary search
+    over slice comparisons (C loops), not a Python loop per byte."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[ai:ai + mid] == b[bi:bi + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _same_tail(a: bytes, b: bytes, limit: int) -> int:
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid:] == b[len(b) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+#: The changed middle of a target larger than this is inserted as it is, not searched for
+#: copies (the search is a Python loop per byte where nothing matches).
+MAX_SEARCH = 16384
+
+
 def create_delta(source: bytes, target: bytes) -> bytes:
-    """A delta that turns ``source`` into ``target``."""
-    out = [_int(len(target)), b"\n"]
-    n_tgt = len(target)
-    literal_from = 0  # target bytes from here on are not emitted yet
+    """A delta that turns ``source`` into ``target``.
+
+    The common prefix and suffix are found first (the usual case for consecutive publications:
+    a few fields changed); the middle of the target is then searched for blocks of the source."""
+    n_src, n_tgt = len(source), len(target)
+    out = [_int(n_tgt), b"\n"]
+    head = _same_run(source, 0, target, 0, min(n_src, n_tgt))
+    tail = _same_tail(source, target, min(n_src, n_tgt) - head)
+    if head > BLOCK:
+        out.append(_int(head) + b"@0,")
+        literal_from = head
+    else:
+        literal_from = 0
+    end = n_tgt - tail if tail > BLOCK else n_tgt  # the suffix is copied at the end
 
     def insert(upto: int) -> None:
         if upto > literal_from:
             out.append(_int(upto - literal_from) + b":" + target[literal_from:upto])
 
-    if len(source) >= BLOCK and n_tgt >= BLOCK:
+    if n_src >= BLOCK and end - literal_from >= BLOCK and end - literal_from <= MAX_SEARCH:
         blocks: dict[bytes, int] = {}
-        for offset in range(0, len(source) - BLOCK + 1, BLOCK):
+        for offset in range(0, n_src - BLOCK + 1, BLOCK):
             blocks.setdefault(source[offset:offset + BLOCK], offset)
-        i = 0
-        last = n_tgt - BLOCK
+        i = literal_from
+        last = end - BLOCK
         while i <= last:
             src = blocks.get(target[i:i + BLOCK])
             if src is None:
@@ -81,10 +119,8 @@ def create_delta(source: bytes, target: bytes) -> bytes:
             while start_t > literal_from and start_s > 0 and target[start_t - 1] == source[start_s - 1]:
                 start_t -= 1
                 start_s -= 1
-            end_t, end_s = i + BLOCK, src + BLOCK
-            while end_t < n_tgt and end_s < len(source) and target[end_t] == source[end_s]:
-                end_t += 1
-                end_s += 1
+            grow = _same_run(target, i + BLOCK, source, src + BLOCK, min(end - i - BLOCK, n_src - src - BLOCK))
+            end_t = i + BLOCK + grow
             length = end_t - start_t
             command = _int(length) + b"@" + _int(start_s) + b","
             if len(command) >= length:  # inserting the bytes is no longer than copying them
@@ -93,7 +129,9 @@ def create_delta(source: bytes, target: bytes) -> bytes:
             insert(start_t)
             out.append(command)
             literal_from = i = end_t
-    insert(n_tgt)
+    insert(end)
+    if end < n_tgt:
+        out.append(_int(tail) + b"@" + _int(n_src - tail) + b",")
     out.append(_int(checksum(target)) + b";")
     return b"".join(out)
 

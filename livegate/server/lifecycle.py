@@ -233,8 +233,11 @@ class Server:
         """Stop accepting, then close every client with 3001 spread over ``window`` seconds."""
         node = self.node
         node.draining = True
-        if self._ws is not None:
-            self._ws.close()  # stops accepting; open connections stay
+        if self._ws is not None and not self.config.one_port:
+            # Stops accepting; open connections stay. (With the API on the same port the listener
+            # stays open until stop, so that the API, /ready and /metrics answer while draining;
+            # new WebSocket handshakes get 503 "shutting down" meanwhile.)
+            self._ws.close()
         window = self.config.http_server.shutdown_drain if window is None else window
         clients = list(self.clients)
         random.shuffle(clients)

@@ -178,8 +178,13 @@ class WsContext:
         self.registry = registry
         self.check = make_request_check(node)
         self.max_size = cfg.websocket.message_size_limit
+        # permessage-deflate for what clients send: the server's own frames go uncompressed (the
+        # same bytes for every subscriber; RFC 7692 lets each message say), so it keeps no
+        # compressor (no context takeover), and a small window for what it decompresses.
         self.extensions: list[ServerExtensionFactory] | None = (
-            [ServerPerMessageDeflateFactory()] if cfg.websocket.compression else None)
+            [ServerPerMessageDeflateFactory(server_no_context_takeover=True, client_max_window_bits=12,
+                                            compress_settings={"memLevel": 5})]
+            if cfg.websocket.compression else None)
         self.uni_path = cfg.uni_websocket.handler_prefix if cfg.uni_websocket.enabled else None
         #: A closing peer that does not answer the close frame (or never reads) is cut off after this.
         self.close_timeout = cfg.websocket.write_timeout
@@ -222,7 +227,11 @@ class WebSocketConnection(asyncio.Protocol):
             self._transport.close()
             return
         request = events[0]
-        refusal = ctx.check(request)
+        try:
+            refusal = ctx.check(request)
+        except Exception:
+            log.exception("handshake check failed", extra={"remote": self.remote})
+            refusal = (http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error\n")
         response = proto.reject(*refusal) if refusal is not None else proto.accept(request)
         response.headers["Server"] = "livegate"  # no version: it tells an attacker which bugs to try
         proto.send_response(response)
@@ -251,6 +260,10 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        try:
+            self._proto.receive_eof()  # a reset comes without eof_received: the protocol is CLOSED now
+        except Exception:  # pragma: no cover - already at EOF
+            pass
         if self._closer is not None:
             self._closer.cancel()
             self._closer = None
@@ -262,6 +275,8 @@ class WebSocketConnection(asyncio.Protocol):
     def _events(self, events: list[Any]) -> None:
         """Whole messages go to the session; websockets answers pings and closes itself."""
         for frame in events:
+            if self._proto.state is not _OPEN:
+                break  # failed (1007) or closing: the rest of the read is not handled (RFC 6455 7.1.7)
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY:
                 if frame.fin:
@@ -302,7 +317,7 @@ class WebSocketConnection(asyncio.Protocol):
             while True:
                 await self._handle(session, message)
                 inbox = self._inbox
-                if session.closing is not None or not inbox:
+                if session.closing is not None or not inbox or self._lost:
                     break
                 message = inbox.popleft()
                 if self._paused and len(inbox) <= INBOX_LIMIT // 2 and not self._lost:
@@ -314,8 +329,11 @@ class WebSocketConnection(asyncio.Protocol):
         finally:
             self._worker = None
             self._inbox = None
+            if self._paused and not self._lost:
+                self._paused = False
+                self._transport.resume_reading()  # the peer's close reply must still be read
             if self._lost:
-                await self._released(session)
+                self._release()  # in a task the shutdown waits for
 
     async def _handle(self, session: Session, message: str | bytes) -> None:
         if self.wire.unidirectional:
@@ -346,18 +364,25 @@ class WebSocketConnection(asyncio.Protocol):
 
     async def _released(self, session: Session) -> None:
         self._ctx.registry.discard(session)
-        await session.release()
+        try:
+            await session.release()
+        except Exception:
+            log.exception("releasing a connection failed", extra={"client": session.client_id, "user": session.user})
 
     # -- output --------------------------------------------------------------------------
 
     def _flush(self) -> None:
         """Send what websockets has queued (handshake response, pongs, close frames)."""
         transport = self._transport
-        for chunk in self._proto.data_to_send():
+        proto = self._proto
+        for chunk in proto.data_to_send():
             if chunk:
                 transport.write(chunk)
             else:  # the server ends the TCP connection after the closing handshake
                 transport.close()
+        if proto.close_expected() and self._closer is None and not self._lost:
+            # Closing, whoever began it: a peer that does not read what is left is cut off.
+            self._closer = asyncio.get_running_loop().call_later(self._ctx.close_timeout or 1.0, self._abort)
 
     # -- the session's Transport -----------------------------------------------------------
 
@@ -391,7 +416,7 @@ class WebSocketConnection(asyncio.Protocol):
                 self._transport.abort()
                 return
         # A peer that does not answer the close frame (or never reads) is cut off.
-        if not self._lost and self._closer is None:
+        if not self._lost and self._closer is None:  # (_flush armed it already when websockets closes)
             self._closer = asyncio.get_running_loop().call_later(self._ctx.close_timeout or 1.0, self._abort)
 
     def _abort(self) -> None:

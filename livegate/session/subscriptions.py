@@ -258,11 +258,14 @@ async def _position(session: SubscribingSession, resolved: ResolvedChannel, req:
 async def _position_cache(session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest,
                           result: SubscribeResult, match: TagsMatch | None) -> int:
     """Cache recovery mode (``force_recovery_mode = "cache"``): the channel is a cache of its
-    latest publication, and recovering means getting that one. Recovered when the client holds
-    the top already, or the latest publication is still in history (it is then the only one
-    sent); not recovered when history has lost it."""
+    latest publication, and recovering means getting that one (with a tags filter: the newest
+    one the filter takes, among the last ``recovery_max_publication_limit``). Recovered when
+    the client holds the top already (nothing sent), or when the latest publication is still
+    in history (the one found is sent); not recovered when history lost it, or when the filter
+    takes none (as Centrifugo's cache recovery)."""
     node = session.node
-    hist = await node.history(resolved, HistoryOptions(limit=1, reverse=True, meta_ttl=node.meta_ttl(resolved)))
+    limit = 1 if match is None else node.config.client.recovery_max_publication_limit
+    hist = await node.history(resolved, HistoryOptions(limit=limit, reverse=True, meta_ttl=node.meta_ttl(resolved)))
     top = hist.position
     result.positioned = True
     result.recoverable = True
@@ -270,14 +273,14 @@ async def _position_cache(session: SubscribingSession, resolved: ResolvedChannel
     result.offset = top.offset
     holds_top = req.offset > 0 and req.offset == top.offset and req.epoch == top.epoch
     latest = hist.publications[0] if hist.publications else None
-    if latest is not None and latest.offset == top.offset:
-        result.recovered = True
-        result.offset = req.offset  # the client moves on with the publication, as after any recovery
-        if not holds_top and (match is None or match(latest.tags)):
-            result.publications = [latest]
-    elif holds_top:
+    found = latest if match is None else next((p for p in hist.publications if match(p.tags)), None)
+    if holds_top:
         result.recovered = True
         result.offset = req.offset
+    elif latest is not None and latest.offset == top.offset and found is not None:
+        result.recovered = True
+        result.offset = req.offset  # the client moves on with the publication, as after any recovery
+        result.publications = [found]
     elif req.flag & FLAG_REJECT_UNRECOVERED:
         raise ErrUnrecoverablePosition()
     return top.offset

@@ -66,6 +66,8 @@ async def test_the_api_is_not_on_the_client_port_by_default(server):
 @pytest.mark.parametrize(("override", "key"), [
     ({"http_server": {"port": 9000, "address": "127.0.0.1"}, "http_api": {"port": 9000, "address": "0.0.0.0"}},
      "http_api.address"),
+    ({"http_server": {"port": 9000, "address": "::"}, "http_api": {"port": 9000, "address": "127.0.0.1"}},
+     "http_api.address"),
     ({"http_server": {"port": 9000}, "http_api": {"port": 9000, "handler_prefix": "/connection"}},
      "http_api.handler_prefix"),
     ({"http_server": {"port": 9000}, "http_api": {"port": 9000}, "admin": {"enabled": True, "password": "x" * 20,
@@ -82,3 +84,6 @@ def test_one_port_is_a_valid_config():
     cfg = make_config({"http_server": {"port": 9000}, "http_api": {"port": 9000}})
     assert cfg.one_port
     assert not make_config({}).one_port  # both 0 in tests: two ephemeral ports
+    # The same port on two specific addresses binds fine: two listeners, not one port.
+    two = make_config({"http_server": {"port": 9000, "address": "10.0.0.5"}, "http_api": {"port": 9000}})
+    assert not two.one_port

@@ -160,3 +160,42 @@ async def test_publish_batch_writes_every_publication_in_order_or_none(start_ser
         keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
         if keys:
             await redis_client.delete(*keys)
+
+
+async def test_publish_checks_idempotency_options_before_writing(start_server, redis_client):
+    """A bad idempotent_ttl or idempotency_key fails the call before anything is written (a
+    SET failing after the XADD and PUBLISH would report an error for a publication that went
+    out); a null key is no key; Redis's own errors come back as Redis gave them."""
+    prefix = unique_prefix()
+    running = await start_server({
+        "engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}},
+        "channel": {"namespaces": [{"name": "ih", "history_size": 10, "history_ttl": "1m",
+                                    "allow_subscribe_for_client": True}]},
+    })
+    from livegate.channels.broker import HistoryOptions
+    opts = {"prefix": prefix}
+    try:
+        for bad in ({"idempotency_key": "k", "idempotent_ttl": 0}, {"idempotency_key": "k", "idempotent_ttl": 1e300},
+                    {"idempotency_key": "k", "idempotent_ttl": "soon"}, {"idempotency_key": ["k"]}):
+            with pytest.raises(aioredis.ResponseError, match="idempotent_ttl must be|idempotency_key must be"):
+                await redis_client.fcall("livegate_publish", 1, "ih:a", b"1", orjson.dumps({**opts, **bad}))
+            with pytest.raises(aioredis.ResponseError, match="publication 2: idempoten"):
+                await redis_client.fcall("livegate_publish_batch", 2, "ih:a", "ih:b", orjson.dumps(opts),
+                                         b"1", "", "", b"2", orjson.dumps(bad), "")
+        for channel in ("ih:a", "ih:b"):
+            history = await running.node.broker.history(channel, HistoryOptions(limit=10))
+            assert history.publications == []  # nothing of the refused calls was written
+        null_key = orjson.dumps({**opts, "idempotency_key": None})
+        assert (await redis_client.fcall("livegate_publish", 1, "ih:n", b"1", null_key))[0] == 1
+        assert (await redis_client.fcall("livegate_publish", 1, "ih:n", b"2", null_key))[0] == 2  # not suppressed
+        with pytest.raises(aioredis.ResponseError, match="belongs in the item options"):
+            await redis_client.fcall("livegate_publish_batch", 1, "ih:a", orjson.dumps({**opts, "idempotency_key": "x"}),
+                                     b"1", "", "")
+        await redis_client.set(f"{prefix}.meta.{{ih:w}}", "not a hash")
+        with pytest.raises(aioredis.ResponseError) as err:
+            await redis_client.fcall("livegate_publish", 1, "ih:w", b"1", orjson.dumps(opts))
+        assert str(err.value).startswith("WRONGTYPE")  # not "ERR WRONGTYPE ..." with a Lua line number
+    finally:
+        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await redis_client.delete(*keys)

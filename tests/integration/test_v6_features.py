@@ -108,7 +108,7 @@ async def test_tags_filter_delivers_only_matching_publications(start_server, cli
     await sub.subscribe()
     await events.wait("subscribed")
     for n, tags in [(3, {"ticker": "ACME", "price": "99.5"}), (4, {"ticker": "ACME", "price": "101"}),
-                    (5, {"ticker": "AAPL", "price": "500"}), (6, {"price": "500"}), (7, {"ticker": "ACME", "price": "1e3"})]:
+                    (5, {"ticker": "AAPL", "price": "500"}), (6, {"price": "500"}), (7, {"ticker": "ACME", "price": "1000"})]:
         await running.node.publish("tagged:t", orjson.dumps({"n": n}), tags=tags)
     got = await events.wait("publication", 2)
     assert [clients.dec(ctx.pub.data)["n"] for ctx in got] == [4, 7]
@@ -128,7 +128,7 @@ async def test_tags_filter_delivers_only_matching_publications(start_server, cli
     {"op": "eq", "key": "a", "val": "b"},     # "eq" is a cmp, not an op
     {"key": "a", "cmp": "in"},               # in needs vals
     {"op": "not", "nodes": []},
-    {"key": "a", "cmp": "eq", "val": "b", "bogus": 1},
+    {"key": "a", "cmp": "gt"},               # gt needs val
     "text",
 ])
 async def test_a_malformed_tags_filter_or_one_not_allowed_closes_with_bad_request(start_server, peer_factory, tf):

@@ -189,3 +189,22 @@ async def test_permessage_deflate_when_enabled(start_server, peer_factory):
         message = await peer.recv()
         pubs = [message] if "pub" in message.get("push", {}) else []
     assert pubs[0]["push"]["pub"]["data"] == {"text": "y" * 2000}
+
+
+async def test_a_reset_connection_is_closed_for_the_session_and_released(server):
+    import socket as socketlib
+
+    sock = await RawSocket.open(server)
+    sock.writer.write(connect_frame("reset"))
+    await sock.replies(1)
+    [session] = server.node.hub.connections()
+    conn = session.transport
+    raw = sock.writer.get_extra_info("socket")
+    raw.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+    sock.writer.close()
+    for _ in range(200):
+        if not server.server.clients:
+            break
+        await asyncio.sleep(0.01)
+    assert not server.server.clients and server.node.hub.num_clients == 0
+    assert not conn.is_open() and conn.write(b"x") is False  # nothing written into a dead socket

@@ -558,3 +558,12 @@ def test_client_wide_actions_reach_private_and_user_channels(action):
                                 "user_boundary": ""}})
     why = found[f"channel.without_namespace.allow_{action}_for_client"]
     assert "anonymous ones included" in why and "'$room'" in why and "#" not in why
+
+
+def test_check_config_warns_when_the_api_shares_the_client_port():
+    from livegate.config import parse_config
+    from livegate.config_warnings import warnings
+
+    config = parse_config({"http_server": {"port": 9000}, "http_api": {"port": 9000}}, environ={})
+    assert any(key == "http_api.port" and "/metrics" in why for key, why in warnings(config))
+    assert not any(key == "http_api.port" for key, _ in warnings(parse_config({}, environ={})))

@@ -9,7 +9,7 @@ from centrifuge.fossil import apply_delta as sdk_apply_delta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livegate.channels.tags_filter import MAX_NODES, FilterError, compile_filter
+from livegate.channels.tags_filter import MAX_NODES, MAX_VALUES, FilterError, compile_filter
 from livegate.protocol.fossil import DeltaError, apply_delta, checksum, create_delta
 
 EXAMPLES = int(os.environ.get("LIVEGATE_FUZZ_EXAMPLES", "300"))
@@ -82,11 +82,11 @@ TAGS = {"ticker": "ACME", "price": "101.5", "venue": "NYSE"}
     ({"key": "missing", "cmp": "ct", "val": "CM"}, False),
     ({"key": "price", "cmp": "gt", "val": "101"}, True),
     ({"key": "price", "cmp": "gte", "val": "101.5"}, True),
-    ({"key": "price", "cmp": "lt", "val": "1e3"}, True),
     ({"key": "price", "cmp": "lte", "val": "101.49"}, False),
     ({"key": "ticker", "cmp": "gt", "val": "1"}, False),  # not a number: no numeric match
     ({"key": "price", "cmp": "gt", "val": "abc"}, False),
     ({"key": "price", "cmp": "gt", "val": "NaN"}, False),
+    ({"key": "price", "cmp": "lt", "val": "1e3"}, False),  # plain decimals only, as Centrifugo parses them
     ({"op": "and", "nodes": [{"key": "ticker", "cmp": "eq", "val": "ACME"},
                              {"key": "price", "cmp": "gt", "val": "100"}]}, True),
     ({"op": "or", "nodes": [{"key": "ticker", "cmp": "eq", "val": "X"},
@@ -108,14 +108,27 @@ def test_publications_without_tags_match_only_negative_filters() -> None:
     {"key": "a"}, {"key": "a", "cmp": "like", "val": "x"}, {"cmp": "eq", "val": "x"},
     {"key": "a", "cmp": "eq"}, {"key": "a", "cmp": "eq", "val": "x", "vals": ["y"]},
     {"key": "a", "cmp": "in", "vals": []}, {"key": "a", "cmp": "in", "vals": [1]},
-    {"key": "a", "cmp": "ex", "val": "x"}, {"key": 1, "cmp": "ex"}, {"key": "a", "cmp": "ex", "nodes": [{}]},
-    {"key": "a", "cmp": "ex", "extra": True},
+    {"key": "a", "cmp": "ex", "val": "x"}, {"key": 1, "cmp": "ex"},
     {"op": "or", "nodes": [{"key": f"k{i}", "cmp": "ex"} for i in range(MAX_NODES + 1)]},
-    {"key": "a", "cmp": "in", "vals": ["v"] * (MAX_NODES + 1)},
+    {"key": "a", "cmp": "in", "vals": ["v"] * (MAX_VALUES + 1)},
 ])
 def test_malformed_filters_are_refused(tree: object) -> None:
     with pytest.raises(FilterError):
         compile_filter(tree)
+
+
+def test_what_centrifugo_ignores_is_ignored() -> None:
+    """Unknown fields and a leaf's nodes are ignored; a long in-list is fine."""
+    assert compile_filter({"key": "ticker", "cmp": "eq", "val": "ACME", "extra": 1})(TAGS) is True
+    assert compile_filter({"key": "ticker", "cmp": "ex", "nodes": [{}]})(TAGS) is True
+    tickers = [f"T{i}" for i in range(2000)] + ["ACME"]
+    assert compile_filter({"key": "ticker", "cmp": "in", "vals": tickers})(TAGS) is True
+
+
+@pytest.mark.parametrize("number", [" 10 ", "1_0", "1e3", "١٠", "inf", "0x10"])
+def test_only_plain_decimals_compare_as_numbers(number: str) -> None:
+    assert compile_filter({"key": "n", "cmp": "gt", "val": "5"})({"n": number}) is False
+    assert compile_filter({"key": "n", "cmp": "gt", "val": "5"})({"n": "5.5"}) is True
 
 
 def test_a_deeply_nested_filter_is_refused_not_a_recursion_error() -> None:

@@ -17,7 +17,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 19
+local VERSION = 21
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
@@ -229,7 +229,12 @@ local function strict_cjson(fn, ...)
   local ok, result = pcall(fn, ...)
   cjson.decode_invalid_numbers(numbers)
   cjson.decode_max_depth(depth)
-  if not ok then error(result, 0) end
+  if not ok then
+    -- A Redis error (a table with err) goes back as Redis gave it (WRONGTYPE, OOM, ...), not
+    -- re-raised, which would prefix it with ERR and a line number.
+    if type(result) == 'table' and result.err then return result end
+    error(result, 0)
+  end
   return result
 end
 
@@ -341,11 +346,25 @@ local function prepare_publication(ctx, channel, data, info, o)
     size, ttl, meta_ttl = tonumber(s), tonumber(t), tonumber(m)
     if meta_ttl == 0 then meta_ttl = tonumber(conf[3]) or 0 end
   end
+  -- Checked here, before anything is written: a SET that fails after the XADD and PUBLISH
+  -- would leave a publication out while the call reports an error.
   local idem = o['idempotency_key']
-  if idem == '' then idem = nil end
+  if idem == nil or idem == '' or idem == false or idem == cjson.null then
+    idem = nil
+  elseif type(idem) == 'number' then
+    idem = tostring(idem)  -- as before: the same key for the same number
+  elseif type(idem) ~= 'string' then
+    return nil, 'idempotency_key must be a string'
+  end
+  local idem_ttl = 300
+  if o['idempotent_ttl'] ~= nil and o['idempotent_ttl'] ~= cjson.null then
+    idem_ttl = tonumber(o['idempotent_ttl'])
+    if idem_ttl == nil or idem_ttl ~= idem_ttl or idem_ttl < 0.001 or idem_ttl > 31536000 then
+      return nil, 'idempotent_ttl must be a number of seconds from 0.001 to 31536000'
+    end
+  end
   return {channel = channel, data = data, info = info, tags_json = tags_json, ev = ev, size = size,
-          ttl = ttl or 0, meta_ttl = meta_ttl or 0, idem = idem and tostring(idem) or nil,
-          idem_ttl = tonumber(o['idempotent_ttl']) or 300}
+          ttl = ttl or 0, meta_ttl = meta_ttl or 0, idem = idem, idem_ttl = idem_ttl}
 end
 
 -- Appends a prepared publication to its channel's history (when kept) and publishes it.
@@ -458,6 +477,10 @@ local function publish_batch_unchecked(keys, args)
   end
   local opts = parse_options(args[1])
   if opts == nil then return redis.error_reply('ERR livegate_publish_batch: options must be a JSON object') end
+  if opts['idempotency_key'] ~= nil and opts['idempotency_key'] ~= cjson.null and opts['idempotency_key'] ~= '' then
+    -- One key for the whole call would suppress every later publication of a channel in it.
+    return redis.error_reply('ERR livegate_publish_batch: idempotency_key belongs in the item options')
+  end
   local ctx = publish_context(opts)
   local prepared = {}
   for i = 1, n do
