@@ -237,6 +237,15 @@ class CommandRateLimits(_Section):
     user: UserCommandRateLimits = Field(default_factory=UserCommandRateLimits)
 
 
+class PersonalChannel(_Section):
+    """Centrifugo's ``client.subscribe_to_user_personal_channel``: every connection of a user
+    (not anonymous ones) is subscribed server-side to the user's personal channel,
+    ``<personal_channel_namespace>:#<user>`` (``#<user>`` without a namespace)."""
+
+    enabled: bool = False
+    personal_channel_namespace: str = ""
+
+
 class Client(_Section):
     allowed_origins: list[str] = Field(default_factory=list)
     allow_anonymous_connect_without_token: bool = False
@@ -258,6 +267,7 @@ class Client(_Section):
     subscription_token: SubscriptionTokenConfig = Field(default_factory=SubscriptionTokenConfig)
     # A connection token with an empty user (sub) is refused: disconnect 3507 (as Centrifugo).
     disallow_anonymous_connection_tokens: bool = False
+    subscribe_to_user_personal_channel: PersonalChannel = Field(default_factory=PersonalChannel)
 
     @model_validator(mode="after")
     def _ping(self) -> Client:
@@ -509,6 +519,11 @@ class Config(_Section):
                     raise ValueError(f"{key}.handler_prefix: {section.handler_prefix} is already the path of another "
                                      "handler")
                 paths[f"{key}.handler_prefix"] = section.handler_prefix
+        personal = self.client.subscribe_to_user_personal_channel
+        if personal.enabled and personal.personal_channel_namespace and personal.personal_channel_namespace not in {
+                ns.name for ns in self.channel.namespaces}:
+            raise ValueError("client.subscribe_to_user_personal_channel.personal_channel_namespace: no namespace "
+                             f"{personal.personal_channel_namespace!r} in channel.namespaces")
         if self.http_server.workers > 1 and self.engine.type == "memory":
             raise ValueError("http_server.workers: more than one worker needs engine.type = \"redis\"")
         if self.one_port:

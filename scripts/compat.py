@@ -9,7 +9,7 @@ What it does:
 1. downloads the sdist of centrifuge-python at the version pinned in pyproject.toml's test extras
    (``pip download --no-deps --no-binary :all:``, into .tmp/compat/; kept for later runs) and
    unpacks it afresh into .tmp/compat/centrifuge_python-<version>/ (the sdist ships ``tests/``);
-2. starts ``livegate serve --config compat/centrifuge-python.toml --app compat_app:app`` on
+2. starts ``livegate serve --config compat/centrifuge-python.toml`` on
    127.0.0.1:8000, where the suite expects its Centrifugo (``ws://localhost:8000``, fixed in its
    code), after checking that nothing answers there; its log goes to .tmp/compat/livegate.log;
 3. runs the suite with pytest from the unpacked directory (``-c compat/pytest.ini``): the
@@ -181,7 +181,7 @@ def summarize(report_path: Path) -> tuple[dict[str, int], list[tuple[str, str]],
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=CONFIG, help="livegate config (default: %(default)s)")
-    parser.add_argument("--app", default="compat_app:app",
+    parser.add_argument("--app", default="",
                         help="MODULE:ATTR for livegate serve --app, compat/ on its path; '' for none (default: %(default)s)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ import random
 import time
 from typing import Any
 
+from livegate.config import Config
 from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
 from livegate.handlers.refresh import expiry_result
 from livegate.protocol import codes
@@ -38,6 +39,13 @@ class AfterConnect:
             pending = flight.complete()
             if pending is not None:
                 await pending
+
+
+def personal_channel(config: Config, user: str) -> str:
+    """The user's personal channel (client.subscribe_to_user_personal_channel)."""
+    ch = config.channel
+    namespace = config.client.subscribe_to_user_personal_channel.personal_channel_namespace
+    return f"{namespace}{ch.namespace_boundary}{ch.user_boundary}{user}" if namespace else f"{ch.user_boundary}{user}"
 
 
 async def handle_connect(session: Session, req: ConnectRequest) -> tuple[ConnectResult, AfterConnect]:
@@ -98,6 +106,9 @@ async def _complete(session: Session, req: ConnectRequest, channels: dict[str, G
                 session.conn_info = _json_or_none(outcome["info"])
             for channel in outcome.get("channels") or ():
                 channels.setdefault(channel, Grant())
+    personal = cfg.subscribe_to_user_personal_channel
+    if personal.enabled and session.user:
+        channels.setdefault(personal_channel(node.config, session.user), Grant())
     # Resolve every server-side channel before the connection counts as connected (102/107).
     resolved = {channel: node.rules.resolve(channel) for channel in channels}
     if session.closing is not None:

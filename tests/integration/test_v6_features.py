@@ -170,3 +170,30 @@ async def test_cache_recovery_mode_recovers_only_the_latest_publication(start_se
     await running.node.publish("cache:c", b'{"v":5}')
     got = await events.wait("publication", 3)
     assert [clients.dec(ctx.pub.data) for ctx in got] == [{"v": 1}, {"v": 4}, {"v": 5}]
+
+
+@pytest.mark.parametrize("namespace", ["", "personal"])
+async def test_subscribe_to_user_personal_channel(start_server, clients, namespace):
+    running = await start_server({
+        "client": {"subscribe_to_user_personal_channel": {"enabled": True, "personal_channel_namespace": namespace}},
+        "channel": {"namespaces": [{"name": "personal", "history_size": 10, "history_ttl": "1m"}]},
+    })
+    channel = f"{namespace}:#alice" if namespace else "#alice"
+    client, events = clients(running.url, token("alice"))
+    await client.connect()
+    (sub,) = await events.wait("subscribed")
+    assert sub.channel == channel
+    await running.node.publish(channel, b'{"to":"alice"}')
+    (ctx,) = await events.wait("publication")
+    assert ctx.channel == channel and clients.dec(ctx.pub.data) == {"to": "alice"}
+    assert list(running.node.hub.channels()) == [channel]
+
+
+def test_the_personal_namespace_must_exist():
+    from conftest import make_config
+
+    from livegate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="client.subscribe_to_user_personal_channel.personal_channel_namespace"):
+        make_config({"client": {"subscribe_to_user_personal_channel": {"enabled": True,
+                                                                       "personal_channel_namespace": "nope"}}})
