@@ -174,6 +174,23 @@ def unique_prefix() -> str:
     return f"lgtest-{uuid.uuid4().hex[:10]}"
 
 
+class NoEngineEvents:
+    """An engine events sink that ignores everything (an engine built only to be looked at)."""
+
+    def handle_publications(self, batch: Any) -> None: ...
+    def handle_join(self, channel: str, info: Any) -> None: ...
+    def handle_leave(self, channel: str, info: Any) -> None: ...
+    def handle_gap(self, channels: Any) -> None: ...
+    def handle_node_message(self, data: bytes) -> None: ...
+
+
+async def delete_prefix(client: Any, prefix: str) -> None:
+    """Remove a test run's Redis keys (``prefix``*) from ``client``'s server."""
+    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+
+
 @dataclass
 class Running:
     server: Server

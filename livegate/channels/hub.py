@@ -158,6 +158,7 @@ class Hub(Generic[S]):
         # Subscriptions with a filter or delta compression, per channel; and the data of the
         # previous publication of channels with delta subscribers (the next delta's source).
         self._views: dict[str, dict[S, SubView]] = {}
+        self._delta_subs: dict[str, int] = {}  # channel -> its delta subscribers (in _views)
         self._delta_prev: dict[str, bytes] = {}
 
     # -- connections -------------------------------------------------------------------
@@ -213,14 +214,21 @@ class Hub(Generic[S]):
 
     def _set_view(self, channel: str, sub: S, view: SubView | None) -> None:
         views = self._views.get(channel)
+        old = views.pop(sub, None) if views is not None else None
         if view is not None:
             if views is None:
                 views = self._views[channel] = {}
             views[sub] = view
-        elif views is not None and views.pop(sub, None) is not None and not views:
+        elif views is not None and not views:
             del self._views[channel]
-        if channel in self._delta_prev and not any(v.delta for v in self._views.get(channel, {}).values()):
-            del self._delta_prev[channel]
+        change = (view is not None and view.delta) - (old is not None and old.delta)
+        if change:
+            count = self._delta_subs.get(channel, 0) + change
+            if count:
+                self._delta_subs[channel] = count
+            else:  # no delta subscriber left: no base to keep
+                del self._delta_subs[channel]
+                self._delta_prev.pop(channel, None)
 
     def forget_delta_bases(self, channels: Iterable[str]) -> None:
         """Publications of these channels may have been missed: the next goes whole to every
@@ -319,9 +327,8 @@ class Hub(Generic[S]):
         subs = self._subs.get(channel)
         pending = self._pending.get(channel)
         plain = _Encoded(_publication_encoder(channel, pub))
-        delta_channel = any(v.delta for v in views.values())
         variants: _Variants | None = None
-        if delta_channel:
+        if channel in self._delta_subs:
             prev = self._delta_prev.get(channel)
             delta: bytes | None = None
             if prev is not None and any(v.delta and v.has_base for v in views.values()):

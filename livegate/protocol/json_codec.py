@@ -78,16 +78,7 @@ def info_fields(info: ClientInfo) -> dict[str, Any]:
 
 
 def publication_fields(pub: Publication) -> dict[str, Any]:
-    out: dict[str, Any] = {"data": data_fragment(pub.data)}
-    if pub.offset:
-        out["offset"] = pub.offset
-    info = pub.info
-    if info is not None:
-        # bytes: the wire form already (as another node stored it)
-        out["info"] = info_fields(info) if isinstance(info, ClientInfo) else Fragment(info)
-    if pub.tags:
-        out["tags"] = pub.tags
-    return out
+    return {"data": data_fragment(pub.data), **publication_fields_without_data(pub)}
 
 
 def delta_publication_fields(pub: Publication, data: bytes, delta: bool) -> dict[str, Any]:
@@ -114,6 +105,7 @@ def publication_fields_without_data(pub: Publication) -> dict[str, Any]:
         out["offset"] = pub.offset
     info = pub.info
     if info is not None:
+        # bytes: the wire form already (as another node stored it)
         out["info"] = info_fields(info) if isinstance(info, ClientInfo) else Fragment(info)
     if pub.tags:
         out["tags"] = pub.tags

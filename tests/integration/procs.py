@@ -104,6 +104,14 @@ async def wait_http(port: int, path: str = "/health", timeout: float = 10.0, exp
             await asyncio.sleep(0.05)
 
 
+async def kill_instances(instances: list[Instance]) -> None:
+    """Kill the ``livegate serve`` processes still running (a fixture's teardown)."""
+    for inst in instances:
+        if inst.proc.returncode is None:
+            inst.proc.kill()
+            await inst.proc.wait()
+
+
 async def start_instance(tmp_path: Path, override: dict[str, Any], name: str = "a",
                          port: int | None = None, api_port: int | None = None) -> Instance:
     port = port or free_port()

@@ -10,7 +10,7 @@ import jwt
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REDIS_URL, SECRET, scaled, unique_prefix
+from conftest import REDIS_URL, SECRET, delete_prefix, scaled, unique_prefix
 
 from livegate.app import App
 
@@ -137,9 +137,7 @@ async def redis_server(start_server):
     running = await start_server({"engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}}})
     yield running
     client = aioredis.Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
+    await delete_prefix(client, prefix)
     await client.aclose()
 
 
@@ -194,9 +192,7 @@ async def test_an_api_stream_nobody_reads_is_cut_to_its_bound(start_server):
         assert await idle.trim() == 70
         assert [entry_id for entry_id, _ in await client.xrange(idle.stream)] == ids[-50:]  # the newest stay
     finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
+        await delete_prefix(client, prefix)
         await client.aclose()
 
 
@@ -300,9 +296,7 @@ async def test_an_oversized_publication_is_refused_at_every_door(start_server, p
         assert fields[b"error"].startswith(b"107") and b"max_publication_size" in fields[b"error"]
         assert (await peer.call("publish", {"channel": "chat:big", "data": "ok"}))["publish"] == {}  # still here
     finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
+        await delete_prefix(client, prefix)
         await client.aclose()
 
 

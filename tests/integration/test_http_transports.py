@@ -15,8 +15,18 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import REDIS_URL, proto_to_dict, read_varint, scaled, token, unique_prefix, varint, wait_until
-from procs import pipe, start_instance
+from conftest import (
+    REDIS_URL,
+    delete_prefix,
+    proto_to_dict,
+    read_varint,
+    scaled,
+    token,
+    unique_prefix,
+    varint,
+    wait_until,
+)
+from procs import kill_instances, pipe, start_instance
 
 from livegate.protocol import codes
 from livegate.protocol.proto import client_pb2 as pb
@@ -287,13 +297,8 @@ async def two_instances(tmp_path, redis_client):
     override = {"engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}}}
     instances = [await start_instance(tmp_path, override, name) for name in ("a", "b")]
     yield instances
-    for inst in instances:
-        if inst.proc.returncode is None:
-            inst.proc.kill()
-            await inst.proc.wait()
-    keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await redis_client.delete(*keys)
+    await kill_instances(instances)
+    await delete_prefix(redis_client, prefix)
 
 
 async def test_emulation_requests_reach_the_session_on_another_instance(two_instances, http):

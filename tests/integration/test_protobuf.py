@@ -12,7 +12,7 @@ import orjson
 import pytest
 from centrifuge import ClientState
 from centrifuge.exceptions import ReplyError
-from conftest import REDIS_URL, ProtoPeer, dur, token, unique_prefix, varint
+from conftest import REDIS_URL, ProtoPeer, delete_prefix, dur, token, unique_prefix, varint
 from sdk import sdk_subscription
 
 from livegate import App
@@ -72,9 +72,7 @@ async def test_a_mixed_channel_gets_every_publication_from_every_door(start_serv
         for events in (js_ev, pb_ev):
             assert [ctx.pub.info.user for ctx in events.of("publication")[:2]] == ["jay", "pia"]
     finally:
-        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis_client.delete(*keys)
+        await delete_prefix(redis_client, prefix)
 
 
 async def test_binary_namespace_passes_bytes_to_protobuf_and_closes_json_on_binary(server, clients):

@@ -8,8 +8,8 @@ import signal
 import orjson
 import pytest
 from cent import AsyncClient, DisconnectRequest, InfoRequest, PublishRequest
-from conftest import REDIS_URL, scaled, token, unique_prefix
-from procs import Balancer, start_instance
+from conftest import REDIS_URL, delete_prefix, scaled, token, unique_prefix
+from procs import Balancer, kill_instances, start_instance
 from sdk import sdk_subscription
 
 
@@ -20,13 +20,8 @@ async def cluster(tmp_path, redis_client):
     override = {"engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}}}
     instances = [await start_instance(tmp_path, override, name) for name in ("a", "b")]
     yield prefix, instances
-    for inst in instances:
-        if inst.proc.returncode is None:
-            inst.proc.kill()
-            await inst.proc.wait()
-    keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await redis_client.delete(*keys)
+    await kill_instances(instances)
+    await delete_prefix(redis_client, prefix)
 
 
 async def subscribed(client, channel, **kw):

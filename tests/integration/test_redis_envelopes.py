@@ -11,7 +11,7 @@ import msgpack
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REDIS_URL, make_config, scaled, unique_prefix
+from conftest import REDIS_URL, delete_prefix, make_config, scaled, unique_prefix
 from legacy import old_reader
 
 from livegate.channels.broker import HistoryOptions, PublishOptions
@@ -61,9 +61,7 @@ def prefix() -> str:
 async def redis_client(prefix: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(REDIS_URL)
     yield client
-    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
+    await delete_prefix(client, prefix)
     await client.aclose()
 
 

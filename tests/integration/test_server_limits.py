@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import websockets
 from centrifuge import ReplyError
-from conftest import REDIS_URL, FakeClock, RawPeer, make_config, scaled, token, unique_prefix, wait_until
-from procs import start_instance
+from conftest import REDIS_URL, FakeClock, RawPeer, delete_prefix, make_config, scaled, token, unique_prefix, wait_until
+from procs import kill_instances, start_instance
 
 from livegate.node import USER_CONNECTION_TTL, build_node
 
@@ -114,13 +114,8 @@ async def limited_cluster(tmp_path, redis_client):
                 "client": {"user_connection_limit": 2}}
     instances = [await start_instance(tmp_path, override, name) for name in ("a", "b")]
     yield prefix, instances
-    for inst in instances:
-        if inst.proc.returncode is None:
-            inst.proc.kill()
-            await inst.proc.wait()
-    keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await redis_client.delete(*keys)
+    await kill_instances(instances)
+    await delete_prefix(redis_client, prefix)
 
 
 async def test_user_connection_limit_holds_across_two_instances(limited_cluster, redis_client, peer_factory):
@@ -192,9 +187,7 @@ async def test_redis_user_connections_count_refresh_and_expire(redis_client):
         assert await users.add_user_connection("v", "next", 1, 30)
     finally:
         await node.close()
-        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis_client.delete(*keys)
+        await delete_prefix(redis_client, prefix)
 
 
 # == command rate limits ====================================================================

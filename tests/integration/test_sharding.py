@@ -10,19 +10,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from cent import AsyncClient, DisconnectRequest, InfoRequest, PublishRequest
-from conftest import REDIS_URL, REDIS_URL_2, make_config, scaled, token, unique_prefix
+from conftest import REDIS_URL, REDIS_URL_2, NoEngineEvents, delete_prefix, make_config, scaled, token, unique_prefix
 from procs import start_instance
 from sdk import sdk_subscription
 
 from livegate.channels.redis import RedisEngine
-
-
-class _NoEvents:
-    def handle_publications(self, batch): ...
-    def handle_join(self, channel, info): ...
-    def handle_leave(self, channel, info): ...
-    def handle_gap(self, channels): ...
-    def handle_node_message(self, data): ...
 
 
 @pytest.fixture
@@ -42,16 +34,14 @@ async def sharded(tmp_path, servers):
     override = {"engine": {"type": "redis", "redis": {"address": [REDIS_URL, REDIS_URL_2], "prefix": prefix}}}
     instances = [await start_instance(tmp_path, override, name) for name in ("a", "b")]
     # The same placement the instances compute (never started: placement is pure).
-    placement = RedisEngine(make_config(override), _NoEvents())
+    placement = RedisEngine(make_config(override), NoEngineEvents())
     yield prefix, instances, placement
     for inst in instances:
         if inst.proc.returncode is None:
             inst.proc.kill()
             await inst.proc.wait()
     for client in servers:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
+        await delete_prefix(client, prefix)
 
 
 def channels_per_shard(placement: RedisEngine, per_shard: int = 2) -> dict[int, list[str]]:

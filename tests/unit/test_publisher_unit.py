@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import make_config
+from conftest import NoEngineEvents, make_config
 from redis import exceptions as rx
 
 import livegate.publisher
@@ -70,18 +70,10 @@ def test_importing_the_publisher_loads_no_server_and_no_io_library():
     assert out.strip() == "[]"
 
 
-class _NoEvents:
-    def handle_publications(self, batch): ...
-    def handle_join(self, channel, info): ...
-    def handle_leave(self, channel, info): ...
-    def handle_gap(self, channels): ...
-    def handle_node_message(self, data): ...
-
-
 @pytest.mark.parametrize("shards", [1, 2, 3, 5])
 async def test_channels_route_to_the_redis_server_the_engine_uses(shards):
     addresses = [f"redis://127.0.0.1:{6379 + i}/0" for i in range(shards)]
-    engine = RedisEngine(make_config({"engine": {"type": "redis", "redis": {"address": addresses}}}), _NoEvents())
+    engine = RedisEngine(make_config({"engine": {"type": "redis", "redis": {"address": addresses}}}), NoEngineEvents())
     channels = [f"chat:{i}" for i in range(500)] + ["", "é:ü", "$private:x", "a" * 300]
     assert [shard_index(c, shards) for c in channels] == [engine.shards.index(engine.shard_for(c)) for c in channels]
     if shards > 1:
