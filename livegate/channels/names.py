@@ -42,6 +42,8 @@ class ChannelRules:
         private = bool(cfg.private_prefix) and channel.startswith(cfg.private_prefix)
         rest = channel[len(cfg.private_prefix):] if private else channel
         ns_name, sep, local = rest.partition(cfg.namespace_boundary) if cfg.namespace_boundary else ("", "", rest)
+        if sep and cfg.user_boundary and cfg.user_boundary in ns_name:
+            sep = ""  # the user boundary comes first: a user channel without namespace ("#org:42")
         if not sep:
             ns_name, local = "", rest
             options: ChannelOptions = cfg.without_namespace

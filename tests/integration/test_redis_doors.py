@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REDIS_URL, unique_prefix
+from conftest import REDIS_URL, delete_prefix, unique_prefix
 
 
 async def test_fcall_into_a_namespace_with_long_ttls(start_server):
@@ -31,9 +31,7 @@ async def test_fcall_into_a_namespace_with_long_ttls(start_server):
             except Exception as exc:  # redis ResponseError
                 assert why in str(exc)
     finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
+        await delete_prefix(client, prefix)
         await client.aclose()
 
 
@@ -57,9 +55,7 @@ async def test_fcall_follows_the_namespace_data_format(start_server, redis_clien
             with pytest.raises(aioredis.ResponseError, match=why):
                 await fcall(channel, bad)
     finally:
-        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis_client.delete(*keys)
+        await delete_prefix(redis_client, prefix)
 
 
 async def test_history_and_position_outlive_every_publish_with_expiries_renewed_at_the_half(start_server,
@@ -93,9 +89,7 @@ async def test_history_and_position_outlive_every_publish_with_expiries_renewed_
         history = await running.node.broker.history("ex:x", HistoryOptions(limit=10))
         assert [p.data for p in history.publications] == [b"1", b"2", b"2", b"2", b"3"]
     finally:
-        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis_client.delete(*keys)
+        await delete_prefix(redis_client, prefix)
 
 
 async def test_publish_batch_writes_every_publication_in_order_or_none(start_server, redis_client, peer_factory):
@@ -157,9 +151,7 @@ async def test_publish_batch_writes_every_publication_in_order_or_none(start_ser
         pub = await next_pub()
         assert pub["data"] == {"n": 8} and pub.get("tags") == {"kind": "t"}
     finally:
-        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis_client.delete(*keys)
+        await delete_prefix(redis_client, prefix)
 
 
 async def test_publish_checks_idempotency_options_before_writing(start_server, redis_client):
@@ -196,6 +188,17 @@ async def test_publish_checks_idempotency_options_before_writing(start_server, r
             await redis_client.fcall("livegate_publish", 1, "ih:w", b"1", orjson.dumps(opts))
         assert str(err.value).startswith("WRONGTYPE")  # not "ERR WRONGTYPE ..." with a Lua line number
     finally:
-        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis_client.delete(*keys)
+        await delete_prefix(redis_client, prefix)
+
+
+async def test_fcall_finds_no_namespace_in_a_user_channel_whose_user_holds_the_boundary(start_server, redis_client):
+    """The Redis function resolves namespaces as the server does: "#org:42" has none."""
+    prefix = unique_prefix()
+    await start_server({"engine": {"type": "redis", "redis": {"address": [REDIS_URL], "prefix": prefix}}})
+    try:
+        assert await redis_client.fcall("livegate_publish", 1, "#org:42", b"1", orjson.dumps({"prefix": prefix})) \
+            == [0, b""]
+        with pytest.raises(aioredis.ResponseError, match='unknown channel namespace "nope"'):
+            await redis_client.fcall("livegate_publish", 1, "nope:#x", b"1", orjson.dumps({"prefix": prefix}))
+    finally:
+        await delete_prefix(redis_client, prefix)

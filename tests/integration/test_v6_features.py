@@ -197,3 +197,20 @@ def test_the_personal_namespace_must_exist():
     with pytest.raises(ConfigError, match="client.subscribe_to_user_personal_channel.personal_channel_namespace"):
         make_config({"client": {"subscribe_to_user_personal_channel": {"enabled": True,
                                                                        "personal_channel_namespace": "nope"}}})
+
+
+async def test_tags_filter_and_delta_together_close_with_bad_request(start_server, peer_factory):
+    running = await start_server(NAMESPACES)
+    peer = await peer_factory(running.url)
+    await peer.connect("alice")
+    await peer.send({"id": 5, "subscribe": {"channel": "tagged:x", "delta": "fossil",
+                                            "tf": {"key": "a", "cmp": "ex"}}})
+    assert (await peer.closed())[0] == 3501
+
+
+async def test_a_personal_channel_for_a_user_id_with_boundaries(start_server, peer_factory):
+    """A user id holding the namespace boundary must not break the connect."""
+    running = await start_server({"client": {"subscribe_to_user_personal_channel": {"enabled": True}}})
+    peer = await peer_factory(running.url)
+    reply = await peer.connect("org:42")
+    assert "error" not in reply, reply

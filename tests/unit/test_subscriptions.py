@@ -94,3 +94,22 @@ def pubs(*offsets: int) -> list[Publication]:
 ])
 def test_decide_recovery(since, top, got, limit, expected):
     assert decide_recovery(since, top, got, limit) is expected
+
+
+@pytest.mark.parametrize(("channel", "namespace", "users"), [
+    ("chat:#alice", "chat", ("alice",)),
+    ("#org:42", "", ("org:42",)),            # the user boundary first: no namespace
+    ("$#org:42", "", ("org:42",)),
+    ("news#a,b", "", ("a", "b")),
+    ("plain", "", None),
+])
+def test_a_user_boundary_before_the_namespace_boundary_means_no_namespace(channel, namespace, users):
+    from conftest import make_config
+
+    from livegate.channels.names import ChannelRules
+
+    cfg = make_config({"channel": {"without_namespace": {"allow_user_limited_channels": True}}})
+    resolved = ChannelRules(cfg.channel).resolve(channel)
+    expected = cfg.channel.without_namespace if not namespace else next(
+        ns for ns in cfg.channel.namespaces if ns.name == namespace)
+    assert resolved.options is expected and resolved.allowed_users == users

@@ -142,6 +142,7 @@ class RedisEngine:
         fields: dict[FieldT, EncodableT] = {
             "private_prefix": ch.private_prefix,
             "namespace_boundary": ch.namespace_boundary,
+            "user_boundary": ch.user_boundary,
             "history_meta_ttl": f"{ch.history_meta_ttl:.3f}",
             "envelope": str(self.broker.write_version),
             "max_publication_size": str(ch.max_publication_size),

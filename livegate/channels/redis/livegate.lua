@@ -17,7 +17,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 21
+local VERSION = 22
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
@@ -238,15 +238,20 @@ local function strict_cjson(fn, ...)
   return result
 end
 
-local function namespace_of(channel, private_prefix, boundary)
+-- As livegate/channels/names.py: what comes before the first namespace boundary, unless the
+-- user boundary comes first (namespace names cannot hold it: "#org:42" is a user channel
+-- without a namespace).
+local function namespace_of(channel, private_prefix, boundary, user_boundary)
   local rest = channel
   if private_prefix ~= '' and string.sub(rest, 1, #private_prefix) == private_prefix then
     rest = string.sub(rest, #private_prefix + 1)
   end
   if boundary == '' then return '' end
   local pos = string.find(rest, boundary, 1, true)
-  if pos then return string.sub(rest, 1, pos - 1) end
-  return ''
+  if not pos then return '' end
+  local ns = string.sub(rest, 1, pos - 1)
+  if user_boundary ~= '' and string.find(ns, user_boundary, 1, true) then return '' end
+  return ns
 end
 
 -- Options as JSON: {"prefix":"<name>"} alone (the common case) without a JSON decode.
@@ -266,7 +271,7 @@ local function publish_context(opts)
   local prefix = opts['prefix'] or 'livegate'
   local config_key = prefix .. '.config'
   local conf = redis.call('HMGET', config_key, 'private_prefix', 'namespace_boundary', 'history_meta_ttl', 'envelope',
-                          'max_publication_size')
+                          'max_publication_size', 'user_boundary')
   return {prefix = prefix, config_key = config_key, conf = conf, entries = {}}
 end
 
@@ -290,7 +295,7 @@ local function prepare_publication(ctx, channel, data, info, o)
   local format = o['format']
   local entry, ns = nil, nil
   if conf[2] and (size == nil or format == nil) then
-    ns = namespace_of(channel, conf[1] or '', conf[2])
+    ns = namespace_of(channel, conf[1] or '', conf[2], conf[6] or '')
     entry = namespace_entry(ctx, ns)
   end
   if format == nil then format = entry and string.match(entry, '^%d+ [%d.]+ [%d.]+ (%S+)$') or 'json' end
