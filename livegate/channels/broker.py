@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
 __all__ = [
+    "MapSettings", "MapWriteOptions", "MapUpdateResult", "MapStateResult", "SUPPRESS_REASONS",
     "PublishOptions", "PublishResult", "HistoryOptions", "HistoryResult", "BrokerEventHandler",
     "EngineEvents", "Broker", "PresenceManager", "PresenceStats", "UserConnections", "NodeChannel", "Shard", "Engine",
 ]
@@ -57,6 +58,49 @@ class HistoryOptions:
 class HistoryResult:
     publications: list[Publication]
     position: StreamPosition
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapSettings:
+    """How a map channel keeps its entries (from the namespace's ``map`` options, defaults
+    applied). ``stream_size`` 0: no stream (ephemeral mode), offsets stay 0."""
+
+    stream_size: int = 0
+    stream_ttl: float = 0.0   # seconds a change stays in the stream
+    meta_ttl: float = 0.0     # seconds the whole map (entries, stream, epoch) outlives its last write; 0: forever
+    key_ttl: float = 0.0      # seconds an entry outlives its last write; 0: until removed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapWriteOptions:
+    settings: MapSettings
+    info: ClientInfo | None = None
+    tags: dict[str, str] | None = None
+    idempotency_key: str = ""
+    idempotent_result_ttl: float = 300.0
+    data_format: str = "json"
+    key_mode: str = ""                          # "": always; "if_new": only a new key; "if_exists": only an existing one
+    expected: StreamPosition | None = None      # compare-and-set: the entry's offset (0: absent) and the channel's epoch
+    refresh_ttl_on_suppress: bool = False       # a write suppressed by key_mode still renews the entry's key_ttl
+
+
+#: Why a map write changed nothing.
+SUPPRESS_REASONS = ("idempotency", "key_exists", "key_not_found", "position_mismatch")
+
+
+@dataclass(frozen=True, slots=True)
+class MapUpdateResult:
+    position: StreamPosition          # the channel's position after the write (offset 0 without a stream)
+    suppressed: bool = False
+    reason: str = ""                  # one of SUPPRESS_REASONS when suppressed
+    current: Publication | None = None  # position_mismatch: the entry as it is (None: absent)
+
+
+@dataclass(frozen=True, slots=True)
+class MapStateResult:
+    entries: list[Publication]        # each with key, offset (its last write) and data
+    position: StreamPosition          # the channel's stream position when the page was read
+    cursor: str = ""                  # the next page; "" after the last
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +167,40 @@ class Broker(Protocol):
         ...
 
     async def remove_history(self, channel: str) -> None: ...
+
+    # -- map channels (namespaces with subscription_type = "map") ----------------------------
+    # A map channel is a set of entries (key -> latest publication of the key) plus, when its
+    # settings keep one, a stream of the changes: every write or removal is one publication
+    # with ``key`` set (``removed`` for a removal), appended to the channel's stream (read with
+    # ``history``) and fanned out like any publication, atomically with the entry's change.
+
+    async def map_publish(self, channel: str, key: str, data: bytes, opts: MapWriteOptions) -> MapUpdateResult:
+        """Write an entry (unless suppressed: idempotency key seen, key_mode, compare-and-set).
+        A suppressed write changes nothing, appends nothing and publishes nothing."""
+        ...
+
+    async def map_remove(self, channel: str, key: str, opts: MapWriteOptions) -> MapUpdateResult:
+        """Remove an entry; suppressed with "key_not_found" when there is none."""
+        ...
+
+    async def map_state(self, channel: str, settings: MapSettings, *, cursor: str = "", limit: int = 100,
+                        key: str = "") -> MapStateResult:
+        """A page of live entries (``key``: that entry only), and the stream position read with it.
+        Creates the position (and epoch) when missing."""
+        ...
+
+    async def map_stats(self, channel: str) -> int:
+        """How many live entries the channel has."""
+        ...
+
+    async def map_clear(self, channel: str) -> None:
+        """Forget the channel's entries, stream and position (subscribers start over: new epoch)."""
+        ...
+
+    async def map_expire(self) -> int:
+        """Remove entries past their key_ttl, each with a removal publication (as map_remove).
+        Engines call this on their own every second; returns how many were removed."""
+        ...
 
 
 class PresenceManager(Protocol):

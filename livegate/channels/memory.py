@@ -15,6 +15,10 @@ from livegate.channels.broker import (
     EngineEvents,
     HistoryOptions,
     HistoryResult,
+    MapSettings,
+    MapStateResult,
+    MapUpdateResult,
+    MapWriteOptions,
     PresenceStats,
     PublishOptions,
     PublishResult,
@@ -37,6 +41,17 @@ class _Stream:
         self.pubs: deque[Publication] = deque(maxlen=maxlen)
         self.expires_at = 0.0  # 0: the position never expires
         self.ttl_ms = 0  # how long a publication stays (from the latest publish's options)
+
+
+class _Map:
+    """A map channel's entries: key -> (its latest publication, when it expires or 0)."""
+
+    __slots__ = ("epoch", "entries", "settings")
+
+    def __init__(self, epoch: str, settings: MapSettings) -> None:
+        self.epoch = epoch
+        self.entries: dict[str, tuple[Publication, float]] = {}
+        self.settings = settings
 
 
 def select(pubs: list[Publication], opts: HistoryOptions) -> list[Publication]:
@@ -77,19 +92,29 @@ class MemoryBroker:
         self._sweeper: asyncio.Task[None] | None = None
         self._queue: list[tuple[str, str, Any]] = []  # ("p" | "j" | "l", channel, publication | info)
         self._flush_scheduled = False
+        self._maps: dict[str, _Map] = {}
+        self._map_sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep_forever())
+        self._map_sweeper = loop.create_task(self._expire_forever())
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for task in (self._sweeper, self._map_sweeper):
+            if task is not None:
+                task.cancel()
+        self._sweeper = self._map_sweeper = None
 
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self._sweep_interval)
             self.sweep()
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.map_expire()
 
     def sweep(self) -> None:
         """Drop expired positions, publications past their TTL and old idempotency keys."""
@@ -202,6 +227,139 @@ class MemoryBroker:
         stream = self._streams.get(channel)
         if stream is not None:
             stream.pubs.clear()
+
+    # -- map channels ------------------------------------------------------------------------
+
+    def _map(self, channel: str, settings: MapSettings, write: bool) -> tuple[_Map, _Stream]:
+        """The channel's map and stream; both start over (new epoch) once the stream's
+        position expired. ``write``: the map lives ``meta_ttl`` from now."""
+        stream = self._stream(channel, settings.stream_size or 1, settings.meta_ttl if write else 0.0, True)
+        assert stream is not None
+        m = self._maps.get(channel)
+        if m is None or m.epoch != stream.epoch:
+            m = self._maps[channel] = _Map(stream.epoch, settings)
+        if write:
+            m.settings = settings
+        return m, stream
+
+    def _live_entry(self, m: _Map, key: str, now: float) -> Publication | None:
+        found = m.entries.get(key)
+        if found is None:
+            return None
+        if found[1] and found[1] <= now:
+            return None  # expired: the sweep removes it (with its removal publication)
+        return found[0]
+
+    def _suppressed(self, channel: str, opts: MapWriteOptions, now: float) -> MapUpdateResult | None:
+        if opts.idempotency_key:
+            seen = self._idempotent.get((channel, opts.idempotency_key))
+            if seen is not None and seen[0] > now:
+                return MapUpdateResult(seen[1], True, "idempotency")
+        return None
+
+    def _map_write(self, channel: str, m: _Map, stream: _Stream, pub: Publication, opts: MapWriteOptions,
+                   now: float) -> MapUpdateResult:
+        settings = opts.settings
+        if settings.stream_size > 0:
+            stream.top += 1
+            stream.ttl_ms = int(settings.stream_ttl * 1000)
+            pub = replace(pub, offset=stream.top)
+            stream.pubs.append(pub)
+            self._trim(stream)
+        if pub.removed:
+            m.entries.pop(pub.key, None)
+        else:
+            m.entries[pub.key] = (pub, now + settings.key_ttl if settings.key_ttl > 0 else 0.0)
+        position = StreamPosition(stream.top, stream.epoch)
+        if opts.idempotency_key:
+            self._idempotent[(channel, opts.idempotency_key)] = (now + opts.idempotent_result_ttl, position)
+        self._enqueue("p", channel, pub)
+        return MapUpdateResult(position)
+
+    async def map_publish(self, channel: str, key: str, data: bytes, opts: MapWriteOptions) -> MapUpdateResult:
+        now = self._clock()
+        early = self._suppressed(channel, opts, now)
+        if early is not None:
+            return early
+        m, stream = self._map(channel, opts.settings, True)
+        current = self._live_entry(m, key, now)
+        position = StreamPosition(stream.top, stream.epoch)
+        reason = ""
+        if opts.key_mode == "if_new" and current is not None:
+            reason = "key_exists"
+        elif opts.key_mode == "if_exists" and current is None:
+            reason = "key_not_found"
+        elif opts.expected is not None and (opts.expected.epoch != stream.epoch or opts.expected.offset != (
+                current.offset if current is not None else 0)):
+            return MapUpdateResult(position, True, "position_mismatch", current)
+        if reason:
+            if opts.refresh_ttl_on_suppress and current is not None and opts.settings.key_ttl > 0:
+                m.entries[key] = (current, now + opts.settings.key_ttl)
+            return MapUpdateResult(position, True, reason)
+        pub = Publication(data, 0, opts.info, opts.tags or None, int(now * 1000), key)
+        return self._map_write(channel, m, stream, pub, opts, now)
+
+    async def map_remove(self, channel: str, key: str, opts: MapWriteOptions) -> MapUpdateResult:
+        now = self._clock()
+        early = self._suppressed(channel, opts, now)
+        if early is not None:
+            return early
+        m, stream = self._map(channel, opts.settings, True)
+        current = self._live_entry(m, key, now)
+        position = StreamPosition(stream.top, stream.epoch)
+        if opts.expected is not None and (opts.expected.epoch != stream.epoch or opts.expected.offset != (
+                current.offset if current is not None else 0)):
+            return MapUpdateResult(position, True, "position_mismatch", current)
+        if current is None:
+            return MapUpdateResult(position, True, "key_not_found")
+        tags = opts.tags or current.tags
+        pub = Publication(b"", 0, opts.info, tags or None, int(now * 1000), key, True)
+        return self._map_write(channel, m, stream, pub, opts, now)
+
+    async def map_state(self, channel: str, settings: MapSettings, *, cursor: str = "", limit: int = 100,
+                        key: str = "") -> MapStateResult:
+        self.flush()  # as history(): what is written so far reaches subscribers first
+        now = self._clock()
+        m, stream = self._map(channel, settings, False)
+        position = StreamPosition(stream.top, stream.epoch)
+        if key:
+            found = self._live_entry(m, key, now)
+            return MapStateResult([found] if found is not None else [], position)
+        keys = sorted(k for k, (_, exp) in m.entries.items() if not exp or exp > now)
+        if cursor:
+            start = next((i for i, k in enumerate(keys) if k > cursor), len(keys))
+            keys = keys[start:]
+        page = keys[:limit] if limit > 0 else keys
+        more = limit > 0 and len(keys) > limit
+        return MapStateResult([m.entries[k][0] for k in page], position, page[-1] if more and page else "")
+
+    async def map_stats(self, channel: str) -> int:
+        m = self._maps.get(channel)
+        stream = self._streams.get(channel)
+        now = self._clock()
+        if m is None or stream is None or stream.epoch != m.epoch or (stream.expires_at and stream.expires_at <= now):
+            return 0
+        return sum(1 for _, exp in m.entries.values() if not exp or exp > now)
+
+    async def map_clear(self, channel: str) -> None:
+        self._maps.pop(channel, None)
+        self._streams.pop(channel, None)
+
+    async def map_expire(self) -> int:
+        now = self._clock()
+        removed = 0
+        for channel, m in list(self._maps.items()):
+            stream = self._streams.get(channel)
+            if stream is None or stream.epoch != m.epoch or (stream.expires_at and stream.expires_at <= now):
+                del self._maps[channel]  # the whole map expired (meta_ttl): nothing to announce
+                continue
+            for key in [k for k, (_, exp) in m.entries.items() if exp and exp <= now]:
+                opts = MapWriteOptions(settings=m.settings)
+                old = m.entries[key][0]
+                pub = Publication(b"", 0, None, old.tags, int(now * 1000), key, True)
+                self._map_write(channel, m, stream, pub, opts, now)
+                removed += 1
+        return removed
 
 
 class MemoryPresence:

@@ -73,3 +73,5 @@ class Publication:
     info: ClientInfo | bytes | None = None  # bytes: the wire form, already JSON (from another node)
     tags: dict[str, str] | None = None
     time: int = 0  # unix ms when it was published; used for TTL trimming
+    key: str = ""  # map channels: the entry this publication writes (or removes)
+    removed: bool = False  # map channels: the entry was removed (data is empty)

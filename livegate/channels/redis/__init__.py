@@ -4,7 +4,8 @@ The engine is one object with separate units for its roles:
 
 * ``shard.Shard``: one Redis server (command client, pub/sub connection, reconnects);
   several servers spread channels by a jump consistent hash of the channel name;
-* ``broker.RedisBroker``: publish, join/leave, subscribe, history;
+* ``broker.RedisBroker``: publish, join/leave, subscribe, history, map channels (the engine
+  removes map entries past their key_ttl once a second);
 * ``presence.RedisPresence``: presence entries with expiry;
 * ``users.RedisUserConnections``: every node's connections per user, with expiry;
 * ``RedisNodeChannel``: messages between the nodes of a cluster (``{prefix}.node`` on shard 0);
@@ -35,12 +36,16 @@ from livegate.channels.redis.presence import RedisPresence
 from livegate.channels.redis.shard import UNAVAILABLE, Shard
 from livegate.channels.redis.users import RedisUserConnections
 from livegate.config import Config
-from livegate.errors import BrokerUnavailable
+from livegate.errors import BrokerError, BrokerUnavailable
 from livegate.sharding import jump_hash, shard_index
+from livegate.tasks import cancel_and_wait
 
 __all__ = ["RedisEngine", "RedisNodeChannel", "jump_hash", "FUNCTION_VERSION", "load_functions"]
 
 log = logging.getLogger("livegate.redis")
+
+#: Seconds between two sweeps of map entries past their key_ttl.
+MAP_EXPIRE_INTERVAL = 1.0
 
 
 class RedisNodeChannel:
@@ -70,7 +75,7 @@ class RedisEngine:
         self._client_prefix = f"{self.prefix}.client.".encode()
         self.shards = [Shard(self, i, url) for i, url in enumerate(rcfg.address)]
         self._shard_of = lru_cache(maxsize=65536)(self._compute_shard)
-        self.broker = RedisBroker(self.prefix, self._shard_of)
+        self.broker = RedisBroker(self.prefix, self._shard_of, self.shards)
         self.presence = RedisPresence(self.prefix, self._shard_of)
         # Not the cached channel lookup: user ids would crowd channels out of its cache.
         self.users = RedisUserConnections(self.prefix, self._compute_shard)
@@ -78,6 +83,7 @@ class RedisEngine:
         self.undecodable = 0
         self._closed = False
         self._config_writes: set[asyncio.Task[Any]] = set()
+        self._map_expirer: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -89,11 +95,16 @@ class RedisEngine:
         except TimeoutError:
             down = [s.address for s in self.shards if not s.healthy]
             raise BrokerUnavailable(f"cannot reach redis at {', '.join(down)}") from None
+        if self._map_expirer is None:
+            self._map_expirer = asyncio.get_running_loop().create_task(self._expire_maps_forever(),
+                                                                        name="redis-map-expire")
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        await cancel_and_wait(self._map_expirer)
+        self._map_expirer = None
         for task in list(self._config_writes):
             task.cancel()
         for shard in self.shards:
@@ -102,6 +113,28 @@ class RedisEngine:
     @property
     def healthy(self) -> bool:
         return all(s.healthy for s in self.shards)
+
+    async def _expire_maps_forever(self) -> None:
+        """Remove map entries past their key_ttl about once a second (every node does; each
+        removal is one atomic function call, so two nodes never remove an entry twice). A
+        failure (Redis down) is logged once until a sweep succeeds again; it never ends the task."""
+        failing = False
+        while True:
+            await asyncio.sleep(MAP_EXPIRE_INTERVAL)
+            try:
+                await self.broker.map_expire()
+            except BrokerError as exc:
+                if not failing:
+                    log.warning("map entry expiry failed: %s", exc)
+                failing = True
+                continue
+            except Exception:
+                log.exception("map entry expiry failed")
+                failing = True
+                continue
+            if failing:
+                log.info("map entry expiry works again")
+            failing = False
 
     def _compute_shard(self, channel: str) -> Shard:
         return self.shards[shard_index(channel, len(self.shards))]

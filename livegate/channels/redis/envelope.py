@@ -8,7 +8,10 @@ version 1 (no version field; what livegate wrote before envelopes were versioned
 
 version 2::
 
-    [2, "p", offset, epoch, data, info_json, tags_json, time_ms, ...]
+    [2, "p", offset, epoch, data, info_json, tags_json, time_ms, key, removed, ...]
+
+    (``key`` and ``removed``, of map channels, may be absent: "" and false; a reader that
+    predates them ignores them, as the rule below says.)
     [2, "j", info_json, ...]        [2, "l", info_json, ...]
 
 Rules that keep rolling upgrades safe: a reader of version N reads every version up to N and
@@ -63,6 +66,12 @@ def decode_envelope(raw: bytes) -> Decoded:
             return _other(message, head)
         if type(offset) is not int or type(data) is not bytes or type(ms) is not int:
             raise EnvelopeError("malformed publication envelope")
+        if head == 2 and len(message) >= 10 and message[8]:
+            key, removed = message[8], message[9]
+            if type(key) is not bytes:
+                raise EnvelopeError("malformed publication envelope")
+            return "p", Publication(data, offset, info or None, orjson.loads(tags) if tags else None, ms,
+                                    key.decode(), removed is True or removed == 1)
         return "p", Publication(data, offset, info or None, orjson.loads(tags) if tags else None, ms)
     except EnvelopeError:
         raise

@@ -10,16 +10,26 @@
 --   <prefix>.config         hash written by livegate at start: namespace history settings
 --   <prefix>.user.conns.{u} zset: client id -> expiry time (ms) of each connection of user u on
 --                           any node (client.user_connection_limit); the tag is the user id
+-- Map channels (subscription_type "map"; see the map section below) add:
+--   <prefix>.meta.{ch}      also m / mt = the map's stream size / stream ttl (ms) (expiry removals
+--                           are written with them); m marks the channel as a map channel
+--   <prefix>.map.{ch}       hash: entry key -> envelope of the entry's latest publication
+--   <prefix>.mapkeys.{ch}   zset, every score 0: the entry keys in byte order (state pages)
+--   <prefix>.mapexp.{ch}    zset: entry key -> expiry time (ms), for entries with a key_ttl
+--   <prefix>.map.expiring   zset: channel -> (at most) its earliest entry expiry (ms)
 -- Envelopes are msgpack arrays (see livegate/channels/redis/envelope.py):
 --   version 1: {"p", offset, epoch, data, info_json, tags_json, time_ms}
 --   version 2: {2, "p", offset, epoch, data, info_json, tags_json, time_ms}
+--              {2, "p", offset, epoch, data, info_json, tags_json, time_ms, key, removed} (map channels,
+--              always version 2: version 1 cannot carry the key)
 -- Publishes write the version livegate asks for (option "envelope", negotiated between the
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 22
+local VERSION = 23
 
-local function pack_publication(ev, offset, epoch, data, info, tags_json, ms)
+local function pack_publication(ev, offset, epoch, data, info, tags_json, ms, key, removed)
+  if key then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms, key, removed == true}) end
   if ev >= 2 then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms}) end
   return cmsgpack.pack({'p', offset, epoch, data, info, tags_json, ms})
 end
@@ -398,7 +408,7 @@ local function write_publication(ctx, p, ms, t)
     if not epoch then
       epoch = new_epoch(t)
       redis.call('HSET', meta_key, 'e', epoch)
-      redis.call('DEL', hist_key)
+      redis.call('DEL', hist_key, prefix .. '.map.' .. tag, prefix .. '.mapkeys.' .. tag, prefix .. '.mapexp.' .. tag)
       covered = 0
     end
     if tonumber(meta[2]) ~= size or tonumber(meta[3]) ~= ttl_ms then
@@ -540,16 +550,22 @@ local function history(keys, args)
   if not epoch then
     epoch = new_epoch(t)
     redis.call('HSET', meta_key, 'e', epoch)
-    redis.call('DEL', hist_key)
+    redis.call('DEL', hist_key, prefix .. '.map.' .. tag, prefix .. '.mapkeys.' .. tag, prefix .. '.mapexp.' .. tag)
   end
-  local meta = redis.call('HMGET', meta_key, 's', 'n', 't')
+  local meta = redis.call('HMGET', meta_key, 's', 'n', 't', 'm')
   local top, size, ttl_ms = tonumber(meta[1] or '0'), tonumber(meta[2] or '0'), tonumber(meta[3] or '0')
   local keep = meta_ttl
-  if top == 0 and unpublished_ttl > 0 then keep = unpublished_ttl end
+  if top == 0 and unpublished_ttl > 0 and not meta[4] then keep = unpublished_ttl end
   if keep > 0 then
-    if top > 0 then
-      -- Published: only ever extended here (GT), so publishes can count on their expiry.
+    if top > 0 or meta[4] then
+      -- Published: only ever extended here (GT), so publishes can count on their expiry. A map
+      -- channel's entries live exactly as long as its position.
       redis.call('PEXPIRE', meta_key, math.floor(keep * 1000), 'GT')
+      if meta[4] then
+        for _, key in ipairs({'.map.', '.mapkeys.', '.mapexp.'}) do
+          redis.call('PEXPIRE', prefix .. key .. tag, math.floor(keep * 1000), 'GT')
+        end
+      end
     else
       redis.call('PEXPIRE', meta_key, math.floor(keep * 1000))
     end
@@ -687,6 +703,370 @@ local function user_connections(keys, args)
   return redis.call('ZCARD', key)
 end
 
+-- Map channels (namespaces with subscription_type = "map"): a set of entries, key -> the
+-- entry's latest publication, plus (stream_size > 0) a stream of the changes in the channel's
+-- history stream, so livegate_history reads a map channel's changes as any channel's. Every
+-- write or removal is one publication with a key (removed set for a removal): appended to the
+-- stream (offsets +1 per change; 0 without a stream), stored in the map and PUBLISHed to
+-- <prefix>.client.<channel>, all in one call. The entries, the stream and the position share
+-- one lifetime: meta_ttl after the last write (forever when 0); a new epoch starts with an
+-- empty map (every function that creates an epoch deletes the map keys). As memory.py's
+-- map_* methods, the reference semantics.
+
+local function map_keys(prefix, channel)
+  local tag = '{' .. channel .. '}'
+  return {meta = prefix .. '.meta.' .. tag, hist = prefix .. '.history.' .. tag, map = prefix .. '.map.' .. tag,
+          keys = prefix .. '.mapkeys.' .. tag, exp = prefix .. '.mapexp.' .. tag,
+          client = prefix .. '.client.' .. channel}
+end
+
+-- Channels with entries that expire, scored with (at most) their earliest expiry, so that
+-- livegate_map_expire finds the channels with due keys without scanning. It has no {channel}
+-- hash tag: in a Redis Cluster it would sit in another slot than the channels' keys. Each
+-- shard of livegate's redis engine is a standalone Redis (channels are spread by jump hash),
+-- where a function may touch any key, so that is fine here; it is not cluster-safe.
+local function map_expiring_key(prefix)
+  return prefix .. '.map.expiring'
+end
+
+-- The offset and tags_json of a stored entry envelope (either version).
+local function entry_fields(envelope)
+  local t = cmsgpack.unpack(envelope)
+  if type(t[1]) == 'number' then return tonumber(t[3]) or 0, t[7] or '' end
+  return tonumber(t[2]) or 0, t[6] or ''
+end
+
+local function map_new_epoch(k, t)
+  local epoch = new_epoch(t)
+  redis.call('HSET', k.meta, 'e', epoch)
+  redis.call('DEL', k.hist, k.map, k.keys, k.exp)
+  return epoch
+end
+
+-- The entry key's envelope, unless there is none or it is past its key_ttl (then the expiry
+-- sweep removes it, with its removal publication).
+local function live_entry(k, key, ms)
+  local envelope = redis.call('HGET', k.map, key)
+  if not envelope then return nil end
+  local exp = redis.call('ZSCORE', k.exp, key)
+  if exp and tonumber(exp) <= ms then return nil end
+  return envelope
+end
+
+-- The map lives meta_ttl (ms) from now; without one, as long as the position does.
+local function map_touch(k, meta_ms)
+  local ttl = meta_ms
+  if ttl > 0 then
+    redis.call('PEXPIRE', k.meta, ttl)
+  else
+    ttl = redis.call('PTTL', k.meta)
+  end
+  if ttl > 0 then
+    redis.call('PEXPIRE', k.map, ttl)
+    redis.call('PEXPIRE', k.keys, ttl)
+    redis.call('PEXPIRE', k.exp, ttl)
+  end
+end
+
+local function map_set_expiry(k, prefix, channel, key, at)
+  redis.call('ZADD', k.exp, at, key)
+  redis.call('ZADD', map_expiring_key(prefix), 'LT', at, channel)
+end
+
+-- One change of an entry (s: the map's settings: size, ttl_ms, key_ttl_ms): appended to the
+-- stream when the map keeps one, applied to the map, published. Returns the change's offset.
+local function map_write(k, s, prefix, channel, epoch, key, data, info, tags_json, removed, ms)
+  local offset = 0
+  if s.size > 0 then offset = redis.call('HINCRBY', k.meta, 's', 1) end
+  local envelope = pack_publication(2, offset, epoch, data, info, tags_json, ms, key, removed)
+  if s.size > 0 and s.ttl_ms > 0 then
+    redis.call('XADD', k.hist, 'MAXLEN', '~', s.size, offset .. '-0', 't', ms, 'p', envelope)
+    redis.call('PEXPIRE', k.hist, s.ttl_ms + math.floor(s.ttl_ms / 2))
+  end
+  if removed then
+    redis.call('HDEL', k.map, key)
+    redis.call('ZREM', k.keys, key)
+    redis.call('ZREM', k.exp, key)
+  else
+    redis.call('HSET', k.map, key, envelope)
+    redis.call('ZADD', k.keys, 0, key)
+    if s.key_ttl_ms > 0 then
+      map_set_expiry(k, prefix, channel, key, ms + s.key_ttl_ms)
+    else
+      redis.call('ZREM', k.exp, key)
+    end
+  end
+  redis.call('PUBLISH', k.client, envelope)
+  return offset
+end
+
+local function seconds_option(opts, name)
+  local v = opts[name]
+  if v == nil or v == cjson.null then return 0 end
+  v = tonumber(v)
+  if v == nil or v ~= v or v < 0 then return nil end
+  return v
+end
+
+-- The map options of a write: {size, ttl_ms, meta_ms, key_ttl_ms, key_mode, expected_offset,
+-- expected_epoch, refresh}, or nil and why not.
+local function map_write_settings(opts)
+  local s = {}
+  local size = seconds_option(opts, 'stream_size')
+  if size == nil then return nil, 'stream_size must be a number >= 0' end
+  s.size = math.floor(size)
+  for _, name in ipairs({'stream_ttl', 'meta_ttl', 'key_ttl'}) do
+    local v = seconds_option(opts, name)
+    if v == nil then return nil, name .. ' must be a number of seconds >= 0' end
+    s[name] = v
+  end
+  s.ttl_ms = math.floor(s.stream_ttl * 1000)
+  s.meta_ms = math.floor(s.meta_ttl * 1000)
+  s.key_ttl_ms = math.floor(s.key_ttl * 1000)
+  local mode = opts['key_mode']
+  if mode == nil or mode == cjson.null then mode = '' end
+  if mode ~= '' and mode ~= 'if_new' and mode ~= 'if_exists' then
+    return nil, 'key_mode must be "", "if_new" or "if_exists"'
+  end
+  s.key_mode = mode
+  local eo, ee = opts['expected_offset'], opts['expected_epoch']
+  if eo ~= nil and eo ~= cjson.null then
+    s.expected_offset = tonumber(eo)
+    if s.expected_offset == nil then return nil, 'expected_offset must be a number' end
+    if type(ee) ~= 'string' then return nil, 'expected_epoch must be a string' end
+    s.expected_epoch = ee
+  end
+  s.refresh = opts['refresh_ttl_on_suppress'] == true
+  return s
+end
+
+-- livegate_map_publish and livegate_map_remove. Returns {top, epoch} after a change;
+-- {top, epoch, reason} when suppressed (reason: "idempotency", "key_exists", "key_not_found",
+-- "position_mismatch"), with the current entry's envelope appended on "position_mismatch"
+-- when there is one.
+local function map_update(name, channel, key, data, options_text, info, removing)
+  local function fail(why) return redis.error_reply('ERR ' .. name .. ': ' .. why) end
+  if channel == nil or channel == '' then return fail('channel is empty') end
+  if key == nil or key == '' then return fail('key is empty') end
+  if data == nil then return fail('data is empty') end
+  local opts = parse_options(options_text)
+  if opts == nil then return fail('options must be a JSON object') end
+  local s, bad = map_write_settings(opts)
+  if not s then return fail(bad) end
+  local ctx = publish_context(opts)
+  -- The data and info are checked as livegate_publish checks them (a removal has no data).
+  local p, why = prepare_publication(ctx, channel, data, info, {
+    history_size = s.size, history_ttl = s.stream_ttl, history_meta_ttl = s.meta_ttl, envelope = 2,
+    format = removing and 'binary' or opts['format'], tags = opts['tags'],
+    idempotency_key = opts['idempotency_key'], idempotent_ttl = opts['idempotent_ttl']})
+  if not p then return fail(why) end
+  local prefix = ctx.prefix
+  local k = map_keys(prefix, channel)
+  local ms, t = now_ms()
+  local idem_key = nil
+  if p.idem then
+    idem_key = prefix .. '.idem.{' .. channel .. '}.' .. p.idem
+    local seen = redis.call('GET', idem_key)
+    if seen then
+      local o, e = string.match(seen, '^(%d+):(.*)$')
+      return {tonumber(o), e, 'idempotency'}
+    end
+  end
+  local meta = redis.call('HMGET', k.meta, 'e', 's', 'n', 't', 'm', 'mt')
+  local epoch = meta[1]
+  if not epoch then
+    epoch = map_new_epoch(k, t)
+    meta = {epoch, false, false, false, false, false}
+  end
+  local top = tonumber(meta[2]) or 0
+  if tonumber(meta[5]) ~= s.size or tonumber(meta[6]) ~= s.ttl_ms then
+    redis.call('HSET', k.meta, 'm', s.size, 'mt', s.ttl_ms)  -- for livegate_map_expire's removals
+  end
+  if s.size > 0 and (tonumber(meta[3]) ~= s.size or tonumber(meta[4]) ~= s.ttl_ms) then
+    redis.call('HSET', k.meta, 'n', s.size, 't', s.ttl_ms)  -- what history reads trim to
+  end
+  local current = live_entry(k, key, ms)
+  local current_offset, current_tags = 0, ''
+  if current then current_offset, current_tags = entry_fields(current) end
+  local reason = nil
+  if not removing and s.key_mode == 'if_new' and current then
+    reason = 'key_exists'
+  elseif not removing and s.key_mode == 'if_exists' and not current then
+    reason = 'key_not_found'
+  elseif s.expected_offset ~= nil and (s.expected_epoch ~= epoch or s.expected_offset ~= current_offset) then
+    map_touch(k, s.meta_ms)
+    return {top, epoch, 'position_mismatch', current or nil}
+  elseif removing and not current then
+    reason = 'key_not_found'
+  end
+  if reason then
+    if s.refresh and current and s.key_ttl_ms > 0 then
+      map_set_expiry(k, prefix, channel, key, ms + s.key_ttl_ms)
+    end
+    map_touch(k, s.meta_ms)
+    return {top, epoch, reason}
+  end
+  local tags_json = p.tags_json
+  if removing and tags_json == '' then tags_json = current_tags end  -- a removal keeps the entry's tags
+  local offset = map_write(k, s, prefix, channel, epoch, key, removing and '' or p.data, p.info, tags_json,
+                           removing, ms)
+  if s.size > 0 then top = offset end
+  map_touch(k, s.meta_ms)
+  if idem_key then
+    redis.call('SET', idem_key, top .. ':' .. epoch, 'PX', math.floor(p.idem_ttl * 1000))
+  end
+  return {top, epoch}
+end
+
+-- FCALL livegate_map_publish 1 <channel> <key> <data> <options-json> [<info-json>]
+-- options: prefix, envelope (ignored: map publications are always version 2), stream_size,
+--          stream_ttl (s), meta_ttl (s), key_ttl (s), format, tags {str:str}, idempotency_key,
+--          idempotent_ttl (s), key_mode ("", "if_new", "if_exists"), expected_offset and
+--          expected_epoch (compare-and-set: the entry's offset, 0 when absent, and the epoch),
+--          refresh_ttl_on_suppress (a write suppressed by key_mode renews the entry's key_ttl)
+-- Data and info are checked as livegate_publish checks them.
+local function map_publish(keys, args)
+  return strict_cjson(map_update, 'livegate_map_publish', keys[1], args[1], args[2], args[3], args[4], false)
+end
+
+-- FCALL livegate_map_remove 1 <channel> <key> <options-json> [<info-json>]
+-- options: as livegate_map_publish's (key_mode aside); without tags, the removal publication
+-- carries the removed entry's.
+local function map_remove(keys, args)
+  return strict_cjson(map_update, 'livegate_map_remove', keys[1], args[1], '', args[2], args[3], true)
+end
+
+-- Up to 1000 values per command: Lua's unpack has a bounded stack.
+local function hmget_all(key, names)
+  local out = {}
+  for i = 1, #names, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #names) do chunk[#chunk + 1] = names[j] end
+    local values = redis.call('HMGET', key, unpack(chunk))
+    for _, v in ipairs(values) do out[#out + 1] = v end
+  end
+  return out
+end
+
+-- FCALL livegate_map_state 1 <channel> <prefix> <cursor> <limit> <key> [<meta-ttl s>]
+-- Returns {top, epoch, next cursor, envelope...}: the live entries (past their key_ttl: not)
+-- in key order after the cursor ("" from the start), at most limit (<= 0: all); the next cursor
+-- is "" after the last page. With a key: only that entry (no envelope when there is none).
+-- Creates the position when missing (with meta-ttl, when > 0, as its lifetime: a channel
+-- nobody writes to leaves no lasting keys).
+local function map_state(keys, args)
+  local channel = keys[1]
+  local prefix, cursor, limit, key = args[1], args[2] or '', tonumber(args[3]) or 0, args[4] or ''
+  local meta_ttl = tonumber(args[5]) or 0
+  local k = map_keys(prefix, channel)
+  local ms, t = now_ms()
+  local meta = redis.call('HMGET', k.meta, 'e', 's')
+  local epoch = meta[1]
+  if not epoch then
+    epoch = map_new_epoch(k, t)
+    if meta_ttl > 0 then redis.call('PEXPIRE', k.meta, math.floor(meta_ttl * 1000)) end
+    return {0, epoch, ''}
+  end
+  local out = {tonumber(meta[2]) or 0, epoch, ''}
+  if key ~= '' then
+    local envelope = live_entry(k, key, ms)
+    if envelope then out[4] = envelope end
+    return out
+  end
+  local want = 0  -- 0: every entry
+  if limit > 0 then want = limit + 1 end  -- one more tells whether another page follows
+  local batch = 1000
+  if want > 0 and want < batch then batch = want end
+  local found = {}
+  local low = '-'
+  if cursor ~= '' then low = '(' .. cursor end
+  while true do
+    local names = redis.call('ZRANGE', k.keys, low, '+', 'BYLEX', 'LIMIT', 0, batch)
+    if #names == 0 then break end
+    local exps = redis.call('ZMSCORE', k.exp, unpack(names))
+    for i, name in ipairs(names) do
+      if not exps[i] or tonumber(exps[i]) > ms then
+        found[#found + 1] = name
+        if want > 0 and #found >= want then break end
+      end
+    end
+    if (want > 0 and #found >= want) or #names < batch then break end
+    low = '(' .. names[#names]
+  end
+  if want > 0 and #found >= want then
+    found[#found] = nil
+    out[3] = found[#found]
+  end
+  if #found == 0 then return out end
+  for _, envelope in ipairs(hmget_all(k.map, found)) do
+    if envelope then out[#out + 1] = envelope end
+  end
+  return out
+end
+
+-- FCALL livegate_map_stats 1 <channel> <prefix>  -> how many live entries the channel has
+local function map_stats(keys, args)
+  local k = map_keys(args[1], keys[1])
+  if redis.call('EXISTS', k.meta) == 0 then return 0 end
+  local ms = now_ms()
+  return redis.call('ZCARD', k.keys) - redis.call('ZCOUNT', k.exp, '-inf', ms)
+end
+
+-- FCALL livegate_map_clear 1 <channel> <prefix>
+-- Forgets the entries, the stream and the position (the next read starts a new epoch).
+local function map_clear(keys, args)
+  local k = map_keys(args[1], keys[1])
+  redis.call('DEL', k.meta, k.hist, k.map, k.keys, k.exp)
+  redis.call('ZREM', map_expiring_key(args[1]), keys[1])
+  return 1
+end
+
+-- FCALL livegate_map_expire 1 <prefix>.map.expiring <prefix> [<most removals, default 1000>]
+-- Removes the entries past their key_ttl of the channels of this server, each with a removal
+-- publication (the entry's tags, no info) appended and published as livegate_map_remove's, in
+-- the map's settings as of its last write. A map whose position expired (meta_ttl) goes
+-- without announcements. Returns {removed, more}: more is 1 when the limit stopped it early.
+local function map_expire(keys, args)
+  local prefix = args[1]
+  local budget = math.max(1, tonumber(args[2]) or 1000)
+  local expiring = keys[1]
+  local ms = now_ms()
+  local removed = 0
+  local due = redis.call('ZRANGEBYSCORE', expiring, '-inf', ms, 'LIMIT', 0, budget)
+  for _, channel in ipairs(due) do
+    if removed >= budget then break end
+    local k = map_keys(prefix, channel)
+    local meta = redis.call('HMGET', k.meta, 'e', 'm', 'mt')
+    if not meta[1] then
+      redis.call('DEL', k.map, k.keys, k.exp)
+      redis.call('ZREM', expiring, channel)
+    else
+      local s = {size = tonumber(meta[2]) or 0, ttl_ms = tonumber(meta[3]) or 0, key_ttl_ms = 0}
+      local names = redis.call('ZRANGEBYSCORE', k.exp, '-inf', ms, 'LIMIT', 0, budget - removed)
+      for _, key in ipairs(names) do
+        local envelope = redis.call('HGET', k.map, key)
+        if envelope then
+          local _, tags_json = entry_fields(envelope)
+          map_write(k, s, prefix, channel, meta[1], key, '', '', tags_json, true, ms)
+          removed = removed + 1
+        else
+          redis.call('ZREM', k.exp, key)
+          redis.call('ZREM', k.keys, key)
+        end
+      end
+      local earliest = redis.call('ZRANGE', k.exp, 0, 0, 'WITHSCORES')
+      if #earliest > 0 then
+        redis.call('ZADD', expiring, earliest[2], channel)
+      else
+        redis.call('ZREM', expiring, channel)
+      end
+    end
+  end
+  local more = 0
+  if removed >= budget or #due >= budget then more = 1 end
+  return {removed, more}
+end
+
 local function version()
   return VERSION
 end
@@ -701,4 +1081,10 @@ redis.register_function('livegate_user_connect', user_connect)
 redis.register_function('livegate_user_refresh', user_refresh)
 redis.register_function('livegate_user_disconnect', user_disconnect)
 redis.register_function('livegate_user_connections', user_connections)
+redis.register_function('livegate_map_publish', map_publish)
+redis.register_function('livegate_map_remove', map_remove)
+redis.register_function('livegate_map_state', map_state)
+redis.register_function('livegate_map_stats', map_stats)
+redis.register_function('livegate_map_clear', map_clear)
+redis.register_function('livegate_map_expire', map_expire)
 redis.register_function{function_name = 'livegate_version', callback = version, flags = {'no-writes'}}
