@@ -373,6 +373,75 @@ class Log(_Section):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+class MapOptions(_Section):
+    """How the channels of a namespace with ``subscription_type = "map"`` keep their entries.
+
+    Modes (as Centrifugo v6.8): ``ephemeral`` keeps the entries only (each expires ``key_ttl``
+    after its last write; no stream, so no recovery), ``recoverable`` adds a stream of changes
+    (``stream_size`` / ``stream_ttl``) that reconnecting subscribers recover from, and
+    ``persistent`` keeps entries until removed (``key_ttl`` must be 0) with a stream too.
+    """
+
+    mode: Literal["", "ephemeral", "recoverable", "persistent"] = ""
+    key_ttl: Duration = 0.0
+    stream_size: NonNegInt = 0      # 0: 100 in the modes with a stream
+    stream_ttl: Duration = 0.0      # 0: 60 s in the modes with a stream
+    meta_ttl: Duration = 0.0        # 0: recoverable max(10 x stream_ttl, key_ttl); persistent: forever
+    allow_publish_for_client: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_remove_for_client: bool = False
+    allow_remove_for_subscriber: bool = False
+    allow_remove_for_anonymous: bool = False
+    remove_client_on_unsubscribe: bool = False  # a subscriber's own entry (key = its client id) goes when it leaves
+    # "client_id" / "user_id": a client's writes and removals go to the entry of its connection
+    # (or user), whatever key it names; "": the key it names.
+    client_key: Literal["", "client_id", "user_id"] = ""
+    default_page_size: NonNegInt = 0  # 0: 100
+    min_page_size: NonNegInt = 0      # 0: 100
+    max_page_size: NonNegInt = 0      # 0: 1000
+    live_transition_max_publication_limit: NonNegInt = 0  # 0: max page size
+
+    @property
+    def has_stream(self) -> bool:
+        return self.mode in ("recoverable", "persistent")
+
+    @property
+    def stream_size_or_default(self) -> int:
+        return (self.stream_size or 100) if self.has_stream else 0
+
+    @property
+    def stream_ttl_or_default(self) -> float:
+        return (self.stream_ttl or 60.0) if self.has_stream else 0.0
+
+    @property
+    def meta_ttl_or_default(self) -> float:
+        """How long the whole map (entries, stream, epoch) lives after its last write; 0: forever."""
+        if self.meta_ttl or self.mode != "recoverable":
+            return self.meta_ttl
+        return max(self.stream_ttl_or_default * 10, self.key_ttl)
+
+    def page_size(self, asked: int) -> int:
+        low, high = self.min_page_size or 100, self.max_page_size or 1000
+        return min(max(asked if asked > 0 else (self.default_page_size or 100), low), high)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MapOptions:
+        if self.mode in ("ephemeral", "recoverable") and self.key_ttl <= 0:
+            raise ValueError(f"key_ttl: map mode {self.mode!r} needs key_ttl > 0 (its entries expire)")
+        if self.mode == "persistent" and self.key_ttl > 0:
+            raise ValueError("key_ttl: must be 0 in map mode 'persistent' (its entries do not expire)")
+        if self.mode == "ephemeral":
+            for key in ("stream_size", "stream_ttl", "meta_ttl"):
+                if getattr(self, key):
+                    raise ValueError(f"{key}: map mode 'ephemeral' keeps no stream")
+        if self.meta_ttl and self.meta_ttl < self.stream_ttl_or_default:
+            raise ValueError("meta_ttl: must be at least stream_ttl")
+        if (self.min_page_size and self.max_page_size and self.min_page_size > self.max_page_size):
+            raise ValueError("min_page_size: larger than max_page_size")
+        return self
+
+
 class ChannelOptions(_Section):
     """Options of channels in a namespace (or of channels without one)."""
 
@@ -413,6 +482,20 @@ class ChannelOptions(_Section):
     archive: bool = False  # livegate: also write publications to PostgreSQL
     archive_ttl: Duration = 0.0  # livegate: archived publications older than this are deleted; 0 keeps them
     archive_max_size: NonNegInt = 0  # livegate: per channel, only the newest N archived publications are kept; 0: all
+    # "stream": publications with history; "map": channels are key-value maps that subscribers
+    # mirror (state pages, then the stream of changes, then live; see ``map``).
+    subscription_type: Literal["stream", "map", "map_clients", "map_users"] = "stream"
+    map: MapOptions = Field(default_factory=MapOptions)
+    # Map presence: every subscriber of a channel here has an entry (key: its client id, or its
+    # user id) in the map channel <prefix><channel>, of a namespace with subscription_type
+    # "map_clients" (or "map_users"), which clients watch with map presence subscriptions.
+    map_clients_presence_channel_prefix: str = ""
+    map_users_presence_channel_prefix: str = ""
+
+    @property
+    def is_map(self) -> bool:
+        """Channels here are maps (data maps, or the server-kept map presence ones)."""
+        return self.subscription_type != "stream"
 
     @property
     def history_enabled(self) -> bool:
@@ -428,6 +511,12 @@ class ChannelOptions(_Section):
         for key in ("force_recovery", "allow_recovery", "archive"):
             if getattr(self, key) and not self.history_enabled:
                 raise ValueError(f"{key}: needs history (history_size and history_ttl)")
+        if self.is_map and not self.map.mode:
+            raise ValueError(f'map.mode: subscription_type "{self.subscription_type}" needs a map mode '
+                             '(ephemeral, recoverable or persistent)')
+        if self.is_map and (self.history_enabled or self.archive):
+            raise ValueError('subscription_type: a "map" namespace keeps its own stream (map.stream_size); '
+                             'history_size/history_ttl and archive are for "stream" namespaces')
         if self.channel_regex:
             try:
                 re.compile(self.channel_regex)
@@ -469,6 +558,18 @@ class Channel(_Section):
             if ns.name in seen:
                 raise ValueError(f"namespaces[{i}].name: duplicate namespace {ns.name!r}")
             seen.add(ns.name)
+        kinds = {ns.name: ns.subscription_type for ns in self.namespaces}
+        for where, opts in [("without_namespace", self.without_namespace),
+                            *((f"namespaces[{i}]", ns) for i, ns in enumerate(self.namespaces))]:
+            for key, kind in (("map_clients_presence_channel_prefix", "map_clients"),
+                              ("map_users_presence_channel_prefix", "map_users")):
+                prefix = getattr(opts, key)
+                if not prefix:
+                    continue
+                target = prefix.split(self.namespace_boundary, 1)[0] if self.namespace_boundary in prefix else ""
+                if kinds.get(target) != kind:
+                    raise ValueError(f"{where}.{key}: {prefix!r} must start with the name of a namespace with "
+                                     f'subscription_type = "{kind}" and the namespace boundary (e.g. "presence{self.namespace_boundary}")')
         return self
 
 

@@ -27,6 +27,9 @@ from livegate.channels.broker import (
     EngineEvents,
     HistoryOptions,
     HistoryResult,
+    MapSettings,
+    MapUpdateResult,
+    MapWriteOptions,
     PresenceManager,
     PublishOptions,
     PublishResult,
@@ -43,7 +46,7 @@ from livegate.limits import NodeLimits
 from livegate.metrics import NodeMetrics
 from livegate.protocol.codes import ErrBadRequest
 from livegate.protocol.jsontext import is_json
-from livegate.protocol.types import ClientInfo, Publication
+from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
 __all__ = ["Node", "build_node", "make_engine", "EngineFactory", "PersistenceView", "PRESENCE_TTL", "PRESENCE_REFRESH",
            "USER_CONNECTION_TTL", "USER_CONNECTION_REFRESH"]
@@ -290,6 +293,83 @@ class Node:
                                   None if info is None else info.to_json(), tags)
         return result
 
+    # -- map channels --------------------------------------------------------------------------
+
+    def map_settings(self, resolved: ResolvedChannel) -> MapSettings:
+        """How a map channel keeps its entries (the namespace's ``map`` options, defaults applied).
+
+        Raises:
+            ErrBadRequest: the channel's namespace is not a map namespace.
+        """
+        opts = resolved.options
+        if not opts.is_map:
+            raise ErrBadRequest(message=f"bad request: {resolved.name!r} is not a map channel "
+                                        "(its namespace has no subscription_type = \"map\")")
+        m = opts.map
+        return MapSettings(stream_size=m.stream_size_or_default, stream_ttl=m.stream_ttl_or_default,
+                           meta_ttl=m.meta_ttl_or_default, key_ttl=m.key_ttl)
+
+    def _map_options(self, resolved: ResolvedChannel, key: str, *, info: ClientInfo | None,
+                     tags: dict[str, str] | None, idempotency_key: str, key_mode: str,
+                     expected: StreamPosition | None, refresh_ttl_on_suppress: bool = False) -> MapWriteOptions:
+        settings = self.map_settings(resolved)
+        if not key:
+            raise ErrBadRequest(message="bad request: a map entry needs a key")
+        if len(key.encode()) > MAX_MAP_KEY:
+            raise ErrBadRequest(message=f"bad request: a map key is at most {MAX_MAP_KEY} bytes")
+        if key_mode not in ("", "if_new", "if_exists"):
+            raise ErrBadRequest(message='bad request: key_mode must be "", "if_new" or "if_exists"')
+        if expected is not None and not settings.stream_size:
+            raise ErrBadRequest(message="bad request: compare-and-set needs a map mode with a stream "
+                                        "(recoverable or persistent)")
+        return MapWriteOptions(settings=settings, info=info, tags=tags or None, idempotency_key=idempotency_key,
+                               data_format=resolved.options.publication_data_format, key_mode=key_mode,
+                               expected=expected, refresh_ttl_on_suppress=refresh_ttl_on_suppress)
+
+    async def map_publish(
+        self, channel: str, key: str, data: bytes, *, info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None, idempotency_key: str = "", key_mode: str = "",
+        expected: StreamPosition | None = None, data_is_json: bool = False, refresh_ttl_on_suppress: bool = False,
+    ) -> MapUpdateResult:
+        """Write the entry ``key`` of a map channel (checked as ``publish`` checks data).
+
+        Raises:
+            ErrBadRequest: not a map channel, no key, a bad key_mode, data of the wrong format.
+        """
+        resolved = self.rules.resolve(channel)
+        opts = self._map_options(resolved, key, info=info, tags=tags, idempotency_key=idempotency_key,
+                                 key_mode=key_mode, expected=expected, refresh_ttl_on_suppress=refresh_ttl_on_suppress)
+        data = publication_data(data, resolved.options.publication_data_format, data_is_json)
+        limit = self.config.channel.max_publication_size
+        if len(data) > limit:
+            raise ErrBadRequest(message=f"bad request: data is {len(data)} bytes, over channel.max_publication_size "
+                                        f"({limit})")
+        return await self.broker.map_publish(channel, key, data, opts)
+
+    async def map_remove(self, channel: str, key: str, *, info: ClientInfo | None = None,
+                         idempotency_key: str = "", expected: StreamPosition | None = None) -> MapUpdateResult:
+        resolved = self.rules.resolve(channel)
+        opts = self._map_options(resolved, key, info=info, tags=None, idempotency_key=idempotency_key, key_mode="",
+                                 expected=expected)
+        return await self.broker.map_remove(channel, key, opts)
+
+    async def map_presence_add(self, presence_channel: str, key: str, info: ClientInfo | None) -> None:
+        """Add (or keep alive: only its key_ttl is renewed) a map presence entry. Its value is
+        empty; ``info`` (map_clients) travels as the publication's client info."""
+        resolved = self.rules.resolve(presence_channel)
+        if not resolved.options.is_map:
+            log.warning("map presence channel is not a map channel", extra={"channel": presence_channel})
+            return
+        await self.broker.map_publish(presence_channel, key, b"", MapWriteOptions(
+            settings=self.map_settings(resolved), info=info, data_format="binary", key_mode="if_new",
+            refresh_ttl_on_suppress=True))
+
+    async def map_presence_remove(self, presence_channel: str, key: str) -> None:
+        resolved = self.rules.resolve(presence_channel)
+        if resolved.options.is_map:
+            await self.broker.map_remove(presence_channel, key, MapWriteOptions(
+                settings=self.map_settings(resolved), data_format="binary"))
+
     async def history(self, resolved: ResolvedChannel, opts: HistoryOptions) -> HistoryResult:
         """The engine's history, extended from the PostgreSQL archive when the engine no
         longer holds the start of the requested range (namespaces with archive = true). A
@@ -301,6 +381,10 @@ class Node:
         if self.persistence is not None:
             result = await self.persistence.extend_history(resolved, opts, result)
         return result
+
+
+#: Bytes of a map entry's key at most.
+MAX_MAP_KEY = 1024
 
 
 def publication_data(data: bytes, fmt: str, data_is_json: bool = False) -> bytes:

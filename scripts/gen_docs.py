@@ -167,6 +167,15 @@ def _namespace_keys() -> list[Key]:
         if name == "name":
             continue
         assert name in ChannelOptions.model_fields, name
+        sub = _model_of(field.annotation)
+        if sub is not None:  # a table of options (map): its keys one by one
+            keys.append(Key(f"{section}.{name}", section, "table", "every option off", "—"))
+            inner = getattr(example, name)
+            for sub_name, sub_field in sub.model_fields.items():
+                env = _env(["channel", "without_namespace", name, sub_name]) + " (without_namespace)"
+                keys.append(Key(f"{section}.{name}.{sub_name}", section, _type(sub_field),
+                                _default(sub_field, getattr(inner, sub_name)), env, _is_secret(sub_field)))
+            continue
         env = _env(["channel", "without_namespace", name]) + " (without_namespace)"
         keys.append(Key(f"{section}.{name}", section, _type(field), _default(field, getattr(example, name)), env,
                         _is_secret(field)))

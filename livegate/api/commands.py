@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from livegate.api import models as m
-from livegate.channels.broker import HistoryOptions
+from livegate.channels.broker import HistoryOptions, MapUpdateResult
 from livegate.channels.names import ResolvedChannel
 from livegate.errors import BrokerError, ClientError
 from livegate.node import Node
@@ -32,7 +32,7 @@ from livegate.protocol.codes import (
 )
 from livegate.protocol.json_codec import info_fields, publication_fields
 from livegate.protocol.jsontext import MAX_DEPTH, JsonTextError, RawJson, depth_within, is_json
-from livegate.protocol.types import StreamPosition, raw_json
+from livegate.protocol.types import Publication, StreamPosition, raw_json
 
 __all__ = ["execute", "METHODS", "error_body", "validation_message", "keep_raw_data"]
 
@@ -256,6 +256,80 @@ async def info(node: Node, req: m.InfoRequest) -> dict[str, Any]:
     return {"nodes": node.cluster.cluster_info()}
 
 
+def _update_result(result: MapUpdateResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"offset": result.position.offset, "epoch": result.position.epoch}
+    if result.suppressed:
+        out["suppressed"] = True
+        out["suppress_reason"] = result.reason
+    if result.reason == "position_mismatch":
+        current = result.current
+        out["current"] = None if current is None else _map_entry(current)
+    return out
+
+
+def _map_entry(pub: Publication) -> dict[str, Any]:
+    out = publication_fields(pub)
+    out["key"] = pub.key
+    if pub.time:
+        out["time"] = pub.time
+    return out
+
+
+def _expected(position: m.StreamPositionModel | None) -> StreamPosition | None:
+    return None if position is None else StreamPosition(position.offset, position.epoch)
+
+
+async def map_publish(node: Node, req: m.MapPublishRequest) -> dict[str, Any]:
+    _channel(node, req.channel)
+    data, is_json = _data(req.data, req.b64data)
+    return _update_result(await _engine(node.map_publish(
+        req.channel, req.key, data, tags=req.tags, idempotency_key=req.idempotency_key or "", key_mode=req.key_mode,
+        expected=_expected(req.expected_position), data_is_json=is_json,
+        refresh_ttl_on_suppress=req.refresh_ttl_on_suppress)))
+
+
+async def map_remove(node: Node, req: m.MapRemoveRequest) -> dict[str, Any]:
+    _channel(node, req.channel)
+    return _update_result(await _engine(node.map_remove(
+        req.channel, req.key, idempotency_key=req.idempotency_key or "", expected=_expected(req.expected_position))))
+
+
+async def map_read_state(node: Node, req: m.MapReadStateRequest) -> dict[str, Any]:
+    resolved = _channel(node, req.channel)
+    settings = node.map_settings(resolved)
+    limit = resolved.options.map.page_size(req.limit)  # bounded: a large map is read page by page
+    page = await _engine(node.broker.map_state(req.channel, settings, cursor=req.cursor, limit=limit, key=req.key))
+    out: dict[str, Any] = {"entries": [_map_entry(p) for p in page.entries], "offset": page.position.offset,
+                           "epoch": page.position.epoch}
+    if page.cursor:
+        out["cursor"] = page.cursor
+    return out
+
+
+async def map_read_stream(node: Node, req: m.MapReadStreamRequest) -> dict[str, Any]:
+    resolved = _channel(node, req.channel)
+    if not node.map_settings(resolved).stream_size:
+        raise ErrNotAvailable(message="not available: this map keeps no stream (map mode ephemeral)")
+    since = _expected(req.since)
+    result = await _engine(node.broker.history(req.channel, HistoryOptions(
+        limit=-1 if req.limit < 0 else req.limit, since=since, reverse=req.reverse)))
+    if since is not None and since.epoch and since.epoch != result.position.epoch:
+        raise ErrUnrecoverablePosition()
+    return {"entries": [_map_entry(p) for p in result.publications], "offset": result.position.offset,
+            "epoch": result.position.epoch}
+
+
+async def map_stats(node: Node, req: m.MapStatsRequest) -> dict[str, Any]:
+    node.map_settings(_channel(node, req.channel))
+    return {"num_keys": await _engine(node.broker.map_stats(req.channel))}
+
+
+async def map_clear(node: Node, req: m.MapClearRequest) -> dict[str, Any]:
+    node.map_settings(_channel(node, req.channel))
+    await _engine(node.broker.map_clear(req.channel))
+    return {}
+
+
 async def batch(node: Node, req: m.BatchRequest) -> dict[str, Any]:
     """In order, or with ``parallel`` at most ``http_api.max_batch_concurrency`` at once (replies
     in order either way). The size is bounded in ``execute``, before validation."""
@@ -287,7 +361,9 @@ Method = Callable[[Node, Any], Awaitable[dict[str, Any]]]
 METHODS: dict[str, Method] = {
     "publish": publish, "broadcast": broadcast, "subscribe": subscribe, "unsubscribe": unsubscribe,
     "disconnect": disconnect, "refresh": refresh, "presence": presence, "presence_stats": presence_stats,
-    "history": history, "history_remove": history_remove, "channels": channels, "info": info, "batch": batch,
+    "history": history, "history_remove": history_remove, "channels": channels, "info": info,
+    "map_publish": map_publish, "map_remove": map_remove, "map_read_state": map_read_state,
+    "map_read_stream": map_read_stream, "map_stats": map_stats, "map_clear": map_clear, "batch": batch,
 }
 assert METHODS.keys() == m.MODELS.keys()
 

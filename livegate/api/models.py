@@ -126,6 +126,47 @@ class InfoRequest(ApiRequest):
     pass
 
 
+class MapPublishRequest(ApiRequest):
+    channel: str = Field(description="map channel (a namespace with subscription_type = \"map\")")
+    key: str = Field(description="the entry's key")
+    data: Any = Field(default=None, description="the entry's value (any JSON)")
+    b64data: str | None = None
+    tags: dict[str, str] | None = None
+    idempotency_key: str | None = None
+    key_mode: str = ""  # "", "if_new", "if_exists"
+    expected_position: StreamPositionModel | None = None  # compare-and-set
+    refresh_ttl_on_suppress: bool = False
+
+
+class MapRemoveRequest(ApiRequest):
+    channel: str
+    key: str
+    idempotency_key: str | None = None
+    expected_position: StreamPositionModel | None = None
+
+
+class MapReadStateRequest(ApiRequest):
+    channel: str
+    cursor: str = ""
+    limit: Int64 = 0
+    key: str = ""
+
+
+class MapReadStreamRequest(ApiRequest):
+    channel: str
+    since: StreamPositionModel | None = None
+    limit: Int64 = 0
+    reverse: bool = False
+
+
+class MapStatsRequest(ApiRequest):
+    channel: str
+
+
+class MapClearRequest(ApiRequest):
+    channel: str
+
+
 class BatchRequest(ApiRequest):
     commands: list[dict[str, Any]]
     parallel: bool = False
@@ -144,5 +185,11 @@ MODELS: dict[str, type[ApiRequest]] = {
     "history_remove": HistoryRemoveRequest,
     "channels": ChannelsRequest,
     "info": InfoRequest,
+    "map_publish": MapPublishRequest,
+    "map_remove": MapRemoveRequest,
+    "map_read_state": MapReadStateRequest,
+    "map_read_stream": MapReadStreamRequest,
+    "map_stats": MapStatsRequest,
+    "map_clear": MapClearRequest,
     "batch": BatchRequest,
 }

@@ -62,13 +62,14 @@ class SubView:
 
     __slots__ = ("match", "delta", "has_base")
 
-    def __init__(self, match: TagsMatch | None = None, delta: bool = False) -> None:
+    def __init__(self, match: TagsMatch | None = None, delta: bool = False, has_base: bool = False) -> None:
         #: The tags filter: publications whose tags it refuses are not sent.
         self.match = match
         #: Delta compression (fossil) was negotiated.
         self.delta = delta
         #: The subscriber holds the channel's previous publication: the next may be a delta.
-        self.has_base = False
+        #: (A map subscriber holds every entry's value from the start: its deltas are per key.)
+        self.has_base = has_base
 
 
 class _Variants:
@@ -160,6 +161,8 @@ class Hub(Generic[S]):
         self._views: dict[str, dict[S, SubView]] = {}
         self._delta_subs: dict[str, int] = {}  # channel -> its delta subscribers (in _views)
         self._delta_prev: dict[str, bytes] = {}
+        # Map channels: the latest value of each key seen here (per-key delta bases).
+        self._map_prev: dict[str, dict[str, bytes]] = {}
 
     # -- connections -------------------------------------------------------------------
 
@@ -229,12 +232,14 @@ class Hub(Generic[S]):
             else:  # no delta subscriber left: no base to keep
                 del self._delta_subs[channel]
                 self._delta_prev.pop(channel, None)
+                self._map_prev.pop(channel, None)
 
     def forget_delta_bases(self, channels: Iterable[str]) -> None:
         """Publications of these channels may have been missed: the next goes whole to every
         delta subscriber."""
         for channel in channels:
             self._delta_prev.pop(channel, None)
+            self._map_prev.pop(channel, None)
             for view in self._views.get(channel, {}).values():
                 view.has_base = False
 
@@ -329,13 +334,21 @@ class Hub(Generic[S]):
         plain = _Encoded(_publication_encoder(channel, pub))
         variants: _Variants | None = None
         if channel in self._delta_subs:
-            prev = self._delta_prev.get(channel)
+            if pub.key:  # a map entry: its delta base is the key's previous value
+                values = self._map_prev.setdefault(channel, {})
+                prev = None if pub.removed else values.get(pub.key)
+                if pub.removed:
+                    values.pop(pub.key, None)
+                else:
+                    values[pub.key] = pub.data
+            else:
+                prev = self._delta_prev.get(channel)
+                self._delta_prev[channel] = pub.data
             delta: bytes | None = None
             if prev is not None and any(v.delta and v.has_base for v in views.values()):
                 patch = create_delta(prev, pub.data)
                 delta = patch if len(patch) < len(pub.data) else None  # no gain: whole
             variants = _Variants(channel, pub, delta)
-            self._delta_prev[channel] = pub.data
         if pending:
             for waiting_sub, waiting in pending.items():
                 view = views.get(waiting_sub)

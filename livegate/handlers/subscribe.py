@@ -10,7 +10,9 @@ from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
 from livegate.protocol import codes
 from livegate.protocol.codes import (
     ErrAlreadySubscribed,
+    ErrBadRequest,
     ErrLimitExceeded,
+    ErrNotAvailable,
     ErrPermissionDenied,
     ErrTokenExpired,
 )
@@ -18,6 +20,7 @@ from livegate.protocol.commands import SubscribeRequest
 from livegate.protocol.replies import SubscribeResult
 from livegate.protocol.types import raw_json
 from livegate.session import Session
+from livegate.session.maps import map_continuation, new_flow, subscribe_map
 from livegate.session.payloads import payload_bytes, payload_value
 from livegate.session.subscriptions import Grant, InFlight, subscribe_channel
 
@@ -64,22 +67,54 @@ async def authorize(session: Session, resolved: ResolvedChannel, req: SubscribeR
     raise ErrPermissionDenied()
 
 
-async def handle_subscribe(session: Session, req: SubscribeRequest) -> tuple[SubscribeResult, InFlight]:
+async def handle_subscribe(
+    session: Session, req: SubscribeRequest,
+) -> SubscribeResult | tuple[SubscribeResult, InFlight]:
     if not req.channel:
         raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
     if req.type != 0:
-        raise ErrPermissionDenied()
+        return await handle_map_subscribe(session, req)
     if req.delta not in ("", "fossil"):
         # As Centrifugo: a delta type it does not know is a broken client.
         raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
     if req.tf is not None and req.delta:
         raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)  # exclusive in the SDKs too
     resolved = session.node.rules.resolve(req.channel)
+    if resolved.options.is_map:
+        raise ErrBadRequest(message=f"bad request: {req.channel!r} is a map channel: subscribe with the map's type")
     if req.channel in session.subs:
         raise ErrAlreadySubscribed()
-    if len(session.subs) >= session.node.config.client.channel_limit:
+    if len(session.subs) + len(session.map_pending or ()) >= session.node.config.client.channel_limit:
         raise ErrLimitExceeded()
     grant = await authorize(session, resolved, req)
     if session.closing is not None or req.channel in session.subs:
         raise ErrAlreadySubscribed()
     return await subscribe_channel(session, resolved, req, grant)
+
+
+#: Subscribe ``type`` -> the namespace ``subscription_type`` it subscribes to.
+MAP_TYPES = {1: "map", 2: "map_clients", 3: "map_users"}
+
+
+async def handle_map_subscribe(
+    session: Session, req: SubscribeRequest,
+) -> SubscribeResult | tuple[SubscribeResult, InFlight]:
+    """A command of a map subscribe flow (livegate.session.maps): the first one is authorised
+    as any subscribe, the ones continuing it are not asked again."""
+    kind = MAP_TYPES.get(req.type)
+    if kind is None:
+        raise ErrNotAvailable(message=f"not available: subscription type {req.type}")
+    resolved = session.node.rules.resolve(req.channel)
+    if resolved.options.subscription_type != kind:
+        raise ErrBadRequest(message=f"bad request: {req.channel!r} is not a {kind} channel (subscribe type {req.type})")
+    if req.channel in session.subs:
+        raise ErrAlreadySubscribed()
+    flow = map_continuation(session, req)
+    if flow is None:
+        if len(session.subs) + len(session.map_pending or ()) >= session.node.config.client.channel_limit:
+            raise ErrLimitExceeded()
+        grant = await authorize(session, resolved, req)
+        if session.closing is not None or req.channel in session.subs:
+            raise ErrAlreadySubscribed()
+        flow = new_flow(session, resolved, req, grant)
+    return await subscribe_map(session, resolved, req, flow)

@@ -15,5 +15,7 @@ __all__ = ["handle_unsubscribe"]
 async def handle_unsubscribe(session: Session, req: UnsubscribeRequest) -> EmptyResult:
     if not req.channel:
         raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
+    if session.map_pending:
+        session.map_pending.pop(req.channel, None)  # a map subscribe still paging
     await remove_subscription(session, req.channel)
     return EMPTY

@@ -53,8 +53,11 @@ class SubscribeRequest(Request):
     join_leave: bool = False
     delta: str = ""
     flag: int = 0
-    type: int = 0
+    type: Int32 = 0
     tf: Any = None
+    phase: Int32 = 0    # map subscriptions: 2 state pages, 1 stream pages, 0 live
+    cursor: str = ""    # map subscriptions: the next state page
+    limit: Int32 = 0    # map subscriptions: page size (0: the namespace's default)
 
 
 class UnsubscribeRequest(Request):
@@ -64,6 +67,9 @@ class UnsubscribeRequest(Request):
 class PublishRequest(Request):
     channel: str = ""
     data: bytes | None = None
+    type: Int32 = 0      # 1: write the map entry ``key`` (or remove it)
+    key: str = ""
+    removed: bool = False
 
 
 class PresenceRequest(Request):

@@ -78,6 +78,8 @@ def info_fields(info: ClientInfo) -> dict[str, Any]:
 
 
 def publication_fields(pub: Publication) -> dict[str, Any]:
+    if not pub.data and (pub.removed or pub.key):  # a map removal, or a map presence entry: no value
+        return publication_fields_without_data(pub)
     return {"data": data_fragment(pub.data), **publication_fields_without_data(pub)}
 
 
@@ -88,6 +90,8 @@ def delta_publication_fields(pub: Publication, data: bytes, delta: bool) -> dict
     Raises:
         Unencodable: ``data`` is not UTF-8 (a delta may cut a character: sent whole then).
     """
+    if not data and (pub.removed or pub.key):  # a map removal (or presence entry): no value
+        return publication_fields_without_data(pub)
     try:
         text = data.decode()
     except UnicodeDecodeError:
@@ -109,10 +113,46 @@ def publication_fields_without_data(pub: Publication) -> dict[str, Any]:
         out["info"] = info_fields(info) if isinstance(info, ClientInfo) else Fragment(info)
     if pub.tags:
         out["tags"] = pub.tags
+    if pub.key:
+        out["key"] = pub.key
+    if pub.removed:
+        out["removed"] = True
+    return out
+
+
+def _map_subscribe_fields(r: SubscribeResult) -> dict[str, Any]:
+    """A map subscription's reply: every phase carries the position; pages carry entries."""
+    out: dict[str, Any] = {"type": r.type, "epoch": r.epoch, "offset": r.offset}
+    if r.phase:
+        out["phase"] = r.phase
+    if r.cursor:
+        out["cursor"] = r.cursor
+    # With delta compression negotiated (or about to be, in the pages before the live reply)
+    # values go as JSON strings: the client keeps their exact text as delta bases.
+    fields = (lambda p: delta_publication_fields(p, p.data, False)) if r.delta or r.data_as_text else publication_fields
+    if r.state:
+        out["state"] = [fields(p) for p in r.state]
+    if r.publications:
+        out["publications"] = [fields(p) for p in r.publications]
+    if r.delta:
+        out["delta"] = True
+    if r.recoverable:
+        out["recoverable"] = True
+    if r.recovered:
+        out["recovered"] = True
+    if r.was_recovering:
+        out["was_recovering"] = True
+    if r.expires:
+        out["expires"] = True
+        out["ttl"] = r.ttl
+    if r.data is not None:
+        out["data"] = data_fragment(r.data)
     return out
 
 
 def _subscribe_fields(r: SubscribeResult, *, push: bool = False) -> dict[str, Any]:
+    if r.type and not push:
+        return _map_subscribe_fields(r)
     out: dict[str, Any] = {}
     if r.positioned:
         out["positioned"] = True

@@ -69,8 +69,8 @@ def _key(field: int, wire_type: int) -> bytes:
 
 
 # Field keys by number: varint (wire type 0) and length-delimited (wire type 2) fields.
-_V = [_key(n, 0) for n in range(16)]
-_L = [_key(n, 2) for n in range(16)]
+_V = [_key(n, 0) for n in range(20)]
+_L = [_key(n, 2) for n in range(20)]
 _TRUE = b"\x01"
 
 
@@ -122,10 +122,25 @@ def _publication(pub: Publication, data: bytes | None = None, delta: bool = Fals
         body += b"".join(_ld(7, _text(1, k) + _text(2, v)) for k, v in pub.tags.items())
     if delta:
         body += _flag(8, True)
+    if pub.key:
+        body += _text(11, pub.key)
+    if pub.removed:
+        body += _flag(12, True)
     return body
 
 
+def _map_subscribe_result(r: SubscribeResult) -> bytes:
+    return b"".join((
+        _flag(1, r.expires), _uint(2, r.ttl if r.expires else 0), _flag(3, r.recoverable), _text(6, r.epoch),
+        b"".join(_ld(7, _publication(p)) for p in r.publications), _flag(8, r.recovered), _uint(9, r.offset),
+        _blob(11, r.data), _flag(12, r.was_recovering), _flag(13, r.delta), _uint(15, r.type), _uint(16, r.phase),
+        _text(17, r.cursor), b"".join(_ld(18, _publication(p)) for p in r.state or ()),
+    ))
+
+
 def _subscribe_result(r: SubscribeResult) -> bytes:
+    if r.type:
+        return _map_subscribe_result(r)
     positioned = r.positioned
     pubs = b"".join(_ld(7, _publication(p)) for p in r.publications) if r.recovered else b""
     return b"".join((
@@ -237,7 +252,7 @@ def _connect(m: Any) -> dict[str, Any]:
 def _subscribe(m: Any) -> dict[str, Any]:
     return {"channel": m.channel, "token": m.token, "data": _data(m.data), "recover": m.recover, **_position(m),
             "positioned": m.positioned, "recoverable": m.recoverable, "join_leave": m.join_leave,
-            "delta": m.delta, "flag": m.flag, "type": m.type,
+            "delta": m.delta, "flag": m.flag, "type": m.type, "phase": m.phase, "cursor": m.cursor, "limit": m.limit,
             "tf": _filter_node(m.tf) if m.HasField("tf") else None}
 
 
@@ -256,7 +271,8 @@ _PARAMS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "connect": _connect,
     "subscribe": _subscribe,
     "unsubscribe": lambda m: {"channel": m.channel},
-    "publish": lambda m: {"channel": m.channel, "data": _data(m.data)},
+    "publish": lambda m: {"channel": m.channel, "data": _data(m.data), "type": m.type, "key": m.key,
+                          "removed": m.removed},
     "presence": lambda m: {"channel": m.channel},
     "presence_stats": lambda m: {"channel": m.channel},
     "history": _history,

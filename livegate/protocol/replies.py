@@ -33,6 +33,13 @@ class SubscribeResult:
     ttl: int = 0
     data: bytes | None = None
     delta: bool = False             # delta compression negotiated: publications carry data as delta or base
+    # Map subscriptions: type 1 echoed; the phase of this reply (2 a state page, 1 a stream
+    # page, 0 live); the next state page's cursor ("" after the last); the state entries.
+    type: int = 0
+    phase: int = 0
+    cursor: str = ""
+    state: list[Publication] | None = None
+    data_as_text: bool = False      # map pages before a live reply with delta: JSON values as strings
 
 
 @dataclass(slots=True, kw_only=True)

@@ -20,6 +20,7 @@ from livegate.api.stream import ApiStreamConsumer
 from livegate.app import App
 from livegate.clock import SYSTEM_CLOCK, Clock
 from livegate.config import Config
+from livegate.errors import BrokerError
 from livegate.handlers import HANDLERS
 from livegate.metrics import NodeCollector
 from livegate.node import PRESENCE_REFRESH, PRESENCE_TTL, build_node
@@ -30,6 +31,7 @@ from livegate.server.front import front_door_class
 from livegate.server.http_api import ApiSite, MetricsFiles, api_connection_factory, api_runner, start_api
 from livegate.server.websocket import WebSocketConnection, WsContext
 from livegate.session import Session
+from livegate.session.subscriptions import refresh_map_presence
 from livegate.tasks import STOP_TIMEOUT, cancel_and_wait
 
 __all__ = ["Server", "sweep_interval", "raise_open_files_limit"]
@@ -240,6 +242,14 @@ class Server:
             total += len(entries)
             if entries:
                 failed += await presence.add_presence_many(entries, PRESENCE_TTL)
+            for client in clients[start:start + PRESENCE_CHUNK]:
+                if client.closing is None:
+                    for sub in client.map_presence_subscriptions():
+                        total += 1
+                        try:
+                            await refresh_map_presence(self.node, sub)
+                        except BrokerError:
+                            failed += 1
             await asyncio.sleep(0)
         if failed:
             log.warning("presence refresh incomplete", extra={"failed": failed, "entries": total})

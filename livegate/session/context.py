@@ -55,3 +55,6 @@ class Subscription:
     expire_at: float = 0.0           # unix s when its token expires; 0: never
     live: bool = False
     server_side: bool = False
+    clients_presence: str = ""       # map presence: the map_clients channel holding this subscriber's entry
+    users_presence: str = ""         # map presence: the map_users channel holding its user's entry
+    remove_own_entry: bool = False   # a map subscription whose entry keyed by the client id goes when it leaves

@@ -93,7 +93,7 @@ class SessionCore:
     __slots__ = (
         "node", "transport", "wire", "handlers", "client_id", "user", "conn_info", "name",
         "version", "state", "subs", "created_at", "expire_at", "next_ping_at", "pong_deadline", "sub_expiry",
-        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "limiter",
+        "reply_sent", "_collect", "_collect_size", "_queue_max", "closing", "limiter", "map_pending",
     )
 
     def __init__(self, node: Node, transport: Transport, handlers: Mapping[str, Handler]) -> None:
@@ -108,6 +108,8 @@ class SessionCore:
         self.version = ""
         self.state = State.CONNECTING
         self.subs: dict[str, Subscription] = {}
+        #: Map subscriptions still paging through state or stream (livegate.session.maps); None: none yet.
+        self.map_pending: dict[str, Any] | None = None
         self.created_at = node.clock.monotonic()
         self.expire_at = 0.0  # unix s; 0 = never
         self.next_ping_at = 0.0
@@ -371,3 +373,6 @@ class SessionCore:
 
     def presence_subscriptions(self) -> list[tuple[str, Subscription]]:
         return [(ch, sub) for ch, sub in self.subs.items() if sub.presence and sub.live]
+
+    def map_presence_subscriptions(self) -> list[Subscription]:
+        return [sub for sub in self.subs.values() if sub.live and (sub.clients_presence or sub.users_presence)]

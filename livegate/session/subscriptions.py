@@ -50,6 +50,7 @@ class SubscribingSession(Connection, Protocol):
 
     node: Node
     subs: dict[str, Subscription]
+    map_pending: dict[str, Any] | None  # map subscribes paging towards live (livegate.session.maps)
 
     def info(self, chan_info: bytes | None = None) -> ClientInfo: ...
     def recompute_sub_expiry(self) -> None: ...
@@ -141,7 +142,7 @@ class InFlight:
         for offset, payload in buffered:
             if offset == 0 or offset > self.sent_up_to:
                 session.write(payload)
-        if sub.presence or sub.join_leave:
+        if sub.presence or sub.join_leave or sub.clients_presence or sub.users_presence:
             return _announce(session, channel, sub)
         return None
 
@@ -177,6 +178,7 @@ async def subscribe_channel(
         recoverable=features.recoverable, positioned=features.positioned, presence=features.presence,
         join_leave=features.join_leave, expire_at=grant.expire_at, server_side=server_side,
     )
+    with_map_presence(sub, resolved, session.user)
     session.subs[channel] = sub
     node.hub.subscribe(channel, session, view)
     flight = InFlight(session, channel, sub)
@@ -286,11 +288,31 @@ async def _position_cache(session: SubscribingSession, resolved: ResolvedChannel
     return top.offset
 
 
+def with_map_presence(sub: Subscription, resolved: ResolvedChannel, user: str) -> None:
+    """Where the subscriber's map presence entries go (the namespace's presence prefixes);
+    anonymous subscribers have no user entry."""
+    opts = resolved.options
+    if opts.map_clients_presence_channel_prefix:
+        sub.clients_presence = opts.map_clients_presence_channel_prefix + resolved.name
+    if opts.map_users_presence_channel_prefix and user:
+        sub.users_presence = opts.map_users_presence_channel_prefix + resolved.name
+
+
+async def refresh_map_presence(node: Node, sub: Subscription) -> None:
+    """Add or keep alive the subscriber's map presence entries (a change is published only
+    when an entry is new)."""
+    if sub.clients_presence:
+        await node.map_presence_add(sub.clients_presence, sub.info.client, sub.info)
+    if sub.users_presence:
+        await node.map_presence_add(sub.users_presence, sub.info.user, None)
+
+
 async def _announce(session: SubscribingSession, channel: str, sub: Subscription) -> None:
     node = session.node
     try:
         if sub.presence:
             await node.presence.add_presence(channel, sub.info, PRESENCE_TTL)
+        await refresh_map_presence(node, sub)
         if sub.join_leave:
             await node.broker.publish_join(channel, sub.info)
     except BrokerError:
@@ -309,6 +331,12 @@ async def remove_subscription(session: SubscribingSession, channel: str) -> None
             await node.broker.unsubscribe(channel)
         if sub.live and sub.presence:
             await node.presence.remove_presence(channel, session.client_id, session.user)
+        # A user's entry stays until its key_ttl: the user may have other connections, or be
+        # back in a moment.
+        if sub.live and sub.clients_presence:
+            await node.map_presence_remove(sub.clients_presence, session.client_id)
+        if sub.live and sub.remove_own_entry:
+            await node.map_presence_remove(channel, session.client_id)
         if sub.live and sub.join_leave:
             await node.broker.publish_leave(channel, sub.info)
     except BrokerError:

@@ -454,3 +454,30 @@ def test_max_publication_size_must_stay_under_the_queue_bound():
     assert err.value.key == "channel.max_publication_size"
     assert parse_config({"client": {"queue_max_size": 1000}, "channel": {"max_publication_size": 999}},
                         environ={}).channel.max_publication_size == 999
+
+
+@pytest.mark.parametrize(("ns", "where"), [
+    ({"subscription_type": "map"}, "map.mode"),
+    ({"subscription_type": "map", "map": {"mode": "recoverable"}}, "map: map mode 'recoverable' needs key_ttl"),
+    ({"subscription_type": "map", "map": {"mode": "persistent", "key_ttl": "1m"}}, "key_ttl: must be 0"),
+    ({"subscription_type": "map", "map": {"mode": "ephemeral", "key_ttl": "1m", "stream_size": 5}}, "stream_size"),
+    ({"subscription_type": "map", "map": {"mode": "persistent"}, "history_size": 5, "history_ttl": "1m"},
+     "subscription_type"),
+    ({"subscription_type": "map", "map": {"mode": "persistent", "client_key": "ip"}}, "client_key"),
+    ({"map_clients_presence_channel_prefix": "nowhere:"}, "map_clients_presence_channel_prefix"),
+])
+def test_map_namespace_errors_name_the_key(ns, where):
+    err = config_error({"channel": {"namespaces": [{"name": "mp", **ns}]}})
+    assert where.split(":")[0] in str(err), err
+
+
+def test_map_defaults_by_mode():
+    recoverable = Config.model_validate({"channel": {"namespaces": [
+        {"name": "mp", "subscription_type": "map", "map": {"mode": "recoverable", "key_ttl": "30m"}}]}})
+    opts = recoverable.channel.namespaces[0].map
+    assert (opts.stream_size_or_default, opts.stream_ttl_or_default, opts.meta_ttl_or_default) == (100, 60.0, 1800.0)
+    assert (opts.page_size(0), opts.page_size(5), opts.page_size(10**6)) == (100, 100, 1000)
+    persistent = Config.model_validate({"channel": {"namespaces": [
+        {"name": "mp", "subscription_type": "map", "map": {"mode": "persistent", "stream_size": 7}}]}})
+    assert (persistent.channel.namespaces[0].map.stream_size_or_default,
+            persistent.channel.namespaces[0].map.meta_ttl_or_default) == (7, 0.0)

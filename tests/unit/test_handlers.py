@@ -560,9 +560,47 @@ async def test_empty_channel_closes_3501(node):
     assert await client.closed_by("subscribe", {"channel": ""}) == 3501
 
 
-async def test_subscribe_type_other_than_zero_is_103(node):
+async def test_map_subscribe_to_a_stream_channel_is_107_and_map_presence_108(node):
     client = await connected(node)
-    assert (await client.error("subscribe", {"channel": "news", "type": 1}))["code"] == 103
+    assert (await client.error("subscribe", {"channel": "news", "type": 1, "phase": 2}))["code"] == 107
+    assert (await client.error("subscribe", {"channel": "news", "type": 2}))["code"] == 108
+
+
+MAPS = {"name": "mp", "subscription_type": "map", "allow_subscribe_for_client": True,
+        "map": {"mode": "persistent", "allow_publish_for_subscriber": True, "allow_remove_for_client": True}}
+
+
+async def test_map_subscribe_state_goes_live_and_publish_type_1_writes(make_node):
+    node = await make_node(namespaces(MAPS))
+    await node.map_publish("mp:1", "a", b"1")
+    client = await connected(node)
+    live = await client.result("subscribe", {"channel": "mp:1", "type": 1, "phase": 2})
+    assert live["type"] == 1 and "phase" not in live and [e["key"] for e in live["state"]] == ["a"]
+    assert await client.result("publish", {"channel": "mp:1", "type": 1, "key": "b", "data": 2}) == {}
+    assert await client.result("publish", {"channel": "mp:1", "type": 1, "key": "a", "removed": True}) == {}
+    state = await node.broker.map_state("mp:1", node.map_settings(node.rules.resolve("mp:1")))
+    assert [(e.key, e.data) for e in state.entries] == [("b", b"2")]
+
+
+async def test_map_publish_needs_the_map_permissions(make_node):
+    node = await make_node(namespaces(MAPS))
+    client = await connected(node)
+    # not subscribed: allow_publish_for_subscriber does not apply
+    assert (await client.error("publish", {"channel": "mp:2", "type": 1, "key": "k", "data": 1}))["code"] == 103
+    assert (await client.error("publish", {"channel": "mp:2", "data": 1}))["code"] == 107  # type 0 into a map
+
+
+async def test_map_continuation_needs_its_flow_and_unsubscribe_ends_it(make_node):
+    node = await make_node(namespaces({**MAPS, "map": {**MAPS["map"], "min_page_size": 1}}))
+    for key in "abc":
+        await node.map_publish("mp:3", key, b"0")
+    client = await connected(node)
+    assert (await client.error("subscribe", {"channel": "mp:3", "type": 1, "phase": 2, "cursor": "a"}))["code"] == 103
+    first = await client.result("subscribe", {"channel": "mp:3", "type": 1, "phase": 2, "limit": 1})
+    assert first["phase"] == 2 and first["cursor"]
+    await client.result("unsubscribe", {"channel": "mp:3"})
+    again = {"channel": "mp:3", "type": 1, "phase": 2, "limit": 1, "cursor": first["cursor"]}
+    assert (await client.error("subscribe", again))["code"] == 103
 
 
 async def test_already_subscribed_105(node):
