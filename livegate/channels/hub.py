@@ -161,8 +161,6 @@ class Hub(Generic[S]):
         self._views: dict[str, dict[S, SubView]] = {}
         self._delta_subs: dict[str, int] = {}  # channel -> its delta subscribers (in _views)
         self._delta_prev: dict[str, bytes] = {}
-        # Map channels: the latest value of each key seen here (per-key delta bases).
-        self._map_prev: dict[str, dict[str, bytes]] = {}
 
     # -- connections -------------------------------------------------------------------
 
@@ -232,14 +230,12 @@ class Hub(Generic[S]):
             else:  # no delta subscriber left: no base to keep
                 del self._delta_subs[channel]
                 self._delta_prev.pop(channel, None)
-                self._map_prev.pop(channel, None)
 
     def forget_delta_bases(self, channels: Iterable[str]) -> None:
         """Publications of these channels may have been missed: the next goes whole to every
         delta subscriber."""
         for channel in channels:
             self._delta_prev.pop(channel, None)
-            self._map_prev.pop(channel, None)
             for view in self._views.get(channel, {}).values():
                 view.has_base = False
 
@@ -334,13 +330,8 @@ class Hub(Generic[S]):
         plain = _Encoded(_publication_encoder(channel, pub))
         variants: _Variants | None = None
         if channel in self._delta_subs:
-            if pub.key:  # a map entry: its delta base is the key's previous value
-                values = self._map_prev.setdefault(channel, {})
-                prev = None if pub.removed else values.get(pub.key)
-                if pub.removed:
-                    values.pop(pub.key, None)
-                else:
-                    values[pub.key] = pub.data
+            if pub.key:  # a map entry: its delta base is the key's previous value (the engine sends it)
+                prev = pub.prev
             else:
                 prev = self._delta_prev.get(channel)
                 self._delta_prev[channel] = pub.data

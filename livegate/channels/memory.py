@@ -258,7 +258,8 @@ class MemoryBroker:
         return None
 
     def _map_write(self, channel: str, m: _Map, stream: _Stream, pub: Publication, opts: MapWriteOptions,
-                   now: float) -> MapUpdateResult:
+                   now: float, prev: bytes | None = None) -> MapUpdateResult:
+        """``prev``: the entry's value before, sent with the fan-out only (per-key delta base)."""
         settings = opts.settings
         if settings.stream_size > 0:
             stream.top += 1
@@ -273,7 +274,7 @@ class MemoryBroker:
         position = StreamPosition(stream.top, stream.epoch)
         if opts.idempotency_key:
             self._idempotent[(channel, opts.idempotency_key)] = (now + opts.idempotent_result_ttl, position)
-        self._enqueue("p", channel, pub)
+        self._enqueue("p", channel, pub if prev is None or pub.removed else replace(pub, prev=prev))
         return MapUpdateResult(position)
 
     async def map_publish(self, channel: str, key: str, data: bytes, opts: MapWriteOptions) -> MapUpdateResult:
@@ -297,7 +298,7 @@ class MemoryBroker:
                 m.entries[key] = (current, now + opts.settings.key_ttl)
             return MapUpdateResult(position, True, reason)
         pub = Publication(data, 0, opts.info, opts.tags or None, int(now * 1000), key)
-        return self._map_write(channel, m, stream, pub, opts, now)
+        return self._map_write(channel, m, stream, pub, opts, now, current.data if current is not None else None)
 
     async def map_remove(self, channel: str, key: str, opts: MapWriteOptions) -> MapUpdateResult:
         now = self._clock()

@@ -75,3 +75,4 @@ class Publication:
     time: int = 0  # unix ms when it was published; used for TTL trimming
     key: str = ""  # map channels: the entry this publication writes (or removes)
     removed: bool = False  # map channels: the entry was removed (data is empty)
+    prev: bytes | None = None  # map channels, in fan-out only: the entry's value before (per-key delta base)

@@ -8,10 +8,11 @@ version 1 (no version field; what livegate wrote before envelopes were versioned
 
 version 2::
 
-    [2, "p", offset, epoch, data, info_json, tags_json, time_ms, key, removed, ...]
+    [2, "p", offset, epoch, data, info_json, tags_json, time_ms, key, removed, prev, ...]
 
-    (``key`` and ``removed``, of map channels, may be absent: "" and false; a reader that
-    predates them ignores them, as the rule below says.)
+    (``key`` and ``removed``, of map channels, may be absent: "" and false; ``prev``, the map
+    entry's value before the change, only in what is published (never stored), the base of
+    per-key deltas; a reader that predates them ignores them, as the rule below says.)
     [2, "j", info_json, ...]        [2, "l", info_json, ...]
 
 Rules that keep rolling upgrades safe: a reader of version N reads every version up to N and
@@ -70,8 +71,9 @@ def decode_envelope(raw: bytes) -> Decoded:
             key, removed = message[8], message[9]
             if type(key) is not bytes:
                 raise EnvelopeError("malformed publication envelope")
+            prev = message[10] if len(message) >= 11 and type(message[10]) is bytes else None
             return "p", Publication(data, offset, info or None, orjson.loads(tags) if tags else None, ms,
-                                    key.decode(), removed is True or removed == 1)
+                                    key.decode(), removed is True or removed == 1, prev)
         return "p", Publication(data, offset, info or None, orjson.loads(tags) if tags else None, ms)
     except EnvelopeError:
         raise

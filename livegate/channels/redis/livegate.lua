@@ -26,7 +26,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 23
+local VERSION = 24
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms, key, removed)
   if key then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms, key, removed == true}) end
@@ -729,11 +729,11 @@ local function map_expiring_key(prefix)
   return prefix .. '.map.expiring'
 end
 
--- The offset and tags_json of a stored entry envelope (either version).
+-- The offset, tags_json and data of a stored entry envelope (either version).
 local function entry_fields(envelope)
   local t = cmsgpack.unpack(envelope)
-  if type(t[1]) == 'number' then return tonumber(t[3]) or 0, t[7] or '' end
-  return tonumber(t[2]) or 0, t[6] or ''
+  if type(t[1]) == 'number' then return tonumber(t[3]) or 0, t[7] or '', t[5] or '' end
+  return tonumber(t[2]) or 0, t[6] or '', t[4] or ''
 end
 
 local function map_new_epoch(k, t)
@@ -775,7 +775,9 @@ end
 
 -- One change of an entry (s: the map's settings: size, ttl_ms, key_ttl_ms): appended to the
 -- stream when the map keeps one, applied to the map, published. Returns the change's offset.
-local function map_write(k, s, prefix, channel, epoch, key, data, info, tags_json, removed, ms)
+-- prev: the entry's value before this change (nil: none): only the PUBLISHed envelope carries
+-- it (field 11), the base subscribers' per-key deltas are computed against.
+local function map_write(k, s, prefix, channel, epoch, key, data, info, tags_json, removed, ms, prev)
   local offset = 0
   if s.size > 0 then offset = redis.call('HINCRBY', k.meta, 's', 1) end
   local envelope = pack_publication(2, offset, epoch, data, info, tags_json, ms, key, removed)
@@ -795,6 +797,9 @@ local function map_write(k, s, prefix, channel, epoch, key, data, info, tags_jso
     else
       redis.call('ZREM', k.exp, key)
     end
+  end
+  if prev and not removed then
+    envelope = cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms, key, false, prev})
   end
   redis.call('PUBLISH', k.client, envelope)
   return offset
@@ -886,8 +891,8 @@ local function map_update(name, channel, key, data, options_text, info, removing
     redis.call('HSET', k.meta, 'n', s.size, 't', s.ttl_ms)  -- what history reads trim to
   end
   local current = live_entry(k, key, ms)
-  local current_offset, current_tags = 0, ''
-  if current then current_offset, current_tags = entry_fields(current) end
+  local current_offset, current_tags, current_data = 0, '', nil
+  if current then current_offset, current_tags, current_data = entry_fields(current) end
   local reason = nil
   if not removing and s.key_mode == 'if_new' and current then
     reason = 'key_exists'
@@ -909,7 +914,7 @@ local function map_update(name, channel, key, data, options_text, info, removing
   local tags_json = p.tags_json
   if removing and tags_json == '' then tags_json = current_tags end  -- a removal keeps the entry's tags
   local offset = map_write(k, s, prefix, channel, epoch, key, removing and '' or p.data, p.info, tags_json,
-                           removing, ms)
+                           removing, ms, current_data)
   if s.size > 0 then top = offset end
   map_touch(k, s.meta_ms)
   if idem_key then
