@@ -560,10 +560,11 @@ async def test_empty_channel_closes_3501(node):
     assert await client.closed_by("subscribe", {"channel": ""}) == 3501
 
 
-async def test_map_subscribe_to_a_stream_channel_is_107_and_map_presence_108(node):
+async def test_map_subscribe_to_a_stream_channel_is_107_and_shared_poll_108(node):
     client = await connected(node)
     assert (await client.error("subscribe", {"channel": "news", "type": 1, "phase": 2}))["code"] == 107
-    assert (await client.error("subscribe", {"channel": "news", "type": 2}))["code"] == 108
+    assert (await client.error("subscribe", {"channel": "news", "type": 2}))["code"] == 107
+    assert (await client.error("subscribe", {"channel": "news", "type": 4}))["code"] == 108
 
 
 MAPS = {"name": "mp", "subscription_type": "map", "allow_subscribe_for_client": True,
