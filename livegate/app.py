@@ -44,6 +44,7 @@ class App:
         self.publish_hook: Callable[..., Awaitable[Any]] | None = None
         self.message_hook: Callable[..., Awaitable[Any]] | None = None
         self.disconnect_hook: Callable[..., Awaitable[Any]] | None = None
+        self.shared_poll_refresh_hook: Callable[..., Awaitable[Any]] | None = None
 
     def rpc(self, name: str) -> Callable[[RpcHandler], RpcHandler]:
         """Register ``handler(ctx, data)`` for the client ``rpc`` command with method ``name``."""
@@ -76,4 +77,12 @@ class App:
 
     def on_disconnect(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         self.disconnect_hook = fn
+        return fn
+
+    def on_shared_poll_refresh(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """``await fn(channel, items)`` polls the keys of a shared poll channel whose namespace has no
+        ``shared_poll.endpoint``: ``items`` is ``[{"key": ..., "version": ...}]`` (version only in
+        versioned mode, when the node has one); it returns ``{"epoch": ..., "items": [{"key",
+        "data", "version", "removed"}]}``, listing only the keys that changed (or were removed)."""
+        self.shared_poll_refresh_hook = fn
         return fn

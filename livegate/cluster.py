@@ -104,6 +104,8 @@ class Cluster:
         self.envelope_version = 1  # what the engine writes; raised once every node reads more
         #: Operations other nodes may ask this one for (``ask``): name -> handler(data) -> answer.
         self.operations: dict[str, Callable[[Any], Any]] = {}
+        #: Applies a shared poll version another node published (set by the node).
+        self.on_shared_poll: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
 
     @property
     def clustered(self) -> bool:
@@ -176,6 +178,11 @@ class Cluster:
 
     # -- operations on users' connections ---------------------------------------------
 
+    async def send_shared_poll(self, message: dict[str, Any]) -> None:
+        """A shared poll version published on this node, for the other nodes' trackers
+        (nodes of an older release ignore the message type)."""
+        await self._send_remote({**message, "t": "shared_poll"})
+
     async def send(self, message: dict[str, Any]) -> None:
         """Apply an operation on this node and on every other node."""
         await self._apply(message)
@@ -233,6 +240,8 @@ class Cluster:
                         done.set()
             elif kind in ("disconnect", "unsubscribe", "subscribe", "refresh"):
                 self._spawn(self._apply_logged(m))
+            elif kind == "shared_poll" and self.on_shared_poll is not None:
+                self._spawn(self.on_shared_poll(m))
         except Exception:
             log.exception("bad control message")
 

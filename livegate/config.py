@@ -442,6 +442,46 @@ class MapOptions(_Section):
         return self
 
 
+class SharedPollOptions(_Section):
+    """How the channels of a namespace with ``subscription_type = "shared_poll"`` are polled.
+
+    Clients track keys (signed by the application: ``shared_poll.hmac_secret_key``); every
+    node polls the backend for the keys its connections track, once per ``refresh_interval``,
+    and pushes each key's new versions to the connections tracking it.
+    """
+
+    endpoint: str = ""              # the backend's refresh URL (POST); "": the app's shared_poll_refresh hook
+    timeout: Duration = 5.0         # of one backend call
+    mode: Literal["", "versionless", "versioned"] = ""  # "": versionless
+    refresh_interval: Duration = 0.0   # 0: 10 s
+    refresh_batch_size: NonNegInt = 0  # 0: 1000 keys per backend call
+    max_keys_per_connection: NonNegInt = 0  # 0: 5000
+    channel_shutdown_delay: Duration = 1.0
+    track_expired_extra_delay: Duration = 25.0
+    publish_enabled: bool = False   # the server API's shared_poll_publish may push versions (versioned mode)
+
+    @property
+    def versioned(self) -> bool:
+        return self.mode == "versioned"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SharedPollOptions:
+        if self.endpoint and not re.match(r"https?://", self.endpoint):
+            raise ValueError(f"endpoint: {self.endpoint!r} is not an http(s) URL")
+        if self.publish_enabled and not self.versioned:
+            raise ValueError('publish_enabled: needs mode = "versioned" (published versions are compared)')
+        return self
+
+
+class SharedPoll(_Section):
+    """Signatures of the keys clients track in shared poll channels."""
+
+    hmac_secret_key: str = Field(default="", repr=False)
+    hmac_previous_secret_key: str = Field(default="", repr=False)  # still accepted while keys rotate
+    hmac_previous_secret_key_valid_until: NonNegInt = 0  # unix s: signatures issued later need the new key
+    concurrency_limit: PosInt = 64  # backend calls at once, per node
+
+
 class ChannelOptions(_Section):
     """Options of channels in a namespace (or of channels without one)."""
 
@@ -484,8 +524,9 @@ class ChannelOptions(_Section):
     archive_max_size: NonNegInt = 0  # livegate: per channel, only the newest N archived publications are kept; 0: all
     # "stream": publications with history; "map": channels are key-value maps that subscribers
     # mirror (state pages, then the stream of changes, then live; see ``map``).
-    subscription_type: Literal["stream", "map", "map_clients", "map_users"] = "stream"
+    subscription_type: Literal["stream", "map", "map_clients", "map_users", "shared_poll"] = "stream"
     map: MapOptions = Field(default_factory=MapOptions)
+    shared_poll: SharedPollOptions = Field(default_factory=SharedPollOptions)
     # Map presence: every subscriber of a channel here has an entry (key: its client id, or its
     # user id) in the map channel <prefix><channel>, of a namespace with subscription_type
     # "map_clients" (or "map_users"), which clients watch with map presence subscriptions.
@@ -495,7 +536,7 @@ class ChannelOptions(_Section):
     @property
     def is_map(self) -> bool:
         """Channels here are maps (data maps, or the server-kept map presence ones)."""
-        return self.subscription_type != "stream"
+        return self.subscription_type in ("map", "map_clients", "map_users")
 
     @property
     def history_enabled(self) -> bool:
@@ -587,6 +628,7 @@ class Config(_Section):
     engine: Engine = Field(default_factory=Engine)
     persistence: Persistence = Field(default_factory=Persistence)
     channel: Channel = Field(default_factory=Channel)
+    shared_poll: SharedPoll = Field(default_factory=SharedPoll)
     log: Log = Field(default_factory=Log)
     admin: Admin = Field(default_factory=Admin)
 
@@ -596,6 +638,15 @@ class Config(_Section):
         ``http_api.port`` equals ``http_server.port`` (not 0) on the same address."""
         return (self.http_api.port != 0 and self.http_api.port == self.http_server.port
                 and self.http_api.address == self.http_server.address)
+
+    @model_validator(mode="after")
+    def _shared_poll_secret(self) -> Config:
+        spaces = [("without_namespace", self.channel.without_namespace),
+                  *((f"namespaces[{i}]", ns) for i, ns in enumerate(self.channel.namespaces))]
+        if not self.shared_poll.hmac_secret_key and any(o.subscription_type == "shared_poll" for _, o in spaces):
+            raise ValueError('shared_poll.hmac_secret_key: needed by the namespaces with subscription_type = '
+                             '"shared_poll" (it verifies the keys clients track)')
+        return self
 
     @model_validator(mode="after")
     def _admin_prefix(self) -> Config:

@@ -38,6 +38,7 @@ from livegate.channels.hub import Hub
 from livegate.channels.memory import MemoryEngine
 from livegate.channels.names import ChannelRules, ResolvedChannel
 from livegate.channels.redis import RedisEngine
+from livegate.channels.shared_poll import SharedPollManager, http_backend
 from livegate.clock import SYSTEM_CLOCK, Clock
 from livegate.cluster import Cluster, Connection
 from livegate.config import Config
@@ -116,6 +117,9 @@ class Node:
         self.broker: Broker = self.engine.broker
         self.presence: PresenceManager = self.engine.presence
         self.cluster = Cluster(self, self.engine, self.hub, self.rules, clock=clock.monotonic)
+        self.shared_poll = SharedPollManager(self._poll_backend, concurrency=config.shared_poll.concurrency_limit)
+        self.cluster.on_shared_poll = self._shared_poll_from_node
+        self._http: Any = None  # aiohttp.ClientSession for shared poll backends, made when first needed
         self._tasks: set[asyncio.Task[Any]] = set()
         self._user_refresher: asyncio.Task[None] | None = None
 
@@ -132,6 +136,10 @@ class Node:
             self._user_refresher.cancel()
             self._user_refresher = None
         await self.cluster.stop()
+        await self.shared_poll.close()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         for task in list(self._tasks):
             task.cancel()
         await self.engine.close()
@@ -292,6 +300,45 @@ class Node:
             self.persistence.archived(resolved, result.position.epoch, result.position.offset, data,
                                   None if info is None else info.to_json(), tags)
         return result
+
+    # -- shared poll channels --------------------------------------------------------------------
+
+    async def _poll_backend(self, endpoint: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """One poll of a shared poll channel: its HTTP endpoint, else the app's hook."""
+        if endpoint:
+            return await http_backend(self._http_session, endpoint, body, timeout)
+        hook = self.app.shared_poll_refresh_hook
+        if hook is None:
+            log.warning("shared poll channel without endpoint or shared_poll_refresh hook",
+                        extra={"channel": body["channel"]})
+            return None
+        try:
+            result = await asyncio.wait_for(hook(body["channel"], body["items"]), timeout)
+        except Exception:
+            log.exception("shared_poll_refresh hook failed", extra={"channel": body["channel"]})
+            return None
+        return result if isinstance(result, dict) else None
+
+    def _http_session(self) -> Any:
+        if self._http is None:
+            import aiohttp
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def shared_poll_publish(self, channel: str, key: str, data: bytes, version: int, epoch: str) -> None:
+        """A key's new version from the application, to the trackers on every node."""
+        opts = self.rules.resolve(channel).options.shared_poll
+        await self.shared_poll.publish(channel, opts, key, data, version, epoch)
+        await self.cluster.send_shared_poll({"channel": channel, "key": key, "data": data, "version": version,
+                                             "epoch": epoch})
+
+    async def _shared_poll_from_node(self, m: dict[str, Any]) -> None:
+        channel, key, data = m.get("channel"), m.get("key"), m.get("data")
+        version, epoch = m.get("version"), m.get("epoch", "")
+        if (isinstance(channel, str) and isinstance(key, str) and isinstance(data, bytes)
+                and isinstance(version, int) and isinstance(epoch, str)):
+            opts = self.rules.resolve(channel).options.shared_poll
+            await self.shared_poll.publish(channel, opts, key, data, version, epoch)
 
     # -- map channels --------------------------------------------------------------------------
 

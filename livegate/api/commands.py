@@ -32,6 +32,7 @@ from livegate.protocol.codes import (
 )
 from livegate.protocol.json_codec import info_fields, publication_fields
 from livegate.protocol.jsontext import MAX_DEPTH, JsonTextError, RawJson, depth_within, is_json
+from livegate.protocol.jsontext import is_json as is_json_data
 from livegate.protocol.types import Publication, StreamPosition, raw_json
 
 __all__ = ["execute", "METHODS", "error_body", "validation_message", "keep_raw_data"]
@@ -330,6 +331,24 @@ async def map_clear(node: Node, req: m.MapClearRequest) -> dict[str, Any]:
     return {}
 
 
+async def shared_poll_publish(node: Node, req: m.SharedPollPublishRequest) -> dict[str, Any]:
+    resolved = _channel(node, req.channel)
+    opts = resolved.options
+    if opts.subscription_type != "shared_poll":
+        raise ErrBadRequest(message=f"bad request: {req.channel!r} is not a shared poll channel")
+    if not opts.shared_poll.publish_enabled:
+        raise ErrNotAvailable(message="not available: the namespace's shared_poll.publish_enabled is off")
+    if not req.key:
+        raise ErrBadRequest(message="bad request: key is required")
+    if req.version == 0:
+        raise ErrBadRequest(message="bad request: version must be above 0")
+    data, is_json = _data(req.data, req.b64data)
+    if not is_json and not is_json_data(data):
+        raise ErrBadRequest(message="bad request: data must be JSON")
+    await _engine(node.shared_poll_publish(req.channel, req.key, data, req.version, req.epoch))
+    return {}
+
+
 async def batch(node: Node, req: m.BatchRequest) -> dict[str, Any]:
     """In order, or with ``parallel`` at most ``http_api.max_batch_concurrency`` at once (replies
     in order either way). The size is bounded in ``execute``, before validation."""
@@ -363,7 +382,8 @@ METHODS: dict[str, Method] = {
     "disconnect": disconnect, "refresh": refresh, "presence": presence, "presence_stats": presence_stats,
     "history": history, "history_remove": history_remove, "channels": channels, "info": info,
     "map_publish": map_publish, "map_remove": map_remove, "map_read_state": map_read_state,
-    "map_read_stream": map_read_stream, "map_stats": map_stats, "map_clear": map_clear, "batch": batch,
+    "map_read_stream": map_read_stream, "map_stats": map_stats, "map_clear": map_clear,
+    "shared_poll_publish": shared_poll_publish, "batch": batch,
 }
 assert METHODS.keys() == m.MODELS.keys()
 

@@ -167,6 +167,15 @@ class MapClearRequest(ApiRequest):
     channel: str
 
 
+class SharedPollPublishRequest(ApiRequest):
+    channel: str
+    key: str
+    data: Any = None
+    b64data: str | None = None
+    version: UInt64 = 0
+    epoch: str = ""
+
+
 class BatchRequest(ApiRequest):
     commands: list[dict[str, Any]]
     parallel: bool = False
@@ -191,5 +200,6 @@ MODELS: dict[str, type[ApiRequest]] = {
     "map_read_stream": MapReadStreamRequest,
     "map_stats": MapStatsRequest,
     "map_clear": MapClearRequest,
+    "shared_poll_publish": SharedPollPublishRequest,
     "batch": BatchRequest,
 }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
+from livegate.handlers.shared_poll import handle_track
 from livegate.protocol import codes
 from livegate.protocol.codes import ErrBadRequest, ErrPermissionDenied, ErrTokenExpired
 from livegate.protocol.commands import RefreshRequest, SubRefreshRequest
@@ -42,7 +44,9 @@ async def handle_refresh(session: Session, req: RefreshRequest) -> RefreshResult
     return expiry_result(session.expire_at)
 
 
-async def handle_sub_refresh(session: Session, req: SubRefreshRequest) -> RefreshResult:
+async def handle_sub_refresh(session: Session, req: SubRefreshRequest) -> RefreshResult | tuple[RefreshResult, Any]:
+    if req.type != 0:
+        return await handle_track(session, req)
     sub = session.subs.get(req.channel)
     if not req.channel or sub is None or not sub.live:
         raise ErrPermissionDenied()

@@ -7,6 +7,7 @@ import time
 
 from livegate.channels.names import ResolvedChannel
 from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
+from livegate.handlers.shared_poll import TYPE_SHARED_POLL, handle_shared_poll_subscribe
 from livegate.protocol import codes
 from livegate.protocol.codes import (
     ErrAlreadySubscribed,
@@ -72,6 +73,8 @@ async def handle_subscribe(
 ) -> SubscribeResult | tuple[SubscribeResult, InFlight]:
     if not req.channel:
         raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
+    if req.type == TYPE_SHARED_POLL:
+        return await handle_shared_poll_subscribe(session, req)
     if req.type != 0:
         return await handle_map_subscribe(session, req)
     if req.delta not in ("", "fossil"):
@@ -80,8 +83,9 @@ async def handle_subscribe(
     if req.tf is not None and req.delta:
         raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)  # exclusive in the SDKs too
     resolved = session.node.rules.resolve(req.channel)
-    if resolved.options.is_map:
-        raise ErrBadRequest(message=f"bad request: {req.channel!r} is a map channel: subscribe with the map's type")
+    if resolved.options.subscription_type != "stream":
+        raise ErrBadRequest(message=f"bad request: {req.channel!r} is a {resolved.options.subscription_type} channel: "
+                                    "subscribe with its type")
     if req.channel in session.subs:
         raise ErrAlreadySubscribed()
     if len(session.subs) + len(session.map_pending or ()) >= session.node.config.client.channel_limit:

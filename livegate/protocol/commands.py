@@ -105,9 +105,22 @@ class RefreshRequest(Request):
     token: str = ""
 
 
+class KeyedItem(Request):
+    key: str = ""
+    version: UInt64 = 0
+
+
+class TrackBatch(Request):
+    signature: str = ""
+    items: list[KeyedItem] = Field(default_factory=list)
+
+
 class SubRefreshRequest(Request):
     channel: str = ""
     token: str = ""
+    type: Int32 = 0       # shared poll: 1 track (signed batches of keys), 2 untrack
+    track: list[TrackBatch] = Field(default_factory=list)
+    untrack: list[str] = Field(default_factory=list)
 
 
 class PingRequest(Request):

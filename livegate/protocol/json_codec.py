@@ -117,6 +117,8 @@ def publication_fields_without_data(pub: Publication) -> dict[str, Any]:
         out["key"] = pub.key
     if pub.removed:
         out["removed"] = True
+    if pub.version:
+        out["version"] = pub.version
     return out
 
 
@@ -150,7 +152,21 @@ def _map_subscribe_fields(r: SubscribeResult) -> dict[str, Any]:
     return out
 
 
+def _shared_poll_subscribe_fields(r: SubscribeResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": r.type}
+    if r.epoch:
+        out["epoch"] = r.epoch
+    if r.expires:
+        out["expires"] = True
+        out["ttl"] = r.ttl
+    if r.data is not None:
+        out["data"] = data_fragment(r.data)
+    return out
+
+
 def _subscribe_fields(r: SubscribeResult, *, push: bool = False) -> dict[str, Any]:
+    if r.type == 4 and not push:
+        return _shared_poll_subscribe_fields(r)
     if r.type and not push:
         return _map_subscribe_fields(r)
     out: dict[str, Any] = {}
@@ -208,7 +224,10 @@ def _result_fields(result: Result) -> dict[str, Any]:
     if isinstance(result, RPCResult):
         return {} if result.data is None else {"data": data_fragment(result.data)}
     if isinstance(result, RefreshResult):
-        return {"expires": True, "ttl": result.ttl} if result.expires else {}
+        out = {"expires": True, "ttl": result.ttl} if result.expires else {}
+        if result.items:
+            out["items"] = [publication_fields(p) for p in result.items]
+        return out
     raise TypeError(f"not a result: {result!r}")
 
 

@@ -126,6 +126,8 @@ def _publication(pub: Publication, data: bytes | None = None, delta: bool = Fals
         body += _text(11, pub.key)
     if pub.removed:
         body += _flag(12, True)
+    if pub.version:
+        body += _V[16] + varint(pub.version)
     return body
 
 
@@ -201,7 +203,8 @@ def _result_body(method: str, result: Result) -> bytes:
         ttl = result.ttl if result.expires else 0
         if method == "refresh":  # RefreshResult: client 1, version 2, expires 3, ttl 4
             return _flag(3, result.expires) + _uint(4, ttl)
-        return _flag(1, result.expires) + _uint(2, ttl)  # SubRefreshResult
+        items = b"".join(_ld(3, _publication(p)) for p in result.items or ())
+        return _flag(1, result.expires) + _uint(2, ttl) + items  # SubRefreshResult
     raise TypeError(f"not a result: {result!r}")
 
 
@@ -279,7 +282,10 @@ _PARAMS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "rpc": lambda m: {"method": m.method, "data": _data(m.data)},
     "send": lambda m: {"data": _data(m.data)},
     "refresh": lambda m: {"token": m.token},
-    "sub_refresh": lambda m: {"channel": m.channel, "token": m.token},
+    "sub_refresh": lambda m: {"channel": m.channel, "token": m.token, "type": m.type, "untrack": list(m.untrack),
+                              "track": [{"signature": b.signature,
+                                         "items": [{"key": i.key, "version": i.version} for i in b.items]}
+                                        for b in m.track]},
     "ping": lambda m: {},
 }
 

@@ -87,6 +87,7 @@ class RefreshResult:
 
     expires: bool = False
     ttl: int = 0
+    items: list[Publication] | None = None  # sub_refresh of a shared poll track: current values
 
 
 @dataclass(frozen=True, slots=True)

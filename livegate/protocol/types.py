@@ -76,3 +76,4 @@ class Publication:
     key: str = ""  # map channels: the entry this publication writes (or removes)
     removed: bool = False  # map channels: the entry was removed (data is empty)
     prev: bytes | None = None  # map channels, in fan-out only: the entry's value before (per-key delta base)
+    version: int = 0  # shared poll channels: the key's version

@@ -77,6 +77,17 @@ class Session(SessionCore):
         if info is not None:
             self.conn_info = info
 
+    def unsubscribe_insufficient(self, channel: str) -> None:
+        """A shared poll channel's versions started over (new backend epoch): the subscriber
+        subscribes again (unsubscribe push 2500)."""
+        sub = self.subs.get(channel)
+        if sub is None or not sub.shared_poll:
+            return
+        del self.subs[channel]
+        self.node.shared_poll.untrack(channel, self)
+        unsub = codes.UNSUB_INSUFFICIENT_STATE
+        self.write(self.codec.encode_unsubscribe(channel, unsub.code, unsub.reason))
+
     async def recover_channel(self, channel: str) -> bool:
         sub = self.subs.get(channel)
         if sub is None or not sub.recoverable:

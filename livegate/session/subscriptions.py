@@ -325,6 +325,9 @@ async def remove_subscription(session: SubscribingSession, channel: str) -> None
     if sub is None:
         return
     node = session.node
+    if sub.shared_poll:
+        node.shared_poll.untrack(channel, session)
+        return
     last = node.hub.unsubscribe(channel, session)
     try:
         if last:
