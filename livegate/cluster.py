@@ -71,6 +71,11 @@ class Connection(Subscriber, Protocol):
         subscription cannot recover and nothing was done."""
         ...
 
+    async def restart_subscription(self, channel: str) -> None:
+        """The channel's state started over (a map cleared): unsubscribe with 2500 so the client
+        subscribes again."""
+        ...
+
 
 class Identity(Protocol):
     """Who this node is."""
@@ -104,8 +109,9 @@ class Cluster:
         self.envelope_version = 1  # what the engine writes; raised once every node reads more
         #: Operations other nodes may ask this one for (``ask``): name -> handler(data) -> answer.
         self.operations: dict[str, Callable[[Any], Any]] = {}
-        #: Applies a shared poll version another node published (set by the node).
-        self.on_shared_poll: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None
+        #: Message types the node applies itself ("shared_poll": a version another node
+        #: published; "map_clear": a map channel cleared on another node): type -> handler.
+        self.node_handlers: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {}
 
     @property
     def clustered(self) -> bool:
@@ -178,10 +184,10 @@ class Cluster:
 
     # -- operations on users' connections ---------------------------------------------
 
-    async def send_shared_poll(self, message: dict[str, Any]) -> None:
-        """A shared poll version published on this node, for the other nodes' trackers
-        (nodes of an older release ignore the message type)."""
-        await self._send_remote({**message, "t": "shared_poll"})
+    async def send_to_nodes(self, kind: str, message: dict[str, Any]) -> None:
+        """A message for the other nodes' ``node_handlers[kind]`` (nodes of an older release
+        ignore types they do not know)."""
+        await self._send_remote({**message, "t": kind})
 
     async def send(self, message: dict[str, Any]) -> None:
         """Apply an operation on this node and on every other node."""
@@ -240,8 +246,8 @@ class Cluster:
                         done.set()
             elif kind in ("disconnect", "unsubscribe", "subscribe", "refresh"):
                 self._spawn(self._apply_logged(m))
-            elif kind == "shared_poll" and self.on_shared_poll is not None:
-                self._spawn(self.on_shared_poll(m))
+            elif isinstance(kind, str) and kind in self.node_handlers:
+                self._spawn(self.node_handlers[kind](m))
         except Exception:
             log.exception("bad control message")
 

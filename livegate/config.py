@@ -373,6 +373,11 @@ class Log(_Section):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+#: Seconds at least of a map presence entry's key_ttl: entries are refreshed every 25 s
+#: (livegate.node.PRESENCE_REFRESH), so a shorter one would expire between two refreshes.
+MIN_PRESENCE_KEY_TTL = 50.0
+
+
 class MapOptions(_Section):
     """How the channels of a namespace with ``subscription_type = "map"`` keep their entries.
 
@@ -416,7 +421,10 @@ class MapOptions(_Section):
 
     @property
     def meta_ttl_or_default(self) -> float:
-        """How long the whole map (entries, stream, epoch) lives after its last write; 0: forever."""
+        """How long the whole map (entries, stream, epoch) lives after its last write; 0: forever.
+        Ephemeral maps: a minute past key_ttl (every entry is gone by then)."""
+        if self.mode == "ephemeral":
+            return self.key_ttl + 60.0
         if self.meta_ttl or self.mode != "recoverable":
             return self.meta_ttl
         return max(self.stream_ttl_or_default * 10, self.key_ttl)
@@ -437,6 +445,10 @@ class MapOptions(_Section):
                     raise ValueError(f"{key}: map mode 'ephemeral' keeps no stream")
         if self.meta_ttl and self.meta_ttl < self.stream_ttl_or_default:
             raise ValueError("meta_ttl: must be at least stream_ttl")
+        if self.meta_ttl and self.meta_ttl < self.key_ttl:
+            raise ValueError("meta_ttl: must be at least key_ttl (the map would go, with a new epoch, before its entries)")
+        if self.mode == "persistent" and self.meta_ttl:
+            raise ValueError("meta_ttl: must be 0 in map mode 'persistent' (the map never expires)")
         if (self.min_page_size and self.max_page_size and self.min_page_size > self.max_page_size):
             raise ValueError("min_page_size: larger than max_page_size")
         return self
@@ -555,6 +567,13 @@ class ChannelOptions(_Section):
         if self.is_map and not self.map.mode:
             raise ValueError(f'map.mode: subscription_type "{self.subscription_type}" needs a map mode '
                              '(ephemeral, recoverable or persistent)')
+        if self.subscription_type in ("map_clients", "map_users"):
+            if self.map.mode == "persistent":
+                raise ValueError(f'map.mode: a "{self.subscription_type}" namespace needs entries that expire '
+                                 '(ephemeral or recoverable): a user\'s entry is never removed otherwise')
+            if self.map.key_ttl < MIN_PRESENCE_KEY_TTL:
+                raise ValueError(f"map.key_ttl: at least {MIN_PRESENCE_KEY_TTL:g}s in a {self.subscription_type} "
+                                 "namespace (its entries are kept alive every 25s)")
         if self.is_map and (self.history_enabled or self.archive):
             raise ValueError('subscription_type: a "map" namespace keeps its own stream (map.stream_size); '
                              'history_size/history_ttl and archive are for "stream" namespaces')

@@ -38,7 +38,7 @@ from livegate.channels.hub import Hub
 from livegate.channels.memory import MemoryEngine
 from livegate.channels.names import ChannelRules, ResolvedChannel
 from livegate.channels.redis import RedisEngine
-from livegate.channels.shared_poll import SharedPollManager, http_backend
+from livegate.channels.shared_poll import Backend, SharedPollManager
 from livegate.clock import SYSTEM_CLOCK, Clock
 from livegate.cluster import Cluster, Connection
 from livegate.config import Config
@@ -118,8 +118,10 @@ class Node:
         self.presence: PresenceManager = self.engine.presence
         self.cluster = Cluster(self, self.engine, self.hub, self.rules, clock=clock.monotonic)
         self.shared_poll = SharedPollManager(self._poll_backend, concurrency=config.shared_poll.concurrency_limit)
-        self.cluster.on_shared_poll = self._shared_poll_from_node
-        self._http: Any = None  # aiohttp.ClientSession for shared poll backends, made when first needed
+        self.cluster.node_handlers["shared_poll"] = self._shared_poll_from_node
+        self.cluster.node_handlers["map_clear"] = self._map_clear_from_node
+        #: Polls shared poll backends that have an HTTP endpoint (set by the server: livegate.server.poll_http).
+        self.http_poller: Backend | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._user_refresher: asyncio.Task[None] | None = None
 
@@ -137,9 +139,6 @@ class Node:
             self._user_refresher = None
         await self.cluster.stop()
         await self.shared_poll.close()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
         for task in list(self._tasks):
             task.cancel()
         await self.engine.close()
@@ -283,6 +282,9 @@ class Node:
             ErrBadRequest: data of the wrong format, or over ``channel.max_publication_size``.
         """
         resolved = self.rules.resolve(channel)
+        if resolved.options.subscription_type != "stream":
+            raise ErrBadRequest(message=f"bad request: {channel!r} is a {resolved.options.subscription_type} channel "
+                                        "(map channels take map_publish, shared poll channels shared_poll_publish)")
         data = publication_data(data, resolved.options.publication_data_format, data_is_json)
         limit = self.config.channel.max_publication_size
         if len(data) > limit:
@@ -306,7 +308,10 @@ class Node:
     async def _poll_backend(self, endpoint: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """One poll of a shared poll channel: its HTTP endpoint, else the app's hook."""
         if endpoint:
-            return await http_backend(self._http_session, endpoint, body, timeout)
+            if self.http_poller is None:
+                log.warning("no HTTP client for shared poll endpoints here", extra={"channel": body["channel"]})
+                return None
+            return await self.http_poller(endpoint, body, timeout)
         hook = self.app.shared_poll_refresh_hook
         if hook is None:
             log.warning("shared poll channel without endpoint or shared_poll_refresh hook",
@@ -319,18 +324,12 @@ class Node:
             return None
         return result if isinstance(result, dict) else None
 
-    def _http_session(self) -> Any:
-        if self._http is None:
-            import aiohttp
-            self._http = aiohttp.ClientSession()
-        return self._http
-
     async def shared_poll_publish(self, channel: str, key: str, data: bytes, version: int, epoch: str) -> None:
         """A key's new version from the application, to the trackers on every node."""
         opts = self.rules.resolve(channel).options.shared_poll
         await self.shared_poll.publish(channel, opts, key, data, version, epoch)
-        await self.cluster.send_shared_poll({"channel": channel, "key": key, "data": data, "version": version,
-                                             "epoch": epoch})
+        await self.cluster.send_to_nodes("shared_poll", {"channel": channel, "key": key, "data": data,
+                                                         "version": version, "epoch": epoch})
 
     async def _shared_poll_from_node(self, m: dict[str, Any]) -> None:
         channel, key, data = m.get("channel"), m.get("key"), m.get("data")
@@ -341,6 +340,20 @@ class Node:
             await self.shared_poll.publish(channel, opts, key, data, version, epoch)
 
     # -- map channels --------------------------------------------------------------------------
+
+    async def map_clear(self, channel: str) -> None:
+        """Forget a map (entries, stream, position); its subscribers on every node start over."""
+        await self.broker.map_clear(channel)
+        await self._restart_map_subscribers(channel)
+        await self.cluster.send_to_nodes("map_clear", {"channel": channel})
+
+    async def _map_clear_from_node(self, m: dict[str, Any]) -> None:
+        if isinstance(m.get("channel"), str):
+            await self._restart_map_subscribers(m["channel"])
+
+    async def _restart_map_subscribers(self, channel: str) -> None:
+        for conn in self.hub.subscribers(channel):
+            await conn.restart_subscription(channel)
 
     def map_settings(self, resolved: ResolvedChannel) -> MapSettings:
         """How a map channel keeps its entries (the namespace's ``map`` options, defaults applied).

@@ -166,7 +166,10 @@ def _subscribe_data(value: Any, b64: str | None) -> bytes | None:
 async def subscribe(node: Node, req: m.SubscribeRequest) -> dict[str, Any]:
     if not req.user:
         raise ErrBadRequest(message="bad request: user is required")
-    _channel(node, req.channel)
+    kind = _channel(node, req.channel).options.subscription_type
+    if kind != "stream":
+        raise ErrBadRequest(message=f"bad request: {req.channel!r} is a {kind} channel: clients subscribe to it "
+                                    "themselves (server-side subscriptions are to stream channels)")
     override = req.override.model_dump(exclude_none=True) if req.override else None
     since = req.recover_since
     await _engine(node.cluster.send({
@@ -327,7 +330,7 @@ async def map_stats(node: Node, req: m.MapStatsRequest) -> dict[str, Any]:
 
 async def map_clear(node: Node, req: m.MapClearRequest) -> dict[str, Any]:
     node.map_settings(_channel(node, req.channel))
-    await _engine(node.broker.map_clear(req.channel))
+    await _engine(node.map_clear(req.channel))
     return {}
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from livegate.protocol.types import ClientInfo, Publication, StreamPosition
 
 __all__ = [
-    "MapSettings", "MapWriteOptions", "MapUpdateResult", "MapStateResult", "SUPPRESS_REASONS",
+    "MapSettings", "MapWriteOptions", "MapUpdateResult", "MapStateResult", "SUPPRESS_REASONS", "MAP_UNWRITTEN_TTL",
     "PublishOptions", "PublishResult", "HistoryOptions", "HistoryResult", "BrokerEventHandler",
     "EngineEvents", "Broker", "PresenceManager", "PresenceStats", "UserConnections", "NodeChannel", "Shard", "Engine",
 ]
@@ -83,6 +83,10 @@ class MapWriteOptions:
     expected: StreamPosition | None = None      # compare-and-set: the entry's offset (0: absent) and the channel's epoch
     refresh_ttl_on_suppress: bool = False       # a write suppressed by key_mode still renews the entry's key_ttl
 
+
+#: Seconds a map position created by a read (nobody wrote the map yet) lives: subscribing to
+#: channel names nobody writes to leaves no lasting state.
+MAP_UNWRITTEN_TTL = 300.0
 
 #: Why a map write changed nothing.
 SUPPRESS_REASONS = ("idempotency", "key_exists", "key_not_found", "position_mismatch")

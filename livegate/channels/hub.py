@@ -60,7 +60,7 @@ S = TypeVar("S", bound=Subscriber)
 class SubView:
     """How one subscription differs from the shared fan-out."""
 
-    __slots__ = ("match", "delta", "has_base")
+    __slots__ = ("match", "delta", "has_base", "floor")
 
     def __init__(self, match: TagsMatch | None = None, delta: bool = False, has_base: bool = False) -> None:
         #: The tags filter: publications whose tags it refuses are not sent.
@@ -70,6 +70,9 @@ class SubView:
         #: The subscriber holds the channel's previous publication: the next may be a delta.
         #: (A map subscriber holds every entry's value from the start: its deltas are per key.)
         self.has_base = has_base
+        #: Publications up to this offset were in the subscribe reply: one that comes late from
+        #: the engine's pub/sub (after the subscription went live) is not sent again. 0: none.
+        self.floor = 0
 
 
 class _Variants:
@@ -239,9 +242,11 @@ class Hub(Generic[S]):
             for view in self._views.get(channel, {}).values():
                 view.has_base = False
 
-    def activate(self, channel: str, sub: S, flags: int) -> list[tuple[int, bytes]] | None:
+    def activate(self, channel: str, sub: S, flags: int, floor: int = 0) -> list[tuple[int, bytes]] | None:
         """Make a pending subscription live; returns what was buffered meanwhile, in arrival
-        order, or None when the subscribe is no longer pending (it was removed meanwhile)."""
+        order, or None when the subscribe is no longer pending (it was removed meanwhile).
+        ``floor``: the reply held the publications up to this offset; one of them that reaches
+        the hub only now (the engine's pub/sub lagging behind its history read) is dropped."""
         pending = self._pending.get(channel)
         if pending is None or sub not in pending:
             return None
@@ -249,6 +254,12 @@ class Hub(Generic[S]):
         if not pending:
             del self._pending[channel]
         self._subs.setdefault(channel, {})[sub] = flags
+        if floor:
+            views = self._views.setdefault(channel, {})
+            view = views.get(sub)
+            if view is None:
+                view = views[sub] = SubView()
+            view.floor = floor
         return buffered
 
     def unsubscribe(self, channel: str, sub: S) -> bool:
@@ -356,11 +367,17 @@ class Hub(Generic[S]):
         if not subs:
             return
         pushes = 0
+        floors_done: list[S] = []
         for sub in subs:
             view = views.get(sub)
             if view is None:
                 payload, frame = plain.framed(sub.wire)
             else:
+                if view.floor:
+                    if pub.offset and pub.offset <= view.floor:
+                        continue  # in its subscribe reply already
+                    view.floor = 0
+                    floors_done.append(sub)
                 if view.match is not None and not view.match(pub.tags):
                     continue
                 if view.delta and variants is not None:
@@ -377,6 +394,12 @@ class Hub(Generic[S]):
             else:
                 sub.close(INAPPROPRIATE_PROTOCOL)
         self.metrics.pushes += pushes
+        for sub in floors_done:  # a view that only held a floor: the fast path again
+            view = views.get(sub)
+            if view is not None and view.match is None and not view.delta and not view.floor:
+                del views[sub]
+        if not views:
+            del self._views[channel]
 
     def _deliver_batch(self, batch: list[tuple[str, Publication]]) -> None:
         wire = self._only_wire

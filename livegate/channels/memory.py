@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import secrets
 import time
 from collections import deque
@@ -11,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from livegate.channels.broker import (
+    MAP_UNWRITTEN_TTL,
     BrokerEventHandler,
     EngineEvents,
     HistoryOptions,
@@ -46,12 +48,22 @@ class _Stream:
 class _Map:
     """A map channel's entries: key -> (its latest publication, when it expires or 0)."""
 
-    __slots__ = ("epoch", "entries", "settings")
+    __slots__ = ("epoch", "entries", "settings", "keys")
 
     def __init__(self, epoch: str, settings: MapSettings) -> None:
         self.epoch = epoch
         self.entries: dict[str, tuple[Publication, float]] = {}
         self.settings = settings
+        self.keys: list[str] = []  # the entries' keys, sorted: state pages without sorting the map
+
+    def put(self, key: str, pub: Publication, expires_at: float) -> None:
+        if key not in self.entries:
+            bisect.insort(self.keys, key)
+        self.entries[key] = (pub, expires_at)
+
+    def drop(self, key: str) -> None:
+        if self.entries.pop(key, None) is not None:
+            del self.keys[bisect.bisect_left(self.keys, key)]
 
 
 def select(pubs: list[Publication], opts: HistoryOptions) -> list[Publication]:
@@ -233,8 +245,13 @@ class MemoryBroker:
     def _map(self, channel: str, settings: MapSettings, write: bool) -> tuple[_Map, _Stream]:
         """The channel's map and stream; both start over (new epoch) once the stream's
         position expired. ``write``: the map lives ``meta_ttl`` from now."""
+        created = channel not in self._streams
         stream = self._stream(channel, settings.stream_size or 1, settings.meta_ttl if write else 0.0, True)
         assert stream is not None
+        if write and not settings.meta_ttl:
+            stream.expires_at = 0.0  # persistent: a position a read created briefly now stays
+        elif created and not write:
+            stream.expires_at = self._clock() + (settings.meta_ttl or MAP_UNWRITTEN_TTL)
         m = self._maps.get(channel)
         if m is None or m.epoch != stream.epoch:
             m = self._maps[channel] = _Map(stream.epoch, settings)
@@ -268,9 +285,9 @@ class MemoryBroker:
             stream.pubs.append(pub)
             self._trim(stream)
         if pub.removed:
-            m.entries.pop(pub.key, None)
+            m.drop(pub.key)
         else:
-            m.entries[pub.key] = (pub, now + settings.key_ttl if settings.key_ttl > 0 else 0.0)
+            m.put(pub.key, pub, now + settings.key_ttl if settings.key_ttl > 0 else 0.0)
         position = StreamPosition(stream.top, stream.epoch)
         if opts.idempotency_key:
             self._idempotent[(channel, opts.idempotency_key)] = (now + opts.idempotent_result_ttl, position)
@@ -295,7 +312,7 @@ class MemoryBroker:
             return MapUpdateResult(position, True, "position_mismatch", current)
         if reason:
             if opts.refresh_ttl_on_suppress and current is not None and opts.settings.key_ttl > 0:
-                m.entries[key] = (current, now + opts.settings.key_ttl)
+                m.put(key, current, now + opts.settings.key_ttl)
             return MapUpdateResult(position, True, reason)
         pub = Publication(data, 0, opts.info, opts.tags or None, int(now * 1000), key)
         return self._map_write(channel, m, stream, pub, opts, now, current.data if current is not None else None)
@@ -326,13 +343,18 @@ class MemoryBroker:
         if key:
             found = self._live_entry(m, key, now)
             return MapStateResult([found] if found is not None else [], position)
-        keys = sorted(k for k, (_, exp) in m.entries.items() if not exp or exp > now)
-        if cursor:
-            start = next((i for i, k in enumerate(keys) if k > cursor), len(keys))
-            keys = keys[start:]
-        page = keys[:limit] if limit > 0 else keys
-        more = limit > 0 and len(keys) > limit
-        return MapStateResult([m.entries[k][0] for k in page], position, page[-1] if more and page else "")
+        entries = m.entries
+        page: list[str] = []
+        more = False
+        for key in m.keys[bisect.bisect_right(m.keys, cursor) if cursor else 0:]:
+            exp = entries[key][1]
+            if exp and exp <= now:
+                continue  # expired: the sweep removes it
+            if limit > 0 and len(page) == limit:
+                more = True
+                break
+            page.append(key)
+        return MapStateResult([entries[k][0] for k in page], position, page[-1] if more else "")
 
     async def map_stats(self, channel: str) -> int:
         m = self._maps.get(channel)

@@ -46,8 +46,6 @@ log = logging.getLogger("livegate.shared_poll")
 
 #: Seconds a signature stays good after its expiry (clock skew, a refresh in flight).
 GRACE = 5
-#: Bytes of one backend answer at most.
-MAX_ANSWER = 16 << 20
 
 
 class Tracker(Protocol):
@@ -393,26 +391,3 @@ def _data_of(value: Any) -> bytes | None:
         return orjson.dumps(value)
     except TypeError:
         return None
-
-
-async def http_backend(session_factory: Callable[[], Any], endpoint: str, body: dict[str, Any],
-                       timeout: float) -> dict[str, Any] | None:
-    """POST the poll to an HTTP backend; its ``result`` (None when the call failed: logged)."""
-    import aiohttp
-    try:
-        http = session_factory()
-        async with http.post(endpoint, data=orjson.dumps(body), headers={"Content-Type": "application/json"},
-                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            raw = await resp.content.read(MAX_ANSWER + 1)
-            if resp.status != 200 or len(raw) > MAX_ANSWER:
-                log.warning("shared poll backend answered %s", resp.status, extra={"channel": body["channel"]})
-                return None
-        answer = orjson.loads(raw)
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, OSError) as exc:
-        log.warning("shared poll backend failed: %s", exc, extra={"channel": body["channel"]})
-        return None
-    if not isinstance(answer, dict) or "error" in answer:
-        log.warning("shared poll backend refused the poll", extra={"channel": body["channel"]})
-        return None
-    result = answer.get("result")
-    return result if isinstance(result, dict) else {}

@@ -1,5 +1,6 @@
-"""Shared poll subscriptions (subscribe ``type`` 4) and the keys they track (``sub_refresh``
-``type`` 1 track, 2 untrack); livegate.channels.shared_poll polls and pushes."""
+"""The keys shared poll subscriptions (subscribe ``type`` 4, in livegate.handlers.subscribe)
+track: ``sub_refresh`` ``type`` 1 track, 2 untrack; livegate.channels.shared_poll polls and
+pushes."""
 
 from __future__ import annotations
 
@@ -9,49 +10,16 @@ from livegate.channels.shared_poll import SignatureError, verify_signature
 from livegate.errors import DisconnectRequested
 from livegate.protocol import codes
 from livegate.protocol.codes import (
-    ErrAlreadySubscribed,
     ErrBadRequest,
     ErrLimitExceeded,
-    ErrNotAvailable,
     ErrPermissionDenied,
     ErrTokenExpired,
 )
-from livegate.protocol.commands import SubRefreshRequest, SubscribeRequest
-from livegate.protocol.replies import RefreshResult, SubscribeResult
+from livegate.protocol.commands import SubRefreshRequest
+from livegate.protocol.replies import RefreshResult
 from livegate.session import Session
-from livegate.session.context import Subscription
 
-__all__ = ["handle_shared_poll_subscribe", "handle_track", "TYPE_SHARED_POLL"]
-
-TYPE_SHARED_POLL = 4
-
-
-async def handle_shared_poll_subscribe(session: Session, req: SubscribeRequest) -> SubscribeResult:
-    """Subscribe to a shared poll channel: authorised as any subscribe; nothing is sent until
-    the client tracks keys."""
-    from livegate.handlers.subscribe import authorize  # the subscribe rules, shared
-
-    node = session.node
-    resolved = node.rules.resolve(req.channel)
-    if resolved.options.subscription_type != "shared_poll":
-        raise ErrNotAvailable(message=f"not available: {req.channel!r} is not a shared poll channel")
-    if req.channel in session.subs:
-        raise ErrAlreadySubscribed()
-    if len(session.subs) + len(session.map_pending or ()) >= node.config.client.channel_limit:
-        raise ErrLimitExceeded()
-    grant = await authorize(session, resolved, req)
-    if session.closing is not None or req.channel in session.subs:
-        raise ErrAlreadySubscribed()
-    session.subs[req.channel] = Subscription(info=session.info(grant.chan_info), expire_at=grant.expire_at,
-                                             live=True, shared_poll=True)
-    result = SubscribeResult(type=TYPE_SHARED_POLL,
-                             epoch=node.shared_poll.epoch(req.channel, resolved.options.shared_poll))
-    if grant.expire_at:
-        session.recompute_sub_expiry()
-        result.expires = True
-        result.ttl = max(1, int(grant.expire_at - time.time()))
-    result.data = grant.data
-    return result
+__all__ = ["handle_track"]
 
 
 class _Track:

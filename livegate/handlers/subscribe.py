@@ -7,7 +7,6 @@ import time
 
 from livegate.channels.names import ResolvedChannel
 from livegate.errors import DisconnectRequested, TokenExpired, TokenInvalid
-from livegate.handlers.shared_poll import TYPE_SHARED_POLL, handle_shared_poll_subscribe
 from livegate.protocol import codes
 from livegate.protocol.codes import (
     ErrAlreadySubscribed,
@@ -21,11 +20,15 @@ from livegate.protocol.commands import SubscribeRequest
 from livegate.protocol.replies import SubscribeResult
 from livegate.protocol.types import raw_json
 from livegate.session import Session
-from livegate.session.maps import map_continuation, new_flow, subscribe_map
+from livegate.session.context import Subscription
+from livegate.session.maps import map_continuation, new_flow, subscribe_map, sweep_stale_flows
 from livegate.session.payloads import payload_bytes, payload_value
 from livegate.session.subscriptions import Grant, InFlight, subscribe_channel
 
-__all__ = ["handle_subscribe", "authorize"]
+__all__ = ["handle_subscribe", "authorize", "TYPE_SHARED_POLL"]
+
+#: Subscribe ``type`` of a shared poll subscription.
+TYPE_SHARED_POLL = 4
 
 
 async def authorize(session: Session, resolved: ResolvedChannel, req: SubscribeRequest) -> Grant:
@@ -96,6 +99,32 @@ async def handle_subscribe(
     return await subscribe_channel(session, resolved, req, grant)
 
 
+async def handle_shared_poll_subscribe(session: Session, req: SubscribeRequest) -> SubscribeResult:
+    """Subscribe to a shared poll channel: authorised as any subscribe; nothing is sent until
+    the client tracks keys."""
+    node = session.node
+    resolved = node.rules.resolve(req.channel)
+    if resolved.options.subscription_type != "shared_poll":
+        raise ErrNotAvailable(message=f"not available: {req.channel!r} is not a shared poll channel")
+    if req.channel in session.subs:
+        raise ErrAlreadySubscribed()
+    if len(session.subs) + len(session.map_pending or ()) >= node.config.client.channel_limit:
+        raise ErrLimitExceeded()
+    grant = await authorize(session, resolved, req)
+    if session.closing is not None or req.channel in session.subs:
+        raise ErrAlreadySubscribed()
+    session.subs[req.channel] = Subscription(info=session.info(grant.chan_info), expire_at=grant.expire_at,
+                                             live=True, shared_poll=True)
+    result = SubscribeResult(type=TYPE_SHARED_POLL,
+                             epoch=node.shared_poll.epoch(req.channel, resolved.options.shared_poll))
+    if grant.expire_at:
+        session.recompute_sub_expiry()
+        result.expires = True
+        result.ttl = max(1, int(grant.expire_at - time.time()))
+    result.data = grant.data
+    return result
+
+
 #: Subscribe ``type`` -> the namespace ``subscription_type`` it subscribes to.
 MAP_TYPES = {1: "map", 2: "map_clients", 3: "map_users"}
 
@@ -113,6 +142,7 @@ async def handle_map_subscribe(
         raise ErrBadRequest(message=f"bad request: {req.channel!r} is not a {kind} channel (subscribe type {req.type})")
     if req.channel in session.subs:
         raise ErrAlreadySubscribed()
+    sweep_stale_flows(session, req.channel)
     flow = map_continuation(session, req)
     if flow is None:
         if len(session.subs) + len(session.map_pending or ()) >= session.node.config.client.channel_limit:

@@ -29,6 +29,7 @@ from livegate.protocol import codes
 from livegate.server.client_http import make_client_app
 from livegate.server.front import front_door_class
 from livegate.server.http_api import ApiSite, MetricsFiles, api_connection_factory, api_runner, start_api
+from livegate.server.poll_http import HttpPoller
 from livegate.server.websocket import WebSocketConnection, WsContext
 from livegate.session import Session
 from livegate.session.subscriptions import refresh_map_presence
@@ -84,6 +85,7 @@ class Server:
     def __init__(self, config: Config, app: App | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
         self.node = build_node(config, app, clock=clock)
+        self._poller = self.node.http_poller = HttpPoller()
         self.clock = clock
         self.clients: set[Session] = set()
         self.api_stream: ApiStreamConsumer | None = None
@@ -302,6 +304,7 @@ class Server:
         if self.persistence is not None:
             await self.persistence.stop()
         await self.node.close()
+        await self._poller.close()
         self._stopped.set()
 
     async def serve_forever(self) -> None:

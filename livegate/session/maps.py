@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from livegate.channels.broker import HistoryOptions, MapSettings
+from livegate.channels.broker import MAP_UNWRITTEN_TTL, HistoryOptions, MapSettings
 from livegate.channels.hub import SubView
 from livegate.channels.names import ResolvedChannel
 from livegate.channels.tags_filter import FilterError, TagsMatch, compile_filter
@@ -37,7 +37,7 @@ from livegate.session.context import Subscription
 from livegate.session.subscriptions import Grant, InFlight, SubscribingSession, with_map_presence
 
 __all__ = ["PHASE_LIVE", "PHASE_STREAM", "PHASE_STATE", "MapFlow", "map_continuation", "subscribe_map",
-           "CATCH_UP_TIMEOUT"]
+           "CATCH_UP_TIMEOUT", "sweep_stale_flows", "new_flow"]
 
 PHASE_LIVE, PHASE_STREAM, PHASE_STATE = 0, 1, 2
 #: Subscribe ``type`` of a map subscription (echoed in every reply).
@@ -56,6 +56,16 @@ class MapFlow:
     delta: bool = False                      # fossil deltas per key, once live
     position: StreamPosition | None = None   # of the first state page (frozen)
     stream_top: int | None = None            # the top when the stream phase began
+
+
+def sweep_stale_flows(session: SubscribingSession, keep: str) -> None:
+    """Forget flows a client left half-way (they count against client.channel_limit), but
+    ``keep``'s: its next command learns of its timeout (112)."""
+    flows = session.map_pending
+    if flows:
+        cutoff = time.monotonic() - CATCH_UP_TIMEOUT
+        for channel in [c for c, f in flows.items() if f.started < cutoff and c != keep]:
+            del flows[channel]
 
 
 def map_continuation(session: SubscribingSession, req: SubscribeRequest) -> MapFlow | None:
@@ -162,14 +172,14 @@ async def _stream_page(session: SubscribingSession, resolved: ResolvedChannel, r
     broker = session.node.broker
     since = StreamPosition(req.offset, req.epoch)
     if flow.stream_top is None:
-        top = (await broker.history(req.channel, HistoryOptions(limit=0))).position
+        top = (await broker.history(req.channel, HistoryOptions(limit=0, unpublished_ttl=MAP_UNWRITTEN_TTL))).position
         if req.epoch != top.epoch:
             raise ErrUnrecoverablePosition()
         flow.stream_top = top.offset
     limit = _page_size(resolved, req)
     if req.offset + limit >= flow.stream_top:
         return await _go_live(session, resolved, req, flow, settings, since, None, recovery=True)
-    hist = await broker.history(req.channel, HistoryOptions(limit=limit, since=since))
+    hist = await broker.history(req.channel, HistoryOptions(limit=limit, since=since, unpublished_ttl=MAP_UNWRITTEN_TTL))
     pubs = hist.publications
     if hist.position.epoch != req.epoch or not pubs or pubs[0].offset != req.offset + 1:
         raise ErrUnrecoverablePosition()  # the stream no longer holds what comes after the client's position
@@ -202,7 +212,8 @@ async def _go_live(session: SubscribingSession, resolved: ResolvedChannel, req: 
         await node.broker.subscribe(channel)
         if stream:
             limit = resolved.options.map.live_transition_max_publication_limit or resolved.options.map.page_size(1 << 30)
-            hist = await node.broker.history(channel, HistoryOptions(limit=limit + 1, since=since))
+            hist = await node.broker.history(channel, HistoryOptions(limit=limit + 1, since=since,
+                                                                     unpublished_ttl=MAP_UNWRITTEN_TTL))
             top = hist.position
             pubs = hist.publications
             lost = since.offset < top.offset and (not pubs or pubs[0].offset != since.offset + 1)

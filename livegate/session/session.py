@@ -30,6 +30,10 @@ class Session(SessionCore):
         channel = resolved.name
         if channel in self.subs or self.closing is not None:
             return False
+        if resolved.options.subscription_type != "stream":
+            log.info("server-side subscription to a %s channel skipped", resolved.options.subscription_type,
+                     extra={"client": self.client_id, "user": self.user, "channel": channel})
+            return False
         req = SubscribeRequest(channel=channel, recover=recover_since is not None,
                                offset=recover_since[0] if recover_since else 0,
                                epoch=recover_since[1] if recover_since else "")
@@ -62,6 +66,10 @@ class Session(SessionCore):
         self.write(message)
 
     async def server_unsubscribe(self, channel: str) -> bool:
+        if self.map_pending and self.map_pending.pop(channel, None) is not None:
+            # A map subscribe still paging: it must not go live with its next command.
+            self.write(self.codec.encode_unsubscribe(channel, codes.UNSUB_SERVER.code, codes.UNSUB_SERVER.reason))
+            return True
         if channel not in self.subs:
             return False
         await remove_subscription(self, channel)
@@ -76,6 +84,15 @@ class Session(SessionCore):
             self.expire_at = expire_at
         if info is not None:
             self.conn_info = info
+
+    async def restart_subscription(self, channel: str) -> None:
+        """The channel's state started over (a map cleared): the subscriber subscribes again
+        (unsubscribe push 2500), and finds a new epoch."""
+        if channel not in self.subs:
+            return
+        await remove_subscription(self, channel)
+        unsub = codes.UNSUB_INSUFFICIENT_STATE
+        self.write(self.codec.encode_unsubscribe(channel, unsub.code, unsub.reason))
 
     def unsubscribe_insufficient(self, channel: str) -> None:
         """A shared poll channel's versions started over (new backend epoch): the subscriber

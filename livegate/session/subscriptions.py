@@ -133,7 +133,7 @@ class InFlight:
         # subscribe that was replaced meanwhile would make the newer one live too early.
         if not self.current:
             return self.abandon()
-        buffered = session.node.hub.activate(channel, session, sub.flags)
+        buffered = session.node.hub.activate(channel, session, sub.flags, self.sent_up_to)
         if buffered is None:
             return self.abandon()
         sub.live = True

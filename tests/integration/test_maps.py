@@ -359,6 +359,25 @@ async def test_map_presence_entries_are_kept_by_the_server(start_server):
     await peer.close()
 
 
+async def test_maps_leave_no_lasting_redis_keys_unless_written_persistent(start_server, redis_prefix):
+    running = await start_server(on_redis(redis_prefix))
+    peer = await map_peer(running)
+    await peer.call("subscribe", sub("flags:nobody", 2))  # a read creates the position...
+    await peer.call("subscribe", sub("board:nobody", 1, offset=0, epoch="x", recover=True))
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        for channel in ("flags:nobody", "board:nobody"):
+            assert 0 < await client.pttl(f"{redis_prefix}.meta.{{{channel}}}") <= 300_000, channel  # ...briefly
+        await running.node.map_publish("flags:nobody", "k", b"1")  # persistent, written: stays
+        assert await client.pttl(f"{redis_prefix}.meta.{{flags:nobody}}") == -1
+        assert await client.pttl(f"{redis_prefix}.map.{{flags:nobody}}") == -1
+        await running.node.map_publish("cursors:e", "k", b"1")  # ephemeral: key_ttl + 60 s
+        assert 0 < await client.pttl(f"{redis_prefix}.meta.{{cursors:e}}") <= 61_000
+    finally:
+        await client.aclose()
+        await peer.close()
+
+
 # -- the phases, frame by frame ------------------------------------------------------------------
 
 
@@ -460,6 +479,53 @@ async def test_client_publish_rules_for_map_channels(start_server):
     for params in bad:
         assert (await peer.call("publish", params))["error"]["code"] == 107, params
     await peer.close()
+
+
+async def test_map_clear_makes_live_subscribers_start_over(start_server, js):  # noqa: F811
+    running = await start_server(MAP_NAMESPACES)
+    node = running.node
+    for key in "abc":
+        await node.map_publish("flags:clr", key, b"1")
+    script = await js("map.mjs", url=running.url, token=token("ola"), channels=["flags:clr"])
+    await script.wait_for("ready")
+    assert len((await script.wait_for("sync"))["entries"]) == 3
+    await execute(node, "map_clear", {"channel": "flags:clr"})
+    await node.map_publish("flags:clr", "z", b"26")
+    await script.wait_for("subscribing", code=2500)
+    again = await script.wait_for("sync")
+    assert [(e["key"], e["data"]) for e in again["entries"]] == [("z", 26)]
+    await script.send(cmd="exit")
+    await script.finish()
+
+
+async def test_server_unsubscribe_ends_a_map_subscribe_still_paging(start_server):
+    running = await start_server(MAP_NAMESPACES)
+    node = running.node
+    for key in "abcd":
+        await node.map_publish("flags:su", key, b"0")
+    peer = await map_peer(running)
+    first = (await peer.call("subscribe", sub("flags:su", 2, limit=2)))["subscribe"]
+    assert first["cursor"]
+    await execute(node, "unsubscribe", {"user": "gus", "channel": "flags:su"})
+    push = await peer.recv()
+    assert push["push"]["unsubscribe"]["code"] == 2000
+    page = await peer.call("subscribe", sub("flags:su", 2, limit=2, cursor=first["cursor"], offset=first["offset"],
+                                            epoch=first["epoch"]))
+    assert page["error"]["code"] == 103  # the flow is gone: no going live
+    await peer.close()
+
+
+async def test_stream_doors_refuse_map_channels(start_server):
+    from livegate.api.commands import execute as run
+    from livegate.errors import ClientError
+    running = await start_server(MAP_NAMESPACES)
+    for method, params in [("publish", {"channel": "flags:s", "data": 1}),
+                           ("subscribe", {"user": "gus", "channel": "flags:s"})]:
+        with pytest.raises(ClientError) as err:
+            await run(running.node, method, params)
+        assert err.value.code == 107, method
+    reply = await execute(running.node, "broadcast", {"channels": ["flags:s"], "data": 1})
+    assert reply["responses"][0]["error"]["code"] == 107
 
 
 # -- the server API ------------------------------------------------------------------------------

@@ -481,3 +481,21 @@ def test_map_defaults_by_mode():
         {"name": "mp", "subscription_type": "map", "map": {"mode": "persistent", "stream_size": 7}}]}})
     assert (persistent.channel.namespaces[0].map.stream_size_or_default,
             persistent.channel.namespaces[0].map.meta_ttl_or_default) == (7, 0.0)
+
+
+@pytest.mark.parametrize(("ns", "where"), [
+    ({"subscription_type": "map_clients", "map": {"mode": "persistent"}}, "map.mode"),
+    ({"subscription_type": "map_users", "map": {"mode": "ephemeral", "key_ttl": "10s"}}, "map.key_ttl"),
+    ({"subscription_type": "map", "map": {"mode": "recoverable", "key_ttl": "1h", "meta_ttl": "10m"}}, "meta_ttl"),
+    ({"subscription_type": "map", "map": {"mode": "persistent", "meta_ttl": "1h"}}, "meta_ttl"),
+    ({"subscription_type": "shared_poll", "shared_poll": {"publish_enabled": True}}, "publish_enabled"),
+    ({"subscription_type": "shared_poll", "shared_poll": {"endpoint": "ftp://x"}}, "endpoint"),
+])
+def test_map_presence_and_shared_poll_errors_name_the_key(ns, where):
+    raw = {"shared_poll": {"hmac_secret_key": "k"}, "channel": {"namespaces": [{"name": "mp", **ns}]}}
+    assert where in str(config_error(raw))
+
+
+def test_shared_poll_needs_a_signing_key():
+    err = config_error({"channel": {"namespaces": [{"name": "sp", "subscription_type": "shared_poll"}]}})
+    assert "shared_poll.hmac_secret_key" in str(err)

@@ -327,6 +327,21 @@ def test_pending_subscriber_buffers_until_activate(hub):
     assert [orjson.loads(p)["push"]["pub"]["offset"] for p, _ in pending.writes] == [8]
 
 
+def test_publications_in_the_reply_that_arrive_late_are_not_sent_again(hub):
+    """The engine's pub/sub can lag behind the history read the reply was built from: a
+    publication at or below the reply's offset that reaches the hub after activation is
+    dropped for that subscriber only; the floor goes with the first newer one."""
+    other, late = Sub("other"), Sub("late")
+    live(hub, "ch", other)
+    hub.subscribe("ch", late)
+    assert hub.activate("ch", late, 0, floor=7) == []
+    hub.handle_publications([("ch", pub(6, 6)), ("ch", pub(7, 7))])  # in late's reply already
+    hub.handle_publications([("ch", pub(8, 8)), ("ch", pub(6, 6))])
+    assert [m["push"]["pub"]["offset"] for m in late.messages()] == [8, 6]  # after 8: no floor any more
+    assert [m["push"]["pub"]["offset"] for m in other.messages()] == [6, 7, 8, 6]
+    assert "ch" not in hub._views  # a view that only held a floor is gone: the fast path again
+
+
 def test_pending_only_channel_still_buffers(hub, framer):
     pending = Sub("p")
     hub.subscribe("ch", pending)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from livegate.channels.broker import (
+    MAP_UNWRITTEN_TTL,
     HistoryOptions,
     HistoryResult,
     MapSettings,
@@ -171,7 +172,8 @@ class RedisBroker:
     async def map_state(self, channel: str, settings: MapSettings, *, cursor: str = "", limit: int = 100,
                         key: str = "") -> MapStateResult:
         reply = await self._shard_for(channel).fcall(
-            "livegate_map_state", channel, self.prefix, cursor, min(limit, _MAX_COUNT), key, f"{settings.meta_ttl:g}")
+            "livegate_map_state", channel, self.prefix, cursor, min(limit, _MAX_COUNT), key,
+            f"{settings.meta_ttl or MAP_UNWRITTEN_TTL:g}")
         top, epoch, next_cursor, *envelopes = reply
         return MapStateResult([self._decode(channel, raw) for raw in envelopes],
                               StreamPosition(int(top), _text(epoch)), _text(next_cursor))

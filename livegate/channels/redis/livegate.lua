@@ -26,7 +26,7 @@
 -- live instances), else the "envelope" field of <prefix>.config, else 1. History reads return
 -- entries in the newest version the caller says it reads (1 when it says nothing).
 
-local VERSION = 24
+local VERSION = 25
 
 local function pack_publication(ev, offset, epoch, data, info, tags_json, ms, key, removed)
   if key then return cmsgpack.pack({2, 'p', offset, epoch, data, info, tags_json, ms, key, removed == true}) end
@@ -753,18 +753,19 @@ local function live_entry(k, key, ms)
   return envelope
 end
 
--- The map lives meta_ttl (ms) from now; without one, as long as the position does.
+-- The map lives meta_ttl (ms) from now; without one (persistent), for ever: a position that a
+-- read created with a short lifetime is kept once the map is written.
 local function map_touch(k, meta_ms)
-  local ttl = meta_ms
-  if ttl > 0 then
-    redis.call('PEXPIRE', k.meta, ttl)
+  if meta_ms > 0 then
+    redis.call('PEXPIRE', k.meta, meta_ms)
+    redis.call('PEXPIRE', k.map, meta_ms)
+    redis.call('PEXPIRE', k.keys, meta_ms)
+    redis.call('PEXPIRE', k.exp, meta_ms)
   else
-    ttl = redis.call('PTTL', k.meta)
-  end
-  if ttl > 0 then
-    redis.call('PEXPIRE', k.map, ttl)
-    redis.call('PEXPIRE', k.keys, ttl)
-    redis.call('PEXPIRE', k.exp, ttl)
+    redis.call('PERSIST', k.meta)
+    redis.call('PERSIST', k.map)
+    redis.call('PERSIST', k.keys)
+    redis.call('PERSIST', k.exp)
   end
 end
 
