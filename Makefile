@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JS := tests/js/node_modules/.installed
 WEB := web/node_modules/.installed
 
-.PHONY: run test test-unit test-browser compat fuzz bench lint proto docs venv js web browser clean clean-services
+.PHONY: run test test-unit test-browser compat compat-js fuzz bench lint proto docs venv js web browser clean clean-services
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -70,6 +70,10 @@ test-browser: venv js web
 # Prints the totals and each failing test with a reason; COMPAT_ARGS='-- -k TestPubSub' selects.
 compat: venv
 	$(BIN)/python scripts/compat.py $(COMPAT_ARGS)
+
+# centrifuge-js's Jest suite (not on npm: needs a checkout) against livegate on :8000.
+compat-js: venv
+	scripts/compat-js.sh
 
 bench: venv
 	eval "$$(PYTHON=$(BIN)/python scripts/services.sh)" && $(BIN)/python -m bench $(BENCH_ARGS)
