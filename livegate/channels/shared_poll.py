@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import hmac
+import json
 import logging
 import secrets
 import string
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
-
-import orjson
 
 from livegate.config import SharedPollOptions
 from livegate.protocol.codec import Codec, Unencodable
@@ -82,11 +83,12 @@ def verify_signature(signature: str, keys: list[str], user: str, channel: str, *
     if len(parts) != 3:
         raise SignatureError("invalid")
     iat, exp, mac = parts
-    iat_n = int(iat) if iat.isdigit() else 0
-    exp_n = int(exp) if exp.isdigit() else 0
-    good = hmac.compare_digest(mac, _expected(secret, iat, exp, user, channel, keys))
+    iat_n = int(iat) if iat.isascii() and iat.isdigit() else 0
+    exp_n = int(exp) if exp.isascii() and exp.isdigit() else 0
+    given = mac.encode()
+    good = hmac.compare_digest(given, _expected(secret, iat, exp, user, channel, keys).encode())
     if not good and previous and not (previous_until and iat_n > previous_until):
-        good = hmac.compare_digest(mac, _expected(previous, iat, exp, user, channel, keys))
+        good = hmac.compare_digest(given, _expected(previous, iat, exp, user, channel, keys).encode())
     if not good:
         raise SignatureError("invalid")
     if exp_n and exp_n + GRACE < (time.time() if now is None else now):
@@ -108,21 +110,33 @@ class _Item:
 
 
 class _Channel:
-    __slots__ = ("name", "opts", "epoch", "counter", "items", "urgent", "wake", "task", "stop_at")
+    __slots__ = ("name", "opts", "epoch", "counter", "items", "urgent", "wake", "task", "stop_at", "by_tracker",
+                 "expiry", "next_expiry_check")
 
-    def __init__(self, name: str, opts: SharedPollOptions) -> None:
+    def __init__(self, name: str, opts: SharedPollOptions, epoch: str) -> None:
         self.name = name
         self.opts = opts
-        self.epoch = "" if opts.versioned else _new_epoch()
+        self.epoch = epoch
         self.counter = 0
         self.items: dict[str, _Item] = {}
         self.urgent: set[str] = set()
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.stop_at = 0.0  # monotonic; when the channel is left with no key
+        self.by_tracker: dict[Tracker, set[str]] = {}  # what each connection tracks here
+        self.expiry: list[tuple[float, int, str, Tracker]] = []  # heap: (expires, seq, key, tracker)
+        self.next_expiry_check = 0.0
 
 
 Backend = Callable[[str, dict[str, Any], float], Awaitable[dict[str, Any] | None]]
+
+#: Versions are uint64 on the wire.
+MAX_VERSION = (1 << 64) - 1
+#: Backend epochs remembered for versioned channels that stopped (so a channel that stops and
+#: starts again does not take the backend's epoch for a new one and send everyone away again).
+EPOCHS_KEPT = 10_000
+#: Seconds at least between two immediate polls of a channel (tracks coming in bursts share one).
+URGENT_GAP = 0.05
 
 
 class SharedPollManager:
@@ -133,29 +147,39 @@ class SharedPollManager:
         self._backend = backend
         self._gate = asyncio.Semaphore(concurrency)
         self._channels: dict[str, _Channel] = {}
+        self._node_epoch = _new_epoch()  # versionless channels not polled here yet
+        self._epochs: OrderedDict[str, str] = OrderedDict()
+        self._seq = 0
 
     # -- what connections do ---------------------------------------------------------------
 
     def epoch(self, channel: str, opts: SharedPollOptions) -> str:
-        """The epoch a subscriber gets (versionless: the node's for the channel)."""
-        return self._channel(channel, opts).epoch
-
-    def tracked_count(self, channel: str, tracker: Tracker) -> int:
+        """The epoch a subscriber gets: the channel's when this node polls it, else the backend's
+        last one (versioned) or the node's (versionless). Creates nothing."""
         ch = self._channels.get(channel)
-        return 0 if ch is None else sum(1 for item in ch.items.values() if tracker in item.trackers)
+        if ch is not None:
+            return ch.epoch
+        return self._epochs.get(channel, "") if opts.versioned else self._node_epoch
 
-    def is_tracking(self, channel: str, tracker: Tracker, key: str) -> bool:
+    def tracked_count(self, channel: str, tracker: object) -> int:
         ch = self._channels.get(channel)
-        item = None if ch is None else ch.items.get(key)
-        return item is not None and tracker in item.trackers
+        return 0 if ch is None else len(ch.by_tracker.get(cast(Tracker, tracker), ()))
+
+    def is_tracking(self, channel: str, tracker: object, key: str) -> bool:
+        ch = self._channels.get(channel)
+        return ch is not None and key in ch.by_tracker.get(cast(Tracker, tracker), ())
 
     def track(self, channel: str, opts: SharedPollOptions, tracker: Tracker,
               items: Iterable[tuple[str, int, float]]) -> None:
         """Start (or restart, with the version it now holds) tracking keys (key, version held,
         signature expiry or 0); polls at once what the node has no value for, or what the
         tracker needs the current value of."""
-        ch = self._channel(channel, opts)
+        ch = self._channels.get(channel)
+        if ch is None:
+            epoch = self._epochs.get(channel, "") if opts.versioned else _new_epoch()
+            ch = self._channels[channel] = _Channel(channel, opts, epoch)
         ch.stop_at = 0.0
+        mine = ch.by_tracker.setdefault(tracker, set())
         for key, held, expires in items:
             item = ch.items.get(key)
             if item is None:
@@ -168,8 +192,11 @@ class SharedPollManager:
                     if item.version > 0:
                         ch.urgent.add(key)
             item.trackers[tracker] = held
+            mine.add(key)
             if expires:
                 item.expires[tracker] = expires
+                self._seq += 1
+                heapq.heappush(ch.expiry, (expires, self._seq, key, tracker))
             else:
                 item.expires.pop(tracker, None)
         if ch.urgent:
@@ -183,17 +210,25 @@ class SharedPollManager:
         ch = self._channels.get(channel)
         if ch is None:
             return
-        for key in list(ch.items) if keys is None else keys:
-            item = ch.items.get(key)
-            if item is None or item.trackers.pop(tracker, None) is None:
+        mine = ch.by_tracker.get(tracker)
+        if mine is None:
+            return
+        for key in list(mine) if keys is None else keys:
+            if key not in mine:
                 continue
+            mine.discard(key)
+            item = ch.items.get(key)
+            if item is None:
+                continue
+            item.trackers.pop(tracker, None)
             item.expires.pop(tracker, None)
             if not item.trackers:
                 del ch.items[key]
                 ch.urgent.discard(key)
+        if not mine:
+            del ch.by_tracker[tracker]
         if not ch.items:
-            ch.stop_at = time.monotonic() + max(0.0, ch.opts.channel_shutdown_delay)
-            ch.wake.set()
+            self._emptied(ch)
 
     async def publish(self, channel: str, opts: SharedPollOptions, key: str, data: bytes, version: int,
                       epoch: str) -> None:
@@ -205,7 +240,7 @@ class SharedPollManager:
         if self._epoch_changed(ch, epoch):
             return
         item = ch.items.get(key)
-        if item is None or version <= item.version:
+        if item is None or version <= item.version or version > MAX_VERSION:
             return
         item.version = version
         item.needs_broadcast = False
@@ -224,11 +259,15 @@ class SharedPollManager:
 
     # -- the workers -----------------------------------------------------------------------
 
-    def _channel(self, channel: str, opts: SharedPollOptions) -> _Channel:
-        ch = self._channels.get(channel)
-        if ch is None:
-            ch = self._channels[channel] = _Channel(channel, opts)
-        return ch
+    def _emptied(self, ch: _Channel) -> None:
+        """Nobody tracks a key of the channel here any more: it stops after the shutdown delay
+        (at once when it has no worker)."""
+        if ch.task is None or ch.task.done():
+            if self._channels.get(ch.name) is ch:
+                del self._channels[ch.name]
+            return
+        ch.stop_at = time.monotonic() + max(0.0, ch.opts.channel_shutdown_delay)
+        ch.wake.set()
 
     def _ensure_worker(self, ch: _Channel) -> None:
         if ch.task is None or ch.task.done():
@@ -237,44 +276,54 @@ class SharedPollManager:
     async def _work(self, ch: _Channel) -> None:
         interval = ch.opts.refresh_interval or 10.0
         next_cycle = time.monotonic() + interval
-        try:
-            while True:
+        while True:
+            try:
                 self._expire(ch)
                 now = time.monotonic()
                 if not ch.items and ch.stop_at and now >= ch.stop_at:
                     if self._channels.get(ch.name) is ch:
-                        del self._channels[ch.name]  # the next subscriber starts over
+                        del self._channels[ch.name]  # the next tracker starts over
                     return
-                wait = next_cycle - now
-                if ch.stop_at and not ch.items:
-                    wait = min(wait, ch.stop_at - now)
-                if not ch.urgent and wait > 0:
-                    ch.wake.clear()
-                    try:
-                        await asyncio.wait_for(ch.wake.wait(), wait)
-                    except TimeoutError:
-                        pass
+                if now >= next_cycle:  # the interval's poll of every key first: never starved
+                    ch.urgent.clear()
+                    await self._poll_keys(ch, sorted(ch.items))
+                    next_cycle = now + interval
+                    continue
                 if ch.urgent:
                     keys = sorted(ch.urgent)
                     ch.urgent.clear()
                     await self._poll_keys(ch, keys)
+                    await asyncio.sleep(URGENT_GAP)  # tracks arriving meanwhile: one poll for all
                     continue
-                if time.monotonic() >= next_cycle:
-                    started = time.monotonic()
-                    await self._poll_keys(ch, sorted(ch.items))
-                    next_cycle = started + interval
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("shared poll worker failed", extra={"channel": ch.name})
+                wait = next_cycle - now
+                if ch.stop_at and not ch.items:
+                    wait = min(wait, ch.stop_at - now)
+                if ch.expiry:
+                    wait = min(wait, max(0.0, ch.next_expiry_check - now))
+                ch.wake.clear()
+                try:
+                    await asyncio.wait_for(ch.wake.wait(), max(wait, 0.0))
+                except TimeoutError:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("shared poll worker step failed", extra={"channel": ch.name})
+                await asyncio.sleep(1.0)  # the next step may work (a bad answer is not the next one)
 
     def _expire(self, ch: _Channel) -> None:
         """Forget what connections track past their signature's expiry (and the extra delay
-        they have to send a fresh one)."""
+        they have to send a fresh one); checked at most once a second."""
+        now_mono = time.monotonic()
+        if now_mono < ch.next_expiry_check or not ch.expiry:
+            return
+        ch.next_expiry_check = now_mono + 1.0
         deadline = time.time() - ch.opts.track_expired_extra_delay
-        for key, item in list(ch.items.items()):
-            gone = [t for t, exp in item.expires.items() if exp < deadline]
-            for tracker in gone:
+        heap = ch.expiry
+        while heap and heap[0][0] < deadline:
+            expires, _, key, tracker = heapq.heappop(heap)
+            item = ch.items.get(key)
+            if item is not None and item.expires.get(tracker) == expires:  # not renewed since
                 self.untrack(ch.name, tracker, [key])
 
     async def _poll_keys(self, ch: _Channel, keys: list[str]) -> None:
@@ -303,11 +352,18 @@ class SharedPollManager:
         if not ch.opts.versioned or epoch == ch.epoch:
             return False
         ch.epoch = epoch
-        trackers = {t for item in ch.items.values() for t in item.trackers}
+        self._epochs[ch.name] = epoch
+        self._epochs.move_to_end(ch.name)
+        while len(self._epochs) > EPOCHS_KEPT:
+            self._epochs.popitem(last=False)
+        trackers = list(ch.by_tracker)
         ch.items.clear()
         ch.urgent.clear()
+        ch.by_tracker.clear()
+        ch.expiry.clear()
         for tracker in trackers:
             tracker.unsubscribe_insufficient(ch.name)
+        self._emptied(ch)  # they track again after subscribing again (the shutdown delay keeps the worker)
         return True
 
     def _apply(self, ch: _Channel, result: dict[str, Any]) -> None:
@@ -328,11 +384,14 @@ class SharedPollManager:
             if entry.get("removed") is True:
                 removals.append(key)
                 continue
-            data = _data_of(entry.get("data"))
-            if data is None:
+            if "data" not in entry:
                 continue
-            version = entry.get("version")
-            version = version if isinstance(version, int) and not isinstance(version, bool) and version > 0 else 0
+            data = _data_of(entry["data"])
+            version = entry.get("version", 0)
+            if data is None or type(version) is not int or not 0 <= version <= MAX_VERSION:
+                log.warning("shared poll backend item refused (data not JSON, or version not a uint64)",
+                            extra={"channel": ch.name})
+                continue
             if version:  # versions from the backend
                 if version > item.version:
                     item.version = version
@@ -375,19 +434,25 @@ class SharedPollManager:
             return
         pub = Publication(b"", key=key, removed=True)
         for tracker in item.trackers:
+            mine = ch.by_tracker.get(tracker)
+            if mine is not None:
+                mine.discard(key)
+                if not mine:
+                    del ch.by_tracker[tracker]
             try:
                 tracker.write(tracker.codec.encode_publication(ch.name, pub))
             except Unencodable:
                 pass
         if not ch.items:
-            ch.stop_at = time.monotonic() + max(0.0, ch.opts.channel_shutdown_delay)
+            self._emptied(ch)
 
 
 def _data_of(value: Any) -> bytes | None:
-    """An answered item's data as JSON bytes (None: it has none)."""
-    if value is None:
-        return None
+    """An answered item's data as JSON bytes: bytes (from a hook) as they are, any other value
+    encoded (integers of any size kept exactly; None is JSON null). None: not encodable."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
     try:
-        return orjson.dumps(value)
-    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError):
         return None

@@ -64,6 +64,17 @@ async def handle_track(session: Session, req: SubRefreshRequest) -> RefreshResul
         raise ErrBadRequest(message=f"bad request: unknown sub_refresh type {req.type}")
     if not any(batch.items for batch in req.track):
         raise ErrBadRequest(message="bad request: track lists no key")
+    wanted = {item.key for batch in req.track for item in batch.items}
+    if "" in wanted or any("\x00" in key for key in wanted):
+        raise ErrBadRequest(message="bad request: a key is empty or holds NUL")
+    untrack = set(req.untrack)
+    opts = node.rules.resolve(req.channel).options.shared_poll
+    limit = opts.max_keys_per_connection or 5000
+    held = manager.tracked_count(req.channel, session)
+    leaving = sum(1 for key in untrack if manager.is_tracking(req.channel, session, key))
+    coming = sum(1 for key in wanted if key not in untrack and not manager.is_tracking(req.channel, session, key))
+    if held - leaving + coming > limit:  # before the signatures: no HMAC work for a refused request
+        raise ErrLimitExceeded(message=f"limit exceeded: at most {limit} keys per connection")
     cfg = node.config.shared_poll
     now = time.time()
     items: dict[str, tuple[int, float]] = {}
@@ -78,17 +89,7 @@ async def handle_track(session: Session, req: SubRefreshRequest) -> RefreshResul
                 raise ErrTokenExpired() from None
             raise ErrPermissionDenied(message="permission denied: invalid track signature") from None
         for item in batch.items:
-            if not item.key:
-                raise ErrBadRequest(message="bad request: an empty key")
             items[item.key] = (item.version, float(expires))  # a key listed twice: the last batch's
-    untrack = set(req.untrack)
-    opts = node.rules.resolve(req.channel).options.shared_poll
-    limit = opts.max_keys_per_connection or 5000
-    held = manager.tracked_count(req.channel, session)
-    leaving = sum(1 for key in untrack if manager.is_tracking(req.channel, session, key))
-    coming = sum(1 for key in items if key not in untrack and not manager.is_tracking(req.channel, session, key))
-    if held - leaving + coming > limit:
-        raise ErrLimitExceeded(message=f"limit exceeded: at most {limit} keys per connection")
     result = RefreshResult()
     soonest = min((exp for _, exp in items.values() if exp), default=0.0)
     if soonest and soonest > now:

@@ -3,6 +3,7 @@ by the server so that HTTP clients stay in the transport layer."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -32,12 +33,20 @@ class HttpPoller:
             async with self._session.post(endpoint, data=orjson.dumps(body),
                                           headers={"Content-Type": "application/json"},
                                           timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                raw = await resp.content.read(MAX_ANSWER + 1)
-                if resp.status != 200 or len(raw) > MAX_ANSWER:
+                if resp.status != 200:
                     log.warning("shared poll backend answered %s", resp.status, extra={"channel": channel})
                     return None
-            answer = orjson.loads(raw)
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, OSError) as exc:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    if size > MAX_ANSWER:
+                        log.warning("shared poll backend answer over %d bytes", MAX_ANSWER, extra={"channel": channel})
+                        return None
+                    chunks.append(chunk)
+            # The standard parser: integers of any size stay exact (item data is passed on).
+            answer = json.loads(b"".join(chunks))
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             log.warning("shared poll backend failed: %s", exc, extra={"channel": channel})
             return None
         if not isinstance(answer, dict) or "error" in answer:

@@ -218,6 +218,8 @@ async def test_track_errors(start_server):
         (track("votes:z", [], sign([], "gus", "votes:z")), 107),
         (track("votes:z", [f"k{i}" for i in range(6)], sign([f"k{i}" for i in range(6)], "gus", "votes:z")), 106),
         ({"channel": "votes:z", "type": 2, "untrack": []}, 107),
+        (track("votes:z", ["a\x00b"], sign(["a", "b"], "gus", "votes:z")), 107),  # NUL: another batch's signature
+        (track("votes:z", ["a"], sign(["a"], "gus", "votes:z")[:-2] + "éé"), 103),  # not even hex
         ({"channel": "votes:z", "type": 9}, 107),
     ]
     for params, code in cases:
@@ -239,6 +241,53 @@ async def test_disconnect_forgets_tracked_keys(start_server):
     assert running.node.shared_poll.tracked_count("votes:d", session) == 2
     await peer.close()
     await wait_until(lambda: not running.node.shared_poll._channels)
+
+
+async def test_subscribers_that_never_track_leave_nothing(start_server):
+    running = await start_server(config())
+    peer = await poll_peer(running)
+    for i in range(50):
+        await peer.call("subscribe", {"channel": f"votes:n{i}", "type": 4})
+        await peer.call("unsubscribe", {"channel": f"votes:n{i}"})
+    await peer.close()
+    assert not running.node.shared_poll._channels
+
+
+async def test_a_large_chunked_http_answer_is_read_whole(start_server, js):  # noqa: F811
+    big = {"rows": ["x" * 100] * 400}  # ~40 KB, written in pieces of 7,000 bytes
+
+    async def refresh(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        answer = orjson.dumps({"result": {"items": [{"key": i["key"], "data": big, "version": 1}
+                                                    for i in body["items"]]}})
+        resp = web.StreamResponse()
+        resp.content_type = "application/json"
+        await resp.prepare(request)
+        for start in range(0, len(answer), 7000):
+            await resp.write(answer[start:start + 7000])
+            await asyncio.sleep(0)
+        await resp.write_eof()
+        return resp
+
+    backend = web.Application()
+    backend.router.add_post("/refresh", refresh)
+    runner = web.AppRunner(backend)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        running = await start_server(config(endpoint=f"http://127.0.0.1:{port}/refresh"))
+        script = await js("poll.mjs", url=running.url, token=token("hal"), user="hal", channel="prices:big",
+                          secret=SECRET)
+        await script.wait_for("ready")
+        await script.send(cmd="track", keys=["k"])
+        got = await script.wait_for("update", key="k")
+        assert got["data"] == big
+        await script.send(cmd="exit")
+        await script.finish()
+    finally:
+        await runner.cleanup()
 
 
 async def test_server_api_shared_poll_publish_errors(start_server):
