@@ -294,7 +294,11 @@ class MemoryBroker:
         self._enqueue("p", channel, pub if prev is None or pub.removed else replace(pub, prev=prev))
         return MapUpdateResult(position)
 
-    async def map_publish(self, channel: str, key: str, data: bytes, opts: MapWriteOptions) -> MapUpdateResult:
+    def _begin_write(self, channel: str, key: str, opts: MapWriteOptions, removing: bool,
+                     ) -> MapUpdateResult | tuple[_Map, _Stream, Publication | None, float]:
+        """The checks of a write, in the Redis function's order: idempotency, key_mode,
+        compare-and-set, a removal of nothing. Returns the result of a suppressed write, or what
+        the write needs (map, stream, current entry, time)."""
         now = self._clock()
         early = self._suppressed(channel, opts, now)
         if early is not None:
@@ -303,35 +307,36 @@ class MemoryBroker:
         current = self._live_entry(m, key, now)
         position = StreamPosition(stream.top, stream.epoch)
         reason = ""
-        if opts.key_mode == "if_new" and current is not None:
+        if not removing and opts.key_mode == "if_new" and current is not None:
             reason = "key_exists"
-        elif opts.key_mode == "if_exists" and current is None:
+        elif not removing and opts.key_mode == "if_exists" and current is None:
             reason = "key_not_found"
         elif opts.expected is not None and (opts.expected.epoch != stream.epoch or opts.expected.offset != (
                 current.offset if current is not None else 0)):
             return MapUpdateResult(position, True, "position_mismatch", current)
+        elif removing and current is None:
+            reason = "key_not_found"
         if reason:
             if opts.refresh_ttl_on_suppress and current is not None and opts.settings.key_ttl > 0:
                 m.put(key, current, now + opts.settings.key_ttl)
             return MapUpdateResult(position, True, reason)
+        return m, stream, current, now
+
+    async def map_publish(self, channel: str, key: str, data: bytes, opts: MapWriteOptions) -> MapUpdateResult:
+        begun = self._begin_write(channel, key, opts, False)
+        if isinstance(begun, MapUpdateResult):
+            return begun
+        m, stream, current, now = begun
         pub = Publication(data, 0, opts.info, opts.tags or None, int(now * 1000), key)
         return self._map_write(channel, m, stream, pub, opts, now, current.data if current is not None else None)
 
     async def map_remove(self, channel: str, key: str, opts: MapWriteOptions) -> MapUpdateResult:
-        now = self._clock()
-        early = self._suppressed(channel, opts, now)
-        if early is not None:
-            return early
-        m, stream = self._map(channel, opts.settings, True)
-        current = self._live_entry(m, key, now)
-        position = StreamPosition(stream.top, stream.epoch)
-        if opts.expected is not None and (opts.expected.epoch != stream.epoch or opts.expected.offset != (
-                current.offset if current is not None else 0)):
-            return MapUpdateResult(position, True, "position_mismatch", current)
-        if current is None:
-            return MapUpdateResult(position, True, "key_not_found")
-        tags = opts.tags or current.tags
-        pub = Publication(b"", 0, opts.info, tags or None, int(now * 1000), key, True)
+        begun = self._begin_write(channel, key, opts, True)
+        if isinstance(begun, MapUpdateResult):
+            return begun
+        m, stream, current, now = begun
+        assert current is not None
+        pub = Publication(b"", 0, opts.info, (opts.tags or current.tags) or None, int(now * 1000), key, True)
         return self._map_write(channel, m, stream, pub, opts, now)
 
     async def map_state(self, channel: str, settings: MapSettings, *, cursor: str = "", limit: int = 100,

@@ -122,6 +122,16 @@ def publication_fields_without_data(pub: Publication) -> dict[str, Any]:
     return out
 
 
+def _with_expiry_and_data(r: SubscribeResult, out: dict[str, Any]) -> dict[str, Any]:
+    """The fields every kind of subscribe reply (and push) ends with."""
+    if r.expires:
+        out["expires"] = True
+        out["ttl"] = r.ttl
+    if r.data is not None:
+        out["data"] = data_fragment(r.data)
+    return out
+
+
 def _map_subscribe_fields(r: SubscribeResult) -> dict[str, Any]:
     """A map subscription's reply: every phase carries the position; pages carry entries."""
     out: dict[str, Any] = {"type": r.type, "epoch": r.epoch, "offset": r.offset}
@@ -144,24 +154,14 @@ def _map_subscribe_fields(r: SubscribeResult) -> dict[str, Any]:
         out["recovered"] = True
     if r.was_recovering:
         out["was_recovering"] = True
-    if r.expires:
-        out["expires"] = True
-        out["ttl"] = r.ttl
-    if r.data is not None:
-        out["data"] = data_fragment(r.data)
-    return out
+    return _with_expiry_and_data(r, out)
 
 
 def _shared_poll_subscribe_fields(r: SubscribeResult) -> dict[str, Any]:
     out: dict[str, Any] = {"type": r.type}
     if r.epoch:
         out["epoch"] = r.epoch
-    if r.expires:
-        out["expires"] = True
-        out["ttl"] = r.ttl
-    if r.data is not None:
-        out["data"] = data_fragment(r.data)
-    return out
+    return _with_expiry_and_data(r, out)
 
 
 def _subscribe_fields(r: SubscribeResult, *, push: bool = False) -> dict[str, Any]:
@@ -187,12 +187,7 @@ def _subscribe_fields(r: SubscribeResult, *, push: bool = False) -> dict[str, An
             out["was_recovering"] = True
         if r.delta:
             out["delta"] = True
-    if r.expires:
-        out["expires"] = True
-        out["ttl"] = r.ttl
-    if r.data is not None:
-        out["data"] = data_fragment(r.data)
-    return out
+    return _with_expiry_and_data(r, out)
 
 
 def _result_fields(result: Result) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from livegate.channels.broker import MAP_UNWRITTEN_TTL, HistoryOptions, MapSetti
 from livegate.channels.hub import SubView
 from livegate.channels.names import ResolvedChannel
 from livegate.channels.tags_filter import FilterError, TagsMatch, compile_filter
-from livegate.errors import BrokerError, ClientError, DisconnectRequested
+from livegate.errors import BrokerError, DisconnectRequested
 from livegate.protocol import codes
 from livegate.protocol.codes import ErrBadRequest, ErrInternal, ErrPermissionDenied, ErrUnrecoverablePosition
 from livegate.protocol.commands import SubscribeRequest
@@ -225,19 +225,5 @@ async def _go_live(session: SubscribingSession, resolved: ResolvedChannel, req: 
         else:
             result.epoch = since.epoch
     except BaseException as exc:
-        await flight.abandon()
-        if isinstance(exc, ClientError | DisconnectRequested):
-            raise
-        if isinstance(exc, BrokerError):
-            raise ErrInternal() from exc
-        raise
-    if grant.expire_at:
-        result.expires = True
-        result.ttl = max(1, int(grant.expire_at - time.time()))
-    result.data = grant.data
-    if not flight.current or session.closing is not None:
-        await flight.abandon()
-        if session.closing is not None:
-            raise DisconnectRequested(session.closing.code, session.closing.reason)
-        raise ErrPermissionDenied(message="subscription removed by the server")
-    return result, flight
+        await flight.fail(exc)
+    return await flight.finish(result, grant)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from livegate.channels.broker import HistoryOptions
 from livegate.channels.hub import JOIN_LEAVE, SubView
@@ -24,7 +24,7 @@ from livegate.channels.names import ResolvedChannel
 from livegate.channels.tags_filter import FilterError, TagsMatch, compile_filter
 from livegate.cluster import Connection
 from livegate.config import ChannelOptions
-from livegate.errors import BrokerError, ClientError, DisconnectRequested
+from livegate.errors import BrokerError, DisconnectRequested
 from livegate.node import PRESENCE_TTL, Node
 from livegate.protocol import codes
 from livegate.protocol.codes import ErrInternal, ErrPermissionDenied, ErrUnrecoverablePosition
@@ -146,6 +146,29 @@ class InFlight:
             return _announce(session, channel, sub)
         return None
 
+    async def fail(self, exc: BaseException) -> NoReturn:
+        """Forget this subscribe (only this one: a newer one for the channel stays) after
+        ``exc``, and raise what the client gets for it."""
+        await self.abandon()
+        if isinstance(exc, BrokerError):
+            raise ErrInternal() from exc
+        raise exc
+
+    async def finish(self, result: SubscribeResult, grant: Grant) -> tuple[SubscribeResult, InFlight]:
+        """The reply with the token's expiry and the grant's data; unless the subscription was
+        removed while it was set up (server API unsubscribe, connection closed): no reply then."""
+        session = self.session
+        if grant.expire_at:
+            result.expires = True
+            result.ttl = max(1, int(grant.expire_at - time.time()))
+        result.data = grant.data
+        if not self.current or session.closing is not None:
+            await self.abandon()
+            if session.closing is not None:
+                raise DisconnectRequested(session.closing.code, session.closing.reason)
+            raise ErrPermissionDenied(message="subscription removed by the server")
+        return result, self
+
     async def abandon(self) -> None:
         """Forget this subscribe, unless a newer one for the channel replaced it."""
         session, channel = self.session, self.channel
@@ -190,23 +213,8 @@ async def subscribe_channel(
             flight.sent_up_to = await _position(session, resolved, req, features.recoverable, result,
                                                 view.match if view is not None else None)
     except BaseException as exc:
-        await flight.abandon()  # only this subscribe: a newer one for the channel stays
-        if isinstance(exc, ClientError | DisconnectRequested):
-            raise
-        if isinstance(exc, BrokerError):
-            raise ErrInternal() from exc
-        raise
-    if grant.expire_at:
-        result.expires = True
-        result.ttl = max(1, int(grant.expire_at - time.time()))
-    result.data = grant.data
-    if not flight.current or session.closing is not None:
-        # Removed while we waited (server API unsubscribe, connection closed): no reply.
-        await flight.abandon()
-        if session.closing is not None:
-            raise DisconnectRequested(session.closing.code, session.closing.reason)
-        raise ErrPermissionDenied(message="subscription removed by the server")
-    return result, flight
+        await flight.fail(exc)
+    return await flight.finish(result, grant)
 
 
 def _view(session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest) -> SubView | None:

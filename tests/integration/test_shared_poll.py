@@ -10,6 +10,8 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -50,6 +52,21 @@ class Backend:
         app = App()
         app.on_shared_poll_refresh(self.refresh)
         return app
+
+
+@asynccontextmanager
+async def http_backend(refresh: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[int]:
+    """Serve ``refresh`` at http://127.0.0.1:<port>/refresh while the block runs; yields the port."""
+    app = web.Application()
+    app.router.add_post("/refresh", refresh)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
 
 
 def sign(keys: list[str], user: str, channel: str, *, ttl: int = 3600, secret: str = SECRET) -> str:
@@ -142,14 +159,7 @@ async def test_http_backend_and_server_api_publish(start_server, js):  # noqa: F
         return web.json_response({"result": {"items": [{"key": i["key"], **items[i["key"]]}
                                                        for i in body["items"] if i["key"] in items]}})
 
-    backend = web.Application()
-    backend.router.add_post("/refresh", refresh)
-    runner = web.AppRunner(backend)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with http_backend(refresh) as port:
         running = await start_server(config(endpoint=f"http://127.0.0.1:{port}/refresh", refresh_interval="1h"))
         script = await js("poll.mjs", url=running.url, token=token("eve"), user="eve", channel="prices:h",
                           secret=SECRET)
@@ -165,8 +175,6 @@ async def test_http_backend_and_server_api_publish(start_server, js):  # noqa: F
         await script.wait_for("update", key="q", version=5)
         await script.send(cmd="exit")
         assert [(u[1], u[2]) for u in updates(await script.finish())] == [({"v": 1}, 1), ({"v": 5}, 5)]
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_new_backend_epoch_makes_trackers_subscribe_again(start_server, js):  # noqa: F811
@@ -269,14 +277,7 @@ async def test_a_large_chunked_http_answer_is_read_whole(start_server, js):  # n
         await resp.write_eof()
         return resp
 
-    backend = web.Application()
-    backend.router.add_post("/refresh", refresh)
-    runner = web.AppRunner(backend)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with http_backend(refresh) as port:
         running = await start_server(config(endpoint=f"http://127.0.0.1:{port}/refresh"))
         script = await js("poll.mjs", url=running.url, token=token("hal"), user="hal", channel="prices:big",
                           secret=SECRET)
@@ -286,8 +287,6 @@ async def test_a_large_chunked_http_answer_is_read_whole(start_server, js):  # n
         assert got["data"] == big
         await script.send(cmd="exit")
         await script.finish()
-    finally:
-        await runner.cleanup()
 
 
 async def test_server_api_shared_poll_publish_errors(start_server):
