@@ -244,14 +244,17 @@ class Server:
             total += len(entries)
             if entries:
                 failed += await presence.add_presence_many(entries, PRESENCE_TTL)
-            for client in clients[start:start + PRESENCE_CHUNK]:
-                if client.closing is None:
-                    for sub in client.map_presence_subscriptions():
-                        total += 1
-                        try:
-                            await refresh_map_presence(self.node, sub)
-                        except BrokerError:
-                            failed += 1
+            # Map presence entries: one engine call each (a Redis function), run concurrently.
+            subs = [sub for client in clients[start:start + PRESENCE_CHUNK] if client.closing is None
+                    for sub in client.map_presence_subscriptions()]
+            total += len(subs)
+            outcomes = await asyncio.gather(*(refresh_map_presence(self.node, sub) for sub in subs),
+                                            return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BrokerError):
+                    failed += 1
+                elif isinstance(outcome, BaseException):
+                    raise outcome
             await asyncio.sleep(0)
         if failed:
             log.warning("presence refresh incomplete", extra={"failed": failed, "entries": total})
