@@ -39,6 +39,7 @@ from typing import Any, Protocol, cast
 
 from livegate.config import SharedPollOptions
 from livegate.protocol.codec import Codec, Unencodable
+from livegate.protocol.fossil import create_delta
 from livegate.protocol.types import Publication
 
 __all__ = ["SharedPollManager", "Tracker", "verify_signature", "SignatureError", "GRACE"]
@@ -107,11 +108,12 @@ class _Item:
     needs_broadcast: bool = False   # a tracker needs the current value: send it on the next answer
     trackers: dict[Tracker, int] = field(default_factory=dict)  # -> the version it holds
     expires: dict[Tracker, float] = field(default_factory=dict)  # -> when its signature expires (unix s)
+    ready: set[Tracker] = field(default_factory=set)  # got a value since it (re)tracked: a delta base
 
 
 class _Channel:
     __slots__ = ("name", "opts", "epoch", "counter", "items", "urgent", "wake", "task", "stop_at", "by_tracker",
-                 "expiry", "next_expiry_check")
+                 "expiry", "next_expiry_check", "delta")
 
     def __init__(self, name: str, opts: SharedPollOptions, epoch: str) -> None:
         self.name = name
@@ -126,6 +128,7 @@ class _Channel:
         self.by_tracker: dict[Tracker, set[str]] = {}  # what each connection tracks here
         self.expiry: list[tuple[float, int, str, Tracker]] = []  # heap: (expires, seq, key, tracker)
         self.next_expiry_check = 0.0
+        self.delta: set[Tracker] = set()  # trackers that negotiated fossil deltas
 
 
 Backend = Callable[[str, dict[str, Any], float], Awaitable[dict[str, Any] | None]]
@@ -170,7 +173,7 @@ class SharedPollManager:
         return ch is not None and key in ch.by_tracker.get(cast(Tracker, tracker), ())
 
     def track(self, channel: str, opts: SharedPollOptions, tracker: Tracker,
-              items: Iterable[tuple[str, int, float]]) -> None:
+              items: Iterable[tuple[str, int, float]], *, delta: bool = False) -> None:
         """Start (or restart, with the version it now holds) tracking keys (key, version held,
         signature expiry or 0); polls at once what the node has no value for, or what the
         tracker needs the current value of."""
@@ -180,6 +183,8 @@ class SharedPollManager:
             ch = self._channels[channel] = _Channel(channel, opts, epoch)
         ch.stop_at = 0.0
         mine = ch.by_tracker.setdefault(tracker, set())
+        if delta:
+            ch.delta.add(tracker)
         for key, held, expires in items:
             item = ch.items.get(key)
             if item is None:
@@ -192,6 +197,7 @@ class SharedPollManager:
                     if item.version > 0:
                         ch.urgent.add(key)
             item.trackers[tracker] = held
+            item.ready.discard(tracker)  # the first value after a (re)track goes whole
             mine.add(key)
             if expires:
                 item.expires[tracker] = expires
@@ -222,11 +228,13 @@ class SharedPollManager:
                 continue
             item.trackers.pop(tracker, None)
             item.expires.pop(tracker, None)
+            item.ready.discard(tracker)
             if not item.trackers:
                 del ch.items[key]
                 ch.urgent.discard(key)
         if not mine:
             del ch.by_tracker[tracker]
+            ch.delta.discard(tracker)
         if not ch.items:
             self._emptied(ch)
 
@@ -335,17 +343,18 @@ class SharedPollManager:
 
     async def _poll(self, ch: _Channel, keys: list[str]) -> None:
         items: list[dict[str, Any]] = []
+        sent: dict[str, int] = {}  # the versions the poll says the node has (prev_data is relative to them)
         for key in keys:
             item = ch.items[key]
             entry: dict[str, Any] = {"key": key}
             if ch.opts.versioned and item.version and not item.needs_broadcast:
-                entry["version"] = item.version
+                entry["version"] = sent[key] = item.version
             items.append(entry)
         async with self._gate:
             result = await self._backend(ch.opts.endpoint, {"channel": ch.name, "items": items},
                                          ch.opts.timeout)
         if result is not None:
-            self._apply(ch, result)
+            self._apply(ch, result, sent)
 
     def _epoch_changed(self, ch: _Channel, epoch: str) -> bool:
         """Versioned mode: a new backend epoch voids every version; trackers start over."""
@@ -360,13 +369,14 @@ class SharedPollManager:
         ch.items.clear()
         ch.urgent.clear()
         ch.by_tracker.clear()
+        ch.delta.clear()
         ch.expiry.clear()
         for tracker in trackers:
             tracker.unsubscribe_insufficient(ch.name)
         self._emptied(ch)  # they track again after subscribing again (the shutdown delay keeps the worker)
         return True
 
-    def _apply(self, ch: _Channel, result: dict[str, Any]) -> None:
+    def _apply(self, ch: _Channel, result: dict[str, Any], sent: dict[str, int] | None = None) -> None:
         epoch = result.get("epoch")
         if self._epoch_changed(ch, epoch if isinstance(epoch, str) else ""):
             return
@@ -388,6 +398,10 @@ class SharedPollManager:
                 continue
             data = _data_of(entry["data"])
             version = entry.get("version", 0)
+            base = item.version
+            # prev_data: the value at the version the poll said the node has (and still has).
+            prev = (_data_of(entry["prev_data"]) if "prev_data" in entry and base and sent
+                    and sent.get(key) == base else None)
             if data is None or type(version) is not int or not 0 <= version <= MAX_VERSION:
                 log.warning("shared poll backend item refused (data not JSON, or version not a uint64)",
                             extra={"channel": ch.name})
@@ -406,27 +420,50 @@ class SharedPollManager:
                 elif not (item.needs_broadcast and item.version):
                     continue
             item.needs_broadcast = False
-            self._send(ch, key, item, data)
+            self._send(ch, key, item, data, prev if version > base else None, base)
         for key in removals:
             self._remove(ch, key)
 
-    def _send(self, ch: _Channel, key: str, item: _Item, data: bytes) -> None:
+    def _send(self, ch: _Channel, key: str, item: _Item, data: bytes, prev: bytes | None = None,
+              base: int = 0) -> None:
+        """The key's new version to the trackers holding an older one. Trackers that negotiated
+        deltas get it as a fossil delta against ``prev`` when they hold exactly ``base`` (the
+        version ``prev`` is) and got a value since they tracked; else whole (JSON clients: the
+        data as a JSON string, as the SDK expects on a delta subscription)."""
         pub = Publication(data, key=key, version=item.version)
-        encoded: dict[Codec, bytes | None] = {}
+        patch: bytes | None = None
+        if prev is not None and ch.delta:
+            candidate = create_delta(prev, data)
+            patch = candidate if len(candidate) < len(data) else None
+        encoded: dict[tuple[Codec, int], bytes | None] = {}  # (codec, 0 plain / 1 whole text / 2 delta)
         for tracker, held in list(item.trackers.items()):
             if held >= item.version:
                 continue
+            form = 0
+            if tracker in ch.delta:
+                form = 2 if patch is not None and held == base and tracker in item.ready else 1
             codec = tracker.codec
-            if codec not in encoded:
+            if (codec, form) not in encoded:
                 try:
-                    encoded[codec] = codec.encode_publication(ch.name, pub)
+                    if form == 0:
+                        encoded[codec, form] = codec.encode_publication(ch.name, pub)
+                    else:
+                        encoded[codec, form] = codec.encode_publication_delta(
+                            ch.name, pub, patch if form == 2 and patch is not None else data, form == 2)
                 except Unencodable:
-                    encoded[codec] = None
-            payload = encoded[codec]
+                    encoded[codec, form] = None
+            payload = encoded[codec, form]
+            if payload is None and form == 2:  # a delta this codec cannot carry (cut UTF-8): whole
+                form = 1
+                try:
+                    payload = codec.encode_publication_delta(ch.name, pub, data, False)
+                except Unencodable:
+                    payload = None
             if payload is None:
                 continue  # not JSON for a JSON client: it keeps its version and waits for the next
             tracker.write(payload)
             item.trackers[tracker] = item.version
+            item.ready.add(tracker)
 
     def _remove(self, ch: _Channel, key: str) -> None:
         item = ch.items.pop(key, None)

@@ -41,7 +41,7 @@ class _Track:
             return None  # unsubscribed meanwhile
         manager = session.node.shared_poll
         opts = session.node.rules.resolve(channel).options.shared_poll
-        manager.track(channel, opts, session, [(k, v, exp) for k, (v, exp) in self.items.items()])
+        manager.track(channel, opts, session, [(k, v, exp) for k, (v, exp) in self.items.items()], delta=sub.delta)
         if self.untrack:
             manager.untrack(channel, session, self.untrack)
         return None

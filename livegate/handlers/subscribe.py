@@ -113,9 +113,11 @@ async def handle_shared_poll_subscribe(session: Session, req: SubscribeRequest) 
     grant = await authorize(session, resolved, req)
     if session.closing is not None or req.channel in session.subs:
         raise ErrAlreadySubscribed()
+    # Fossil deltas per key, when asked for and allowed (the backend must send prev_data).
+    delta = req.delta == "fossil" and "fossil" in resolved.options.allowed_delta_types
     session.subs[req.channel] = Subscription(info=session.info(grant.chan_info), expire_at=grant.expire_at,
-                                             live=True, shared_poll=True)
-    result = SubscribeResult(type=TYPE_SHARED_POLL,
+                                             live=True, shared_poll=True, delta=delta)
+    result = SubscribeResult(type=TYPE_SHARED_POLL, delta=delta,
                              epoch=node.shared_poll.epoch(req.channel, resolved.options.shared_poll))
     if grant.expire_at:
         session.recompute_sub_expiry()

@@ -161,6 +161,8 @@ def _shared_poll_subscribe_fields(r: SubscribeResult) -> dict[str, Any]:
     out: dict[str, Any] = {"type": r.type}
     if r.epoch:
         out["epoch"] = r.epoch
+    if r.delta:
+        out["delta"] = True
     return _with_expiry_and_data(r, out)
 
 

@@ -59,3 +59,4 @@ class Subscription:
     users_presence: str = ""         # map presence: the map_users channel holding its user's entry
     remove_own_entry: bool = False   # a map subscription whose entry keyed by the client id goes when it leaves
     shared_poll: bool = False        # a shared poll subscription: not in the hub, its keys are tracked
+    delta: bool = False              # shared poll: fossil deltas per key negotiated

@@ -32,6 +32,8 @@ def config(**extra: Any) -> dict[str, Any]:
          "shared_poll": {**poll, "mode": "versioned", "publish_enabled": True}},
         {"name": "votes", "subscription_type": "shared_poll", "allow_subscribe_for_client": True,
          "shared_poll": poll},
+        {"name": "quotes", "subscription_type": "shared_poll", "allow_subscribe_for_client": True,
+         "allowed_delta_types": ["fossil"], "shared_poll": {**poll, "mode": "versioned"}},
     ]}}
 
 
@@ -104,6 +106,46 @@ async def test_tracked_keys_get_their_versions(start_server, js, protobuf):  # n
     assert sorted(got, key=repr) == sorted([("a", {"p": 1}, 1, False), ("b", {"p": 2}, 1, False),
                                             ("nothing-yet", "now", 7, False), ("a", {"p": 10}, 2, False),
                                             ("b", None, None, True)], key=repr)
+
+
+def quote(n: int) -> dict[str, Any]:
+    return {"symbol": "ACME", "price": 100 + n, "book": [[i, 10 * i + n] for i in range(10)], "note": "x" * 200}
+
+
+@pytest.mark.parametrize("protobuf", [False, True], ids=["json", "protobuf"])
+async def test_per_key_deltas_against_the_backends_prev_data(start_server, js, protobuf):  # noqa: F811
+    history: dict[int, dict[str, Any]] = {1: quote(1)}
+    asked: list[dict[str, Any]] = []
+
+    async def refresh(channel: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        asked.extend(items)
+        top = max(history)
+        out = []
+        for item in items:
+            entry: dict[str, Any] = {"key": item["key"], "data": history[top], "version": top}
+            held = item.get("version")
+            if held in history and held != top:
+                entry["prev_data"] = history[held]  # the value at the version the node says it has
+            out.append(entry)
+        return {"items": out}
+
+    app = App()
+    app.on_shared_poll_refresh(refresh)
+    running = await start_server(config(), app)
+    script = await js("poll.mjs", url=running.url, token=token("ivy"), user="ivy", channel="quotes:q",
+                      secret=SECRET, delta="fossil", protobuf=protobuf)
+    await script.wait_for("ready")
+    await script.send(cmd="track", keys=["ACME"])
+    assert (await script.wait_for("update", key="ACME"))["data"] == quote(1)
+    for n in (2, 3, 4):
+        history[n] = quote(n)
+        assert (await script.wait_for("update", key="ACME", version=n))["data"] == quote(n)
+    await script.send(cmd="stats")
+    stats = await script.wait_for("stats")
+    await script.send(cmd="exit")
+    await script.finish()
+    assert (stats["numPublications"], stats["numFullPayloads"], stats["numDeltaPayloads"]) == (4, 1, 3), stats
+    assert stats["bytesReceived"] < stats["bytesDecoded"] / 2
 
 
 async def test_versionless_numbers_changes_and_second_client_gets_current_value(start_server, js):  # noqa: F811

@@ -18,6 +18,7 @@ await main(async () => {
   const client = newClient('a', { token: args.token });
   const sub = client.newSharedPollSubscription(args.channel, {
     getSignature: async (ctx) => ({ keys: ctx.keys, signature: sign(ctx.keys) }),
+    ...(args.delta ? { delta: args.delta } : {}),
   });
   sub.on('subscribed', (ctx) => out('subscribed', { channel: ctx.channel }));
   sub.on('subscribing', (ctx) => out('subscribing', { code: ctx.code }));
@@ -39,6 +40,7 @@ await main(async () => {
     if (cmd.cmd === 'track') sub.track(cmd.keys);
     if (cmd.cmd === 'untrack') sub.untrack(cmd.keys);
     if (cmd.cmd === 'mark') out('mark', { name: cmd.name });
+    if (cmd.cmd === 'stats') out('stats', sub.deltaStats());
     if (cmd.cmd === 'reconnect') {
       client.disconnect();
       const again = once(sub, 'subscribed');
