@@ -265,6 +265,16 @@ class Node:
     def meta_ttl(self, resolved: ResolvedChannel) -> float:
         return resolved.options.history_meta_ttl or self.config.channel.history_meta_ttl
 
+    def _checked_data(self, resolved: ResolvedChannel, data: bytes, data_is_json: bool) -> bytes:
+        """``data`` as the namespace's publication_data_format takes it, within
+        channel.max_publication_size (ErrBadRequest otherwise)."""
+        data = publication_data(data, resolved.options.publication_data_format, data_is_json)
+        limit = self.config.channel.max_publication_size
+        if len(data) > limit:
+            raise ErrBadRequest(message=f"bad request: data is {len(data)} bytes, over channel.max_publication_size "
+                                        f"({limit})")
+        return data
+
     async def publish(
         self, channel: str, data: bytes, *, info: ClientInfo | None = None, tags: dict[str, str] | None = None,
         idempotency_key: str = "", skip_history: bool = False, data_is_json: bool = False,
@@ -285,11 +295,7 @@ class Node:
         if resolved.options.subscription_type != "stream":
             raise ErrBadRequest(message=f"bad request: {channel!r} is a {resolved.options.subscription_type} channel "
                                         "(map channels take map_publish, shared poll channels shared_poll_publish)")
-        data = publication_data(data, resolved.options.publication_data_format, data_is_json)
-        limit = self.config.channel.max_publication_size
-        if len(data) > limit:
-            raise ErrBadRequest(message=f"bad request: data is {len(data)} bytes, over channel.max_publication_size "
-                                        f"({limit})")
+        data = self._checked_data(resolved, data, data_is_json)
         opts = self.publish_options(
             resolved, info=info, tags=tags, idempotency_key=idempotency_key, skip_history=skip_history,
         )
@@ -399,11 +405,7 @@ class Node:
         resolved = self.rules.resolve(channel)
         opts = self._map_options(resolved, key, info=info, tags=tags, idempotency_key=idempotency_key,
                                  key_mode=key_mode, expected=expected, refresh_ttl_on_suppress=refresh_ttl_on_suppress)
-        data = publication_data(data, resolved.options.publication_data_format, data_is_json)
-        limit = self.config.channel.max_publication_size
-        if len(data) > limit:
-            raise ErrBadRequest(message=f"bad request: data is {len(data)} bytes, over channel.max_publication_size "
-                                        f"({limit})")
+        data = self._checked_data(resolved, data, data_is_json)
         return await self.broker.map_publish(channel, key, data, opts)
 
     async def map_remove(self, channel: str, key: str, *, info: ClientInfo | None = None,

@@ -71,6 +71,12 @@ async def authorize(session: Session, resolved: ResolvedChannel, req: SubscribeR
     raise ErrPermissionDenied()
 
 
+def _check_channel_limit(session: Session) -> None:
+    """client.channel_limit counts subscriptions and map subscribes still paging."""
+    if len(session.subs) + len(session.map_pending or ()) >= session.node.config.client.channel_limit:
+        raise ErrLimitExceeded()
+
+
 async def handle_subscribe(
     session: Session, req: SubscribeRequest,
 ) -> SubscribeResult | tuple[SubscribeResult, InFlight]:
@@ -91,8 +97,7 @@ async def handle_subscribe(
                                     "subscribe with its type")
     if req.channel in session.subs:
         raise ErrAlreadySubscribed()
-    if len(session.subs) + len(session.map_pending or ()) >= session.node.config.client.channel_limit:
-        raise ErrLimitExceeded()
+    _check_channel_limit(session)
     grant = await authorize(session, resolved, req)
     if session.closing is not None or req.channel in session.subs:
         raise ErrAlreadySubscribed()
@@ -108,8 +113,7 @@ async def handle_shared_poll_subscribe(session: Session, req: SubscribeRequest) 
         raise ErrNotAvailable(message=f"not available: {req.channel!r} is not a shared poll channel")
     if req.channel in session.subs:
         raise ErrAlreadySubscribed()
-    if len(session.subs) + len(session.map_pending or ()) >= node.config.client.channel_limit:
-        raise ErrLimitExceeded()
+    _check_channel_limit(session)
     grant = await authorize(session, resolved, req)
     if session.closing is not None or req.channel in session.subs:
         raise ErrAlreadySubscribed()
@@ -147,8 +151,7 @@ async def handle_map_subscribe(
     sweep_stale_flows(session, req.channel)
     flow = map_continuation(session, req)
     if flow is None:
-        if len(session.subs) + len(session.map_pending or ()) >= session.node.config.client.channel_limit:
-            raise ErrLimitExceeded()
+        _check_channel_limit(session)
         grant = await authorize(session, resolved, req)
         if session.closing is not None or req.channel in session.subs:
             raise ErrAlreadySubscribed()

@@ -26,15 +26,14 @@ from dataclasses import dataclass
 from livegate.channels.broker import MAP_UNWRITTEN_TTL, HistoryOptions, MapSettings
 from livegate.channels.hub import SubView
 from livegate.channels.names import ResolvedChannel
-from livegate.channels.tags_filter import FilterError, TagsMatch, compile_filter
-from livegate.errors import BrokerError, DisconnectRequested
-from livegate.protocol import codes
+from livegate.channels.tags_filter import TagsMatch
+from livegate.errors import BrokerError
 from livegate.protocol.codes import ErrBadRequest, ErrInternal, ErrPermissionDenied, ErrUnrecoverablePosition
 from livegate.protocol.commands import SubscribeRequest
 from livegate.protocol.replies import SubscribeResult
 from livegate.protocol.types import Publication, StreamPosition
 from livegate.session.context import Subscription
-from livegate.session.subscriptions import Grant, InFlight, SubscribingSession, with_map_presence
+from livegate.session.subscriptions import Grant, InFlight, SubscribingSession, tags_match, with_map_presence
 
 __all__ = ["PHASE_LIVE", "PHASE_STREAM", "PHASE_STATE", "MapFlow", "map_continuation", "subscribe_map",
            "CATCH_UP_TIMEOUT", "sweep_stale_flows", "new_flow"]
@@ -92,14 +91,7 @@ def map_continuation(session: SubscribingSession, req: SubscribeRequest) -> MapF
 
 
 def new_flow(session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest, grant: Grant) -> MapFlow:
-    match: TagsMatch | None = None
-    if req.tf is not None:
-        if not resolved.options.allow_tags_filter:
-            raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
-        try:
-            match = compile_filter(req.tf)
-        except FilterError:
-            raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason) from None
+    match = tags_match(resolved, req)
     # Per-key deltas need every change of a key to reach the subscriber: not with a tags
     # filter (changes it refuses), nor without a stream (changes between the state read and
     # live are not caught up).

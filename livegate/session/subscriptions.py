@@ -217,6 +217,23 @@ async def subscribe_channel(
     return await flight.finish(result, grant)
 
 
+def tags_match(resolved: ResolvedChannel, req: SubscribeRequest) -> TagsMatch | None:
+    """The subscribe's tags filter, compiled (None: it has none).
+
+    Raises:
+        DisconnectRequested: a tags filter the namespace does not allow, or a malformed one
+            (3501, as Centrifugo).
+    """
+    if req.tf is None:
+        return None
+    if not resolved.options.allow_tags_filter:
+        raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
+    try:
+        return compile_filter(req.tf)
+    except FilterError:
+        raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason) from None
+
+
 def _view(session: SubscribingSession, resolved: ResolvedChannel, req: SubscribeRequest) -> SubView | None:
     """The subscription's tags filter and delta compression, when asked for and allowed.
 
@@ -224,14 +241,7 @@ def _view(session: SubscribingSession, resolved: ResolvedChannel, req: Subscribe
         DisconnectRequested: a tags filter the namespace does not allow, or a malformed one
             (3501, as Centrifugo).
     """
-    match: TagsMatch | None = None
-    if req.tf is not None:
-        if not resolved.options.allow_tags_filter:
-            raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason)
-        try:
-            match = compile_filter(req.tf)
-        except FilterError:
-            raise DisconnectRequested(codes.BAD_REQUEST.code, codes.BAD_REQUEST.reason) from None
+    match = tags_match(resolved, req)
     delta = bool(req.delta) and req.delta in resolved.options.allowed_delta_types
     return SubView(match, delta) if match is not None or delta else None
 
