@@ -454,6 +454,7 @@ async def test_stream_phase_pages_until_close_to_the_top(start_server):
     (sub("flags:x", 2, cursor="zz"), 103),        # a cursor without a flow
     (sub("flags:x", 1, offset=0, epoch="nope"), 112),  # a position of another epoch
     (sub("cursors:x", 1), 107),                   # no stream to page through
+    (sub("flags:x", 2, limit=-5, cursor="x" * 10_000), 103),  # hostile paging: no flow to continue
     ({"channel": "flags:x"}, 107),                # a map channel needs type 1
 ])
 async def test_bad_map_subscribes_get_errors(start_server, params, code):
@@ -462,6 +463,30 @@ async def test_bad_map_subscribes_get_errors(start_server, params, code):
     reply = await peer.call("subscribe", params)
     assert reply["error"]["code"] == code, reply
     await peer.sync()  # still connected
+    await peer.close()
+
+
+@pytest.mark.parametrize("params", [
+    {"channel": "flags:x", "type": 1, "phase": 2, "offset": -1},        # not a uint64
+    {"channel": "flags:x", "type": 1, "phase": 2, "limit": 1 << 40},    # not an int32
+    {"channel": "flags:x", "type": 1, "phase": "2"},                    # not a number
+])
+async def test_malformed_map_subscribes_close_with_3501(start_server, params):
+    running = await start_server(MAP_NAMESPACES)
+    peer = await map_peer(running)
+    await peer.send({"id": 9, "subscribe": params})
+    assert (await peer.closed())[0] == 3501
+
+
+async def test_page_sizes_are_clamped(start_server):
+    running = await start_server(MAP_NAMESPACES)
+    for i in range(5):
+        await running.node.map_publish("flags:big", f"k{i}", b"1")
+    peer = await map_peer(running)
+    for limit in (-5, 0, 10**9):
+        live = (await peer.call("subscribe", sub("flags:big", 2, limit=limit)))["subscribe"]
+        assert len(live["state"]) == 5 and "cursor" not in live  # min 2, default 100, max 1,000
+        await peer.call("unsubscribe", {"channel": "flags:big"})
     await peer.close()
 
 
@@ -597,6 +622,11 @@ async def test_map_methods_through_the_http_api_and_batch(start_server):
                      "expected_position": {"offset": 1, "epoch": "e"}}),       # CAS without a stream
     ("map_read_state", {"channel": "chat:x"}),
     ("map_stats", {}),
+    ("map_publish", {"channel": "flags:x", "key": "k" * 1025, "data": 1}),      # key over 1,024 bytes
+    ("map_publish", {"channel": "flags:x", "key": "k", "data": "x" * 2000}),    # over max_publication_size
+    ("map_publish", {"channel": "flags:x", "key": "k", "b64data": "not base64!"}),
+    ("map_read_state", {"channel": "flags:x", "limit": "ten"}),
+    ("map_read_stream", {"channel": "flags:x", "since": {"offset": -1}}),
 ])
 async def test_server_api_map_errors(start_server, method, params):
     from livegate.api.commands import execute
